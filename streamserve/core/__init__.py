@@ -1,0 +1,32 @@
+"""Core contracts every subsystem shares: media units, clocks, config, errors, step plans, ports."""
+
+from streamserve.core.clock import Clock, FakeClock, MonotonicClock
+from streamserve.core.errors import (
+    InvalidParams,
+    SessionClosed,
+    SessionLimitReached,
+    SessionNotFound,
+    StreamserveError,
+    UnknownPipeline,
+)
+from streamserve.core.frames import AudioChunk, MediaKind, VideoFrame
+from streamserve.core.plan import Batch, StepOutput, StepPlan, WorkItem
+
+__all__ = [
+    "AudioChunk",
+    "Batch",
+    "Clock",
+    "FakeClock",
+    "InvalidParams",
+    "MediaKind",
+    "MonotonicClock",
+    "SessionClosed",
+    "SessionLimitReached",
+    "SessionNotFound",
+    "StepOutput",
+    "StepPlan",
+    "StreamserveError",
+    "UnknownPipeline",
+    "VideoFrame",
+    "WorkItem",
+]

@@ -1,0 +1,73 @@
+"""Errors that cross subsystem boundaries. Each maps to one HTTP status and one WebSocket error code."""
+
+from __future__ import annotations
+
+
+class StreamserveError(Exception):
+    """Base class. `status` is the HTTP status, `code` the WebSocket/JSON error code."""
+
+    status = 500
+    code = "internal"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": self.code, "message": str(self)}
+
+
+class UnknownPipeline(StreamserveError, ValueError):
+    status = 400
+    code = "unknown_pipeline"
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name = name
+        self.available = sorted(available)
+        super().__init__(f"unknown pipeline {name!r}; available: {', '.join(self.available)}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "available": self.available}
+
+
+class InvalidParams(StreamserveError, ValueError):
+    """A parameter failed validation. `field` names it (dotted for nested values)."""
+
+    status = 422
+    code = "invalid_params"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "field": self.field}
+
+
+class BadRequest(StreamserveError, ValueError):
+    """Malformed input at the protocol level (SDP, headers, message framing)."""
+
+    status = 400
+    code = "bad_request"
+
+
+class SessionNotFound(StreamserveError, KeyError):
+    status = 404
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"no session {session_id!r}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return f"no session {self.session_id!r}"
+
+
+class SessionLimitReached(StreamserveError):
+    status = 503
+    code = "session_limit"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"the server is at its limit of {limit} concurrent sessions")
+
+
+class SessionClosed(StreamserveError):
+    status = 410
+    code = "session_closed"

@@ -1,0 +1,76 @@
+"""The scheduler's typed output (`StepPlan`) and the pipeline's typed result (`StepOutput`).
+
+The engine's heartbeat is three calls: `plan = scheduler.schedule(now)`, `outputs = pipeline.step(batch)`
+for each batch of the plan, `scheduler.update(plan, outputs)`. The pipeline never reaches into
+scheduler state; it sees only the batch it is handed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from streamserve.core.frames import Media
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One media unit of one session, due by `deadline`."""
+
+    session_id: str
+    media: Media
+
+    @property
+    def deadline(self) -> float:
+        return self.media.deadline
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """Work for one pipeline in one forward: at most one item per session, in deadline order."""
+
+    pipeline: str
+    items: tuple[WorkItem, ...]
+
+    def __post_init__(self) -> None:
+        ids = [item.session_id for item in self.items]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"a batch holds at most one item per session, got {ids}")
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    @property
+    def session_ids(self) -> tuple[str, ...]:
+        return tuple(item.session_id for item in self.items)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What the engine runs now. `expired` items missed their deadline before running: drop, count."""
+
+    now: float
+    batches: tuple[Batch, ...] = ()
+    expired: tuple[WorkItem, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.batches
+
+    @property
+    def size(self) -> int:
+        return sum(b.size for b in self.batches)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepOutput:
+    """What a pipeline produced for one session in one step.
+
+    `media` may be empty (a pipeline with lag, e.g. stream batch, is still filling) or hold several
+    units. Each output unit carries the pts/arrival/deadline of the input it answers.
+    `error` ends that session alone with a clear message; the others keep streaming.
+    """
+
+    session_id: str
+    media: tuple[Media, ...] = ()
+    error: str | None = None
