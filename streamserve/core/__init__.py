@@ -2,10 +2,12 @@
 
 from streamserve.core.clock import Clock, FakeClock, MonotonicClock
 from streamserve.core.errors import (
+    BadRequest,
     InvalidParams,
     SessionClosed,
     SessionLimitReached,
     SessionNotFound,
+    StreamBusy,
     StreamserveError,
     UnknownPipeline,
 )
@@ -14,6 +16,7 @@ from streamserve.core.plan import Batch, StepOutput, StepPlan, WorkItem
 
 __all__ = [
     "AudioChunk",
+    "BadRequest",
     "Batch",
     "Clock",
     "FakeClock",
@@ -23,6 +26,7 @@ __all__ = [
     "SessionClosed",
     "SessionLimitReached",
     "SessionNotFound",
+    "StreamBusy",
     "StepOutput",
     "StepPlan",
     "StreamserveError",

@@ -71,3 +71,14 @@ class SessionLimitReached(StreamserveError):
 class SessionClosed(StreamserveError):
     status = 410
     code = "session_closed"
+
+
+class StreamBusy(StreamserveError):
+    """A named stream (WHIP ingest) is already live."""
+
+    status = 409
+    code = "stream_busy"
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        super().__init__(f"stream {stream!r} is already live")
