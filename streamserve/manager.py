@@ -1,0 +1,192 @@
+"""SessionManager: opens, finds and ends sessions, and owns the engine they run on.
+
+Implements `streamserve.core.ports.SessionFactory` for the transports. Lives on the asyncio loop;
+work for the pipelines goes to the engine thread through `Engine.call`, and outputs come back through
+`loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from streamserve.core.clock import SYSTEM_CLOCK, Clock
+from streamserve.core.config import ServerConfig
+from streamserve.core.errors import InvalidParams, SessionLimitReached, SessionNotFound, StreamBusy
+from streamserve.core.params import parse_params
+from streamserve.core.plan import StepOutput, WorkItem
+from streamserve.engine import Engine
+from streamserve.metrics import Metrics
+from streamserve.pipelines import registry
+from streamserve.pipelines.base import Pipeline
+from streamserve.schedulers import EDFScheduler
+from streamserve.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class SessionManager:
+    def __init__(self, config: ServerConfig, *, metrics: Metrics | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._streams: dict[str, str] = {}  # stream name -> session id (also reserved while opening)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.engine = Engine(
+            EDFScheduler(max_batch=config.max_batch),
+            self._create_pipeline,
+            self._deliver_threadsafe,
+            device=config.device,
+            clock=clock,
+            observer=self.metrics,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self, warm: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.engine.start()
+        self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
+        if warm:
+            fut = self.engine.call(lambda: self.engine.pipeline(self.config.pipeline).warmup())
+            fut.add_done_callback(self._log_warmup)
+
+    def _log_warmup(self, fut: Any) -> None:
+        if fut.exception() is not None:
+            log.error("warming up pipeline %r failed: %s", self.config.pipeline, fut.exception())
+
+    async def stop(self) -> None:
+        for sid in list(self._sessions):
+            await self.close(sid, "server shutting down")
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.to_thread(self.engine.stop)
+
+    def _create_pipeline(self, name: str) -> Pipeline:
+        cls = registry.get_class(name)
+        options: dict[str, Any] = {}
+        if self.config.model and "model" in inspect.signature(cls.__init__).parameters:
+            options["model"] = self.config.model
+        pipe = cls(device=self.config.device, **options)
+        pipe.warmup()
+        return pipe
+
+    # --- SessionFactory -------------------------------------------------------------------------
+    async def open(self, pipeline: str | None, params: Mapping[str, Any] | None, *, source: str,
+                   stream: str | None = None) -> Session:
+        name = pipeline or self.config.pipeline
+        cls = registry.get_class(name)  # raises UnknownPipeline listing the available ones
+        if len(self._sessions) >= self.config.max_sessions:
+            raise SessionLimitReached(self.config.max_sessions)
+        if stream is not None and stream in self._streams:
+            raise StreamBusy(stream)
+        parsed = parse_params(cls.Params, params)
+        session = Session(
+            name, cls.Params, parsed, inputs=cls.inputs, config=self.config.session, source=source,
+            stream=stream, clock=self._clock, observer=self.metrics, on_input=self.engine.wake,
+            on_update=self._on_update,
+        )
+        if stream is not None:
+            self._streams[stream] = session.id
+        try:
+            await asyncio.wrap_future(self.engine.call(lambda: self._open_on_engine(session)))
+        except ValueError as exc:
+            self._release_stream(session)
+            if isinstance(exc, InvalidParams):
+                raise
+            raise InvalidParams("params", str(exc)) from exc
+        except BaseException:
+            self._release_stream(session)
+            raise
+        self._sessions[session.id] = session
+        self.metrics.active_sessions.labels(name).inc()
+        self.metrics.sessions_total.labels(name, source).inc()
+        log.info("session %s opened: pipeline=%s source=%s stream=%s", session.id, name, source, stream)
+        return session
+
+    def _open_on_engine(self, session: Session) -> None:
+        pipe = self.engine.pipeline(session.pipeline)
+        pipe.open_session(session.id, session.params)
+        self.engine.scheduler.add(session.id, session.pipeline, session.inbox)
+
+    def _release_stream(self, session: Session) -> None:
+        if session.stream is not None and self._streams.get(session.stream) == session.id:
+            del self._streams[session.stream]
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(session_id) from None
+
+    def by_stream(self, stream: str) -> Session | None:
+        sid = self._streams.get(stream)
+        return self._sessions.get(sid) if sid else None
+
+    def list(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    async def close(self, session_id: str, reason: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return
+        self._release_stream(session)
+        session.close(reason)
+        self.metrics.active_sessions.labels(session.pipeline).dec()
+
+        def _close_on_engine() -> None:
+            self.engine.scheduler.remove(session_id)
+            self.engine.pipeline(session.pipeline).close_session(session_id)
+
+        try:
+            await asyncio.wrap_future(self.engine.call(_close_on_engine))
+        except RuntimeError as exc:  # the engine already stopped: nothing left to free
+            log.debug("closing %s on a stopped engine: %s", session_id, exc)
+
+    # --- engine callbacks -----------------------------------------------------------------------
+    def _on_update(self, session: Session, params: Any) -> None:
+        def apply() -> None:
+            self.engine.pipeline(session.pipeline).update_params(session.id, params)
+
+        self.engine.call(apply).add_done_callback(
+            lambda f: f.exception() and log.error("update of %s failed: %s", session.id, f.exception()))
+
+    def _deliver_threadsafe(self, outputs: Sequence[StepOutput], expired: Sequence[WorkItem]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                loop.call_soon_threadsafe(self._deliver, outputs, expired)
+
+    def _deliver(self, outputs: Sequence[StepOutput], expired: Sequence[WorkItem]) -> None:
+        for item in expired:
+            session = self._sessions.get(item.session_id)
+            if session is not None:
+                session.count_dropped("expired")
+        for out in outputs:
+            session = self._sessions.get(out.session_id)
+            if session is None:
+                continue
+            for media in out.media:
+                session.deliver(media)
+            if out.error is not None:
+                session.counts["errors"] += 1
+                self.metrics.session_errors.labels(session.pipeline).inc()
+                task = asyncio.ensure_future(self.close(session.id, f"pipeline error: {out.error}"))
+                task.add_done_callback(lambda t: t.exception())
+
+    async def _reap_idle(self) -> None:
+        timeout = self.config.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 2))
+            now = self._clock.now()
+            for session in list(self._sessions.values()):
+                if now - session.last_seen > timeout:
+                    await self.close(session.id, f"idle: no media or control for {timeout:g} s")

@@ -1,0 +1,131 @@
+"""The composition root: builds the FastAPI app from a ServerConfig.
+
+One port serves the demo page, health and metrics, the session API, and every transport
+(WebRTC offer/answer, WHIP/WHEP, WebSocket). Transports reach sessions only through the
+`SessionFactory` port that `SessionManager` implements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Annotated, Any, Protocol
+
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+import streamserve
+from streamserve.core.config import ServerConfig
+from streamserve.core.errors import StreamserveError
+from streamserve.core.paths import web_demo_dir
+from streamserve.core.ports import SessionFactory
+from streamserve.manager import SessionManager
+from streamserve.metrics import CONTENT_TYPE, Metrics
+from streamserve.pipelines import registry
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    router: Any  # fastapi.APIRouter
+
+    async def aclose(self) -> None: ...
+
+
+TransportFactory = Callable[[SessionFactory, ServerConfig], Transport]
+
+
+def default_transports() -> list[TransportFactory]:
+    """Every built-in transport: WebRTC offer/answer, WHIP/WHEP (+ viewer page), WebSocket API."""
+    from streamserve.transport.webrtc import WebRTCTransport
+    from streamserve.transport.whip import WhipTransport
+    from streamserve.transport.ws import WebSocketTransport
+
+    return [WebRTCTransport, WhipTransport, WebSocketTransport]
+
+
+def create_app(config: ServerConfig | None = None,
+               transports: Sequence[TransportFactory] | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    metrics = Metrics()
+    manager = SessionManager(config, metrics=metrics)
+    factories = default_transports() if transports is None else list(transports)
+    built: list[Transport] = [make(manager, config) for make in factories]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await manager.start()
+        try:
+            yield
+        finally:
+            for transport in built:
+                try:
+                    await transport.aclose()
+                except Exception:
+                    log.exception("closing transport %s failed", type(transport).__name__)
+            await manager.stop()
+
+    app = FastAPI(
+        title="streamserve",
+        version=streamserve.__version__,
+        description="Real-time generation server for live video and voice.",
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+    app.state.metrics = metrics
+    app.state.config = config
+
+    @app.exception_handler(StreamserveError)
+    async def _streamserve_error(request: Request, exc: StreamserveError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    for transport in built:
+        app.include_router(transport.router)
+
+    demo = web_demo_dir()
+    app.mount("/static", StaticFiles(directory=demo), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(demo / "index.html", media_type="text/html")
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> JSONResponse:
+        ok = manager.engine.running
+        body = {"status": "ok" if ok else "engine stopped", "version": streamserve.__version__,
+                "sessions": len(manager.list()), "device": config.device, "pipeline": config.pipeline}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/pipelines", tags=["pipelines"])
+    async def pipelines() -> list[dict[str, Any]]:
+        return [dataclasses.asdict(registry.info(name)) for name in registry.available()]
+
+    @app.get("/v1/sessions", tags=["sessions"])
+    async def list_sessions() -> list[dict[str, Any]]:
+        return [s.stats() for s in manager.list()]
+
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"])
+    async def get_session(session_id: str) -> dict[str, Any]:
+        return manager.get(session_id).stats()
+
+    @app.patch("/v1/sessions/{session_id}", tags=["sessions"])
+    async def patch_session(session_id: str, params: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        """Change parameters live; the body is a JSON object of the pipeline's params to change."""
+        session = manager.get(session_id)
+        return {"session_id": session_id, "params": session.update(params)}
+
+    @app.delete("/v1/sessions/{session_id}", tags=["sessions"])
+    async def delete_session(session_id: str) -> dict[str, Any]:
+        session = manager.get(session_id)
+        stats = session.stats()
+        await manager.close(session_id, "ended by API request")
+        return {"session_id": session_id, "ended": True, "stats": stats}
+
+    return app

@@ -1,0 +1,309 @@
+"""A streaming session: a bounded inbox where the freshest input wins, output fan-out, and stats.
+
+Threads: `push`, `deliver`, `subscribe`, `update` and `close` run on the asyncio loop thread; the
+engine thread only pops from the inbox (through the scheduler) and never touches subscriptions.
+Outputs reach the loop thread through `loop.call_soon_threadsafe` (see `streamserve.engine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from streamserve.core.clock import SYSTEM_CLOCK, Clock
+from streamserve.core.config import SessionConfig
+from streamserve.core.frames import Media, MediaKind
+from streamserve.core.params import parse_params
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 512  # outputs kept for the latency percentiles
+
+
+class SessionObserver(Protocol):
+    """Where a session reports what happens to its media (the metrics registry implements it)."""
+
+    def media_in(self, pipeline: str, kind: MediaKind) -> None: ...
+    def media_dropped(self, pipeline: str, reason: str, count: int = 1) -> None: ...
+    def media_out(self, pipeline: str, kind: MediaKind, latency_s: float, missed: bool) -> None: ...
+
+
+class FreshestQueue:
+    """A bounded, thread-safe FIFO that never blocks a producer: when full, the oldest unit is dropped.
+
+    Producers (the loop thread) `put`; the consumer (the engine thread) `peek`s and `pop`s.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self._items: collections.deque[Media] = collections.deque()
+        self._maxsize = maxsize
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def put(self, item: Media) -> Media | None:
+        """Append `item`; returns the unit dropped to make room, if any."""
+        with self._lock:
+            evicted = None
+            if len(self._items) >= self._maxsize:
+                evicted = self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            return evicted
+
+    def peek(self) -> Media | None:
+        with self._lock:
+            return self._items[0] if self._items else None
+
+    def pop(self) -> Media | None:
+        with self._lock:
+            return self._items.popleft() if self._items else None
+
+    def clear(self) -> int:
+        with self._lock:
+            n = len(self._items)
+            self._items.clear()
+            return n
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class Subscription:
+    """One consumer of a session's output of one kind; bounded, the freshest units win (loop thread)."""
+
+    def __init__(self, kind: MediaKind, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
+        self.kind = kind
+        self._items: collections.deque[Media | None] = collections.deque()
+        self._maxsize = maxsize
+        self._ready = asyncio.Event()
+        self._on_close = on_close
+        self._closed = False
+        self._dropped = 0
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def offer(self, media: Media | None) -> None:
+        if self._closed:
+            return
+        if media is not None and len(self._items) >= self._maxsize:
+            self._items.popleft()
+            self._dropped += 1
+        self._items.append(media)
+        self._ready.set()
+
+    async def get(self) -> Media | None:
+        while not self._items:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._items.popleft()
+        if item is None:  # end of stream: keep answering None
+            self._items.appendleft(None)
+        return item
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._ready.set()
+            self._on_close(self)
+
+
+class LatencyWindow:
+    """The last N latencies, with percentiles on demand."""
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self._values: collections.deque[float] = collections.deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._values.append(seconds)
+
+    def percentile(self, q: float) -> float | None:
+        if not self._values:
+            return None
+        ordered = sorted(self._values)
+        rank = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+        return ordered[rank]
+
+
+class Session:
+    """Implements `streamserve.core.ports.SessionHandle`."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        params_cls: type,
+        params: Any,
+        *,
+        inputs: frozenset[MediaKind],
+        config: SessionConfig,
+        source: str,
+        stream: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        observer: SessionObserver | None = None,
+        on_input: Callable[[], None] = lambda: None,
+        on_update: Callable[[Session, Any], None] = lambda s, p: None,
+        session_id: str | None = None,
+    ) -> None:
+        self._id = session_id or uuid.uuid4().hex[:12]
+        self._pipeline = pipeline
+        self._params_cls = params_cls
+        self.params = params
+        self.inputs = inputs
+        self.config = config
+        self.source = source
+        self._stream = stream
+        self._clock = clock
+        self._observer = observer
+        self._on_input = on_input
+        self._on_update = on_update
+        self.inbox = FreshestQueue(config.inbox_size)
+        self._subs: dict[MediaKind, list[Subscription]] = {MediaKind.VIDEO: [], MediaKind.AUDIO: []}
+        self.created = clock.now()
+        self.last_seen = self.created
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.latency = LatencyWindow()
+        self.close_reason: str | None = None
+        self._closed_event = asyncio.Event()
+
+    # --- identity -------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def pipeline(self) -> str:
+        return self._pipeline
+
+    @property
+    def stream(self) -> str | None:
+        return self._stream
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    # --- input ----------------------------------------------------------------------------------
+    def touch(self) -> None:
+        self.last_seen = self._clock.now()
+
+    def push(self, media: Media) -> None:
+        if self.closed:
+            return
+        self.last_seen = self._clock.now()
+        self.counts[f"{media.kind}_in"] += 1
+        if self._observer:
+            self._observer.media_in(self._pipeline, media.kind)
+        if media.kind not in self.inputs:
+            # A kind the model does not consume (audio into a video model) goes straight through.
+            self.deliver(media)
+            return
+        if self.inbox.put(media) is not None:
+            self.count_dropped("inbox")
+        self._on_input()
+
+    def count_dropped(self, reason: str, count: int = 1) -> None:
+        self.counts[f"dropped_{reason}"] += count
+        if self._observer:
+            self._observer.media_dropped(self._pipeline, reason, count)
+
+    # --- output ---------------------------------------------------------------------------------
+    def subscribe(self, kind: MediaKind, maxsize: int | None = None) -> Subscription:
+        sub = Subscription(kind, maxsize or self.config.outbox_size, self._unsubscribe)
+        if self.closed:
+            sub.offer(None)
+        else:
+            self._subs[kind].append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs[sub.kind]
+        if sub in subs:
+            subs.remove(sub)
+
+    def deliver(self, media: Media) -> None:
+        """Fan an output unit out to the subscribers of its kind (loop thread)."""
+        if self.closed:
+            return
+        now = self._clock.now()
+        latency = now - media.arrival
+        missed = now > media.deadline
+        self.latency.add(latency)
+        self.counts[f"{media.kind}_out"] += 1
+        if missed:
+            self.counts["deadline_misses"] += 1
+        if self._observer:
+            self._observer.media_out(self._pipeline, media.kind, latency, missed)
+        for sub in self._subs[media.kind]:
+            sub.offer(media)
+
+    # --- control --------------------------------------------------------------------------------
+    def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if self.closed:
+            from streamserve.core.errors import SessionClosed
+
+            raise SessionClosed(f"session {self._id} has ended ({self.close_reason})")
+        new = parse_params(self._params_cls, params, base=self.params)
+        self.params = new
+        self._on_update(self, new)
+        return self.params_dict()
+
+    def params_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self.params)
+
+    def stats(self) -> dict[str, Any]:
+        now = self._clock.now()
+
+        def ms(v: float | None) -> float | None:
+            return None if v is None else round(v * 1000, 2)
+
+        c = self.counts
+        return {
+            "session_id": self._id,
+            "pipeline": self._pipeline,
+            "stream": self._stream,
+            "source": self.source,
+            "age_s": round(now - self.created, 3),
+            "frames_in": c["video_in"],
+            "frames_out": c["video_out"],
+            "audio_in": c["audio_in"],
+            "audio_out": c["audio_out"],
+            "frames_dropped": c["dropped_inbox"] + c["dropped_expired"],
+            "dropped_inbox": c["dropped_inbox"],
+            "dropped_expired": c["dropped_expired"],
+            "deadline_misses": c["deadline_misses"],
+            "errors": c["errors"],
+            "latency_ms": {"p50": ms(self.latency.percentile(50)), "p95": ms(self.latency.percentile(95)),
+                           "p99": ms(self.latency.percentile(99))},
+            "params": self.params_dict(),
+        }
+
+    def close(self, reason: str) -> bool:
+        """End the session (loop thread). Returns False if it had already ended."""
+        if self.closed:
+            return False
+        self.close_reason = reason
+        self.inbox.clear()
+        for subs in self._subs.values():
+            for sub in list(subs):
+                sub.offer(None)
+            subs.clear()
+        self._closed_event.set()
+        log.info("session %s (%s) ended: %s", self._id, self._pipeline, reason)
+        return True
+
+    async def wait_closed(self) -> str:
+        await self._closed_event.wait()
+        return self.close_reason or ""

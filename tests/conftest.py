@@ -1,0 +1,81 @@
+"""Shared fixtures: a real server on a free loopback port, in a background thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+import uvicorn
+
+from streamserve.core.config import ServerConfig
+
+
+class LiveServer:
+    """uvicorn serving `create_app(config)` on 127.0.0.1:<free port> in a thread of its own."""
+
+    def __init__(self, config: ServerConfig, transports: Sequence[Any] | None = None) -> None:
+        from streamserve.server import create_app
+
+        self.app = create_app(config, transports)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name=f"live-server-{self.port}", daemon=True)
+
+    @property
+    def manager(self) -> Any:
+        return self.app.state.manager
+
+    def start(self, timeout: float = 30.0) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the server thread exited during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server did not start within {timeout} s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        self._sock.close()
+        if self._thread.is_alive():
+            raise RuntimeError("server thread did not stop")
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., LiveServer]]:
+    started: list[LiveServer] = []
+
+    def make(config: ServerConfig | None = None, transports: Sequence[Any] | None = None,
+             **overrides: Any) -> LiveServer:
+        cfg = config or ServerConfig(pipeline="passthrough", port=0, **overrides)
+        server = LiveServer(cfg, transports).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def live_server(server_factory: Callable[..., LiveServer]) -> LiveServer:
+    """A passthrough server with every built-in transport."""
+    return server_factory()
+
+
+def require_browser() -> bool:
+    """Browser tests fail instead of skipping when STREAMSERVE_REQUIRE_BROWSER=1 (CI)."""
+    return os.environ.get("STREAMSERVE_REQUIRE_BROWSER") == "1"
