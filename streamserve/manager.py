@@ -8,6 +8,7 @@ work for the pipelines goes to the engine thread through `Engine.call`, and outp
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -88,7 +89,7 @@ class SessionManager:
             raise SessionLimitReached(self.config.max_sessions)
         if stream is not None and stream in self._streams:
             raise StreamBusy(stream)
-        parsed = parse_params(cls.Params, params)
+        parsed: Any = parse_params(cls.Params, params)
         session = Session(
             name, cls.Params, parsed, inputs=cls.inputs, config=self.config.session, source=source,
             stream=stream, clock=self._clock, observer=self.metrics, on_input=self.engine.wake,
@@ -156,8 +157,11 @@ class SessionManager:
         def apply() -> None:
             self.engine.pipeline(session.pipeline).update_params(session.id, params)
 
-        self.engine.call(apply).add_done_callback(
-            lambda f: f.exception() and log.error("update of %s failed: %s", session.id, f.exception()))
+        def report(fut: concurrent.futures.Future[None]) -> None:
+            if fut.exception() is not None:
+                log.error("update of %s failed: %s", session.id, fut.exception())
+
+        self.engine.call(apply).add_done_callback(report)
 
     def _deliver_threadsafe(self, outputs: Sequence[StepOutput], expired: Sequence[WorkItem]) -> None:
         loop = self._loop
