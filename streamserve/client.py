@@ -1,0 +1,488 @@
+"""Async Python client for the WebSocket streaming API (`/v1/ws`, docs/protocol.md).
+
+    async with StreamClient("ws://127.0.0.1:8000/v1/ws", pipeline="passthrough") as client:
+        await client.send_frame(rgb)               # [H, W, 3] uint8
+        async for out in client:                   # OutputFrame, video and audio
+            ...
+        await client.update({"mirror": True})      # live parameter change; returns the full params
+
+`streamserve client --input IN --output OUT` converts a video file through a pipeline (`convert`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from fractions import Fraction
+from types import TracebackType
+from typing import Any
+
+import av
+import numpy as np
+from tqdm import tqdm
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from streamserve.core.frames import AudioChunk, MediaKind, VideoFrame
+from streamserve.transport import wsproto as wp
+
+DEFAULT_URL = "ws://127.0.0.1:8000/v1/ws"
+
+
+class ServerError(Exception):
+    """An `error` message from the server: `code`, `message`, `fatal`, plus any extra fields."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool = False, details: Mapping[str, Any] | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+        self.details = dict(details or {})
+
+
+class SessionEnded(Exception):
+    """The session ended (by the server or the client) while a request was waiting."""
+
+
+@dataclasses.dataclass(slots=True)
+class OutputFrame:
+    """One output unit. Video `data` is RGB24 [H, W, 3] uint8; audio is int16 [channels, samples]."""
+
+    kind: MediaKind
+    seq: int
+    ref: int | None  # sequence number of the input unit it answers, when the server knows it
+    pts_us: int
+    data: np.ndarray
+    sample_rate: int | None
+    received: float  # time.monotonic() on arrival
+
+    @property
+    def width(self) -> int:
+        return int(self.data.shape[1]) if self.kind is MediaKind.VIDEO else 0
+
+    @property
+    def height(self) -> int:
+        return int(self.data.shape[0]) if self.kind is MediaKind.VIDEO else 0
+
+
+class StreamClient:
+    """One WebSocket connection running one session. Use it as an async context manager."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        pipeline: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        token: str | None = None,
+        send_format: str = "jpeg",
+        output_format: str = "jpeg",
+        jpeg_quality: int = 85,
+        kinds: tuple[str, ...] = ("video", "audio"),
+        max_buffered: int = 256,
+        open_timeout: float = 10.0,
+    ) -> None:
+        if send_format not in wp.VIDEO_FORMATS or output_format not in wp.VIDEO_FORMATS:
+            raise ValueError(f"video formats are {sorted(wp.VIDEO_FORMATS)}, got {send_format!r}/{output_format!r}")
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        self.url = url
+        self.pipeline = pipeline
+        self.params = dict(params or {})
+        self.token = token
+        self.send_format = wp.VIDEO_FORMATS[send_format]
+        self.output = {"video": output_format, "jpeg_quality": jpeg_quality, "kinds": list(kinds)}
+        self.open_timeout = open_timeout
+        self.session_id: str | None = None
+        self.server_hello: dict[str, Any] = {}
+        self.started: dict[str, Any] = {}
+        self.end_reason: str | None = None
+        self.dropped = 0  # outputs dropped because the caller read slower than they came
+        self._max_buffered = max_buffered
+        self._ws: ClientConnection | None = None
+        self._codec = wp.MediaCodec()
+        self._seq = {MediaKind.VIDEO: 0, MediaKind.AUDIO: 0}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._outputs: asyncio.Queue[OutputFrame | None] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    # --- life -----------------------------------------------------------------------------------
+    async def __aenter__(self) -> StreamClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the socket, exchange `hello`, `start` the session. Raises ServerError if refused."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self._ws = await connect(self.url, subprotocols=[wp.SUBPROTOCOL],  # type: ignore[list-item]
+                                 additional_headers=headers, max_size=wp.MAX_MESSAGE_BYTES,
+                                 open_timeout=self.open_timeout)
+        self._reader = asyncio.create_task(self._read_loop(), name="streamclient-reader")
+        try:
+            hello: dict[str, Any] = {"type": "hello", "version": wp.PROTOCOL_VERSION, "client": "streamserve.client"}
+            self.server_hello = await self._request(hello, timeout_s=self.open_timeout)
+            start = {"type": "start", "pipeline": self.pipeline, "params": self.params, "output": self.output}
+            self.started = await self._request(start, timeout_s=self.open_timeout)
+            self.session_id = self.started["session_id"]
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Ask the server to end the session (if it still runs) and close the socket."""
+        ws = self._ws
+        if ws is None:
+            return
+        if self.session_id is not None and self.end_reason is None and self._failure is None:
+            with contextlib.suppress(ServerError, SessionEnded, ConnectionClosed, TimeoutError):
+                await self._request({"type": "end"}, timeout_s=5.0)
+        await ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._ws = None
+
+    async def end(self) -> str:
+        """End the session; returns the server's reason."""
+        reply = await self._request({"type": "end"})
+        return str(reply.get("reason", ""))
+
+    # --- requests -------------------------------------------------------------------------------
+    async def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Change parameters live; returns the session's full parameters. Raises ServerError."""
+        reply = await self._request({"type": "update", "params": dict(params)})
+        return dict(reply["params"])
+
+    async def stats(self) -> dict[str, Any]:
+        """`{"session": {...}, "connection": {...}}` as the server reports them."""
+        reply = await self._request({"type": "stats"})
+        return {"session": reply.get("session", {}), "connection": reply.get("connection", {})}
+
+    async def _request(self, body: dict[str, Any], timeout_s: float | None = 10.0) -> dict[str, Any]:
+        if self._failure is not None:
+            raise self._failure
+        if self._ws is None:
+            raise RuntimeError("not connected")
+        msg_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = fut
+        try:
+            await self._ws.send(wp.encode_control({**body, "id": msg_id}))
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        finally:
+            self._pending.pop(msg_id, None)
+
+    # --- media ----------------------------------------------------------------------------------
+    async def send_frame(self, frame: np.ndarray | VideoFrame, pts_us: int | None = None) -> int:
+        """Send one RGB24 [H, W, 3] uint8 frame; returns its sequence number (outputs' `ref`)."""
+        if isinstance(frame, VideoFrame):
+            pts_us = pts_us if pts_us is not None else round(frame.seconds * 1_000_000)
+            frame = frame.data
+        if pts_us is None:
+            pts_us = round(time.monotonic() * 1_000_000)
+        seq = self._next_seq(MediaKind.VIDEO)
+        unit = VideoFrame(np.ascontiguousarray(frame), 0, 0.0, 0.0, meta={"pts_us": pts_us})
+        if self.send_format is wp.Format.RGB24:
+            data = self._codec.encode(unit, seq=seq, video_format=self.send_format)
+        else:
+            data = await asyncio.to_thread(self._codec.encode, unit, seq=seq, video_format=self.send_format,
+                                           jpeg_quality=int(self.output["jpeg_quality"]))
+        await self._send_media(data)
+        return seq
+
+    async def send_audio(self, pcm: np.ndarray, sample_rate: int, pts_us: int | None = None) -> int:
+        """Send PCM as int16 [channels, samples] (float32 in [-1, 1] is converted)."""
+        if pts_us is None:
+            pts_us = round(time.monotonic() * 1_000_000)
+        seq = self._next_seq(MediaKind.AUDIO)
+        unit = AudioChunk(np.ascontiguousarray(pcm), sample_rate, 0, 0.0, 0.0, meta={"pts_us": pts_us})
+        await self._send_media(self._codec.encode(unit, seq=seq))
+        return seq
+
+    def _next_seq(self, kind: MediaKind) -> int:
+        seq = self._seq[kind]
+        self._seq[kind] = (seq + 1) % wp.U32
+        return seq
+
+    async def _send_media(self, data: bytes) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._ws is None or self.session_id is None:
+            raise RuntimeError("not connected")
+        if self.end_reason is not None:
+            raise SessionEnded(self.end_reason)
+        await self._ws.send(data)
+
+    def __aiter__(self) -> AsyncIterator[OutputFrame]:
+        return self.frames()
+
+    async def frames(self) -> AsyncIterator[OutputFrame]:
+        """Output units as they arrive, until the session ends."""
+        while True:
+            item = await self._outputs.get()
+            if item is None:
+                self._outputs.put_nowait(None)  # keep the end visible to other readers
+                if self._failure is not None and not isinstance(self._failure, SessionEnded):
+                    raise self._failure
+                return
+            yield item
+
+    async def receive(self, timeout_s: float | None = None) -> OutputFrame | None:
+        """The next output unit, or None once the session has ended. TimeoutError after `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            item = await self._outputs.get()
+        if item is None:
+            self._outputs.put_nowait(None)
+        return item
+
+    # --- reading --------------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        assert self._ws is not None
+        decoder = wp.MediaCodec()
+        try:
+            async for message in self._ws:
+                if isinstance(message, bytes):
+                    header, payload = wp.parse_media(message)
+                    media = await asyncio.to_thread(decoder.decode, header, payload, arrival=0.0, deadline=0.0)
+                    out = OutputFrame(MediaKind.VIDEO if header.kind is wp.Kind.VIDEO else MediaKind.AUDIO,
+                                      header.seq, header.ref, header.pts_us, media.data,
+                                      header.sample_rate or None, time.monotonic())
+                    if self._outputs.qsize() >= self._max_buffered:
+                        self._outputs.get_nowait()
+                        self.dropped += 1
+                    self._outputs.put_nowait(out)
+                else:
+                    self._on_control(wp.parse_control(message, types=wp.SERVER_TYPES).body)
+        except ConnectionClosed:
+            pass
+        except wp.ProtocolError as exc:  # the server sent something we cannot read
+            self._failure = exc
+        finally:
+            if self._failure is None:
+                self._failure = SessionEnded(self.end_reason or "connection closed")
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(self._failure)
+            self._outputs.put_nowait(None)
+
+    def _on_control(self, body: dict[str, Any]) -> None:
+        msg_id = body.get("id")
+        kind = body["type"]
+        if kind == "ended":
+            self.end_reason = str(body.get("reason", ""))
+        if kind == "error":
+            err = ServerError(str(body.get("code")), str(body.get("message")), fatal=bool(body.get("fatal")),
+                              details={k: v for k, v in body.items()
+                                       if k not in ("type", "code", "message", "fatal", "id")})
+            if err.fatal:
+                self._failure = err
+            fut = self._pending.get(msg_id) if isinstance(msg_id, int) else None
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+            elif err.fatal:
+                for pending in self._pending.values():
+                    if not pending.done():
+                        pending.set_exception(err)
+            return
+        fut = self._pending.get(msg_id) if isinstance(msg_id, int) else None
+        if fut is not None and not fut.done():
+            fut.set_result(body)
+        elif kind == "ended":  # the server ended the session on its own: fail whoever waits
+            ended = SessionEnded(self.end_reason or "")
+            for pending in self._pending.values():
+                if not pending.done():
+                    pending.set_exception(ended)
+
+
+# --- `streamserve client`: convert a video file through a pipeline ------------------------------
+
+_OUTPUT_CODECS = {".y4m": ("rawvideo", "yuv420p"), ".avi": ("mjpeg", "yuvj420p"), ".webm": ("libvpx", "yuv420p"),
+                  ".mp4": ("libx264", "yuv420p"), ".mkv": ("libx264", "yuv420p"), ".mov": ("libx264", "yuv420p")}
+
+
+@dataclasses.dataclass(slots=True)
+class ConvertResult:
+    frames_in: int
+    frames_out: int
+    lost: int  # sent but never answered (dropped by the server as stale, or timed out)
+    seconds: float
+    latency_ms_p50: float | None
+
+
+def _open_input(path: str) -> Any:
+    if path == "-":  # a y4m stream on stdin, e.g. `ffmpeg ... -f yuv4mpegpipe - | streamserve client -i -`
+        return av.open(sys.stdin.buffer, format="yuv4mpegpipe")
+    return av.open(path)
+
+
+class _Writer:
+    """Encodes output frames into a file whose codec follows the extension (.mp4, .y4m, .avi, ...)."""
+
+    def __init__(self, path: str, fps: float) -> None:
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in _OUTPUT_CODECS:
+            raise ValueError(f"output extension {ext!r} is not one of {sorted(_OUTPUT_CODECS)}")
+        self.codec, self.pix_fmt = _OUTPUT_CODECS[ext]
+        self.path, self.fps = path, fps
+        self._container: Any = None
+        self._stream: Any = None
+        self._last_pts = -1
+        self._first_us: int | None = None
+
+    def write(self, frame: OutputFrame) -> bool:
+        rgb = frame.data
+        if self._container is None:
+            self._container = av.open(self.path, "w")
+            self._stream = self._container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001))
+            self._stream.width, self._stream.height = rgb.shape[1] // 2 * 2, rgb.shape[0] // 2 * 2
+            self._stream.pix_fmt = self.pix_fmt
+            self._first_us = frame.pts_us
+        rgb = rgb[: self._stream.height, : self._stream.width]
+        pts = round((frame.pts_us - (self._first_us or 0)) / 1_000_000 * self.fps)
+        if pts <= self._last_pts:  # keep timestamps strictly increasing for the muxer
+            pts = self._last_pts + 1
+        self._last_pts = pts
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=self.pix_fmt)
+        out.pts = pts
+        for packet in self._stream.encode(out):
+            self._container.mux(packet)
+        return True
+
+    def close(self) -> None:
+        if self._container is not None:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._container.close()
+
+
+async def convert(input: str, output: str, *, url: str = DEFAULT_URL, pipeline: str | None = None,
+                  params: Mapping[str, Any] | None = None, token: str | None = None, window: int = 2,
+                  max_frames: int | None = None, send_format: str = "jpeg", progress: bool = True,
+                  stall_timeout: float = 5.0) -> ConvertResult:
+    """Send every frame of `input` through `pipeline` and write the outputs to `output`.
+
+    At most `window` frames are in flight: the server's inbox is freshest-wins, so sending faster than
+    the pipeline runs would only drop frames. An answer for input `ref` settles every earlier one.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    container = await asyncio.to_thread(_open_input, input)
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate or stream.guessed_rate or 30)
+    total = stream.frames or None
+    if max_frames is not None:
+        total = min(total or max_frames, max_frames)
+    writer = _Writer(output, fps)
+    inflight: dict[int, float] = {}
+    latencies: list[float] = []
+    counts = {"in": 0, "out": 0, "lost": 0}
+    started = time.monotonic()
+    bar = tqdm(total=total, unit="frame", desc="streamserve", disable=not progress, leave=False)
+
+    async def settle_one(client: StreamClient) -> bool:
+        """Wait for one video output (or the stall timeout); False once the session has ended."""
+        try:
+            out = await client.receive(timeout_s=stall_timeout)
+        except TimeoutError:
+            inflight.pop(min(inflight))
+            counts["lost"] += 1
+            return True
+        if out is None:
+            return False
+        if out.kind is not MediaKind.VIDEO:
+            return True
+        ref = out.ref if out.ref is not None and out.ref in inflight else (min(inflight) if inflight else None)
+        if ref is not None:
+            latencies.append(time.monotonic() - inflight[ref])
+            for seq in [s for s in inflight if s <= ref]:
+                counts["lost"] += seq != ref
+                del inflight[seq]
+        await asyncio.to_thread(writer.write, out)
+        counts["out"] += 1
+        bar.update(1)
+        bar.set_postfix(latency_ms=round(latencies[-1] * 1000, 1) if latencies else None)
+        return True
+
+    try:
+        async with StreamClient(url, pipeline=pipeline, params=params, token=token, send_format=send_format,
+                                kinds=("video",)) as client:
+            frames = container.decode(video=0)
+            alive = True
+            while alive and (max_frames is None or counts["in"] < max_frames):
+                frame = await asyncio.to_thread(next, frames, None)
+                if frame is None:
+                    break
+                while alive and len(inflight) >= window:
+                    alive = await settle_one(client)
+                pts_us = round(float(frame.time or counts["in"] / fps) * 1_000_000)
+                seq = await client.send_frame(frame.to_ndarray(format="rgb24"), pts_us=pts_us)
+                inflight[seq] = time.monotonic()
+                counts["in"] += 1
+            while alive and inflight:
+                alive = await settle_one(client)
+    finally:
+        bar.close()
+        container.close()
+        await asyncio.to_thread(writer.close)
+    latencies.sort()
+    p50 = round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None
+    return ConvertResult(counts["in"], counts["out"], counts["lost"], time.monotonic() - started, p50)
+
+
+def add_client_arguments(parser: Any) -> None:
+    """The `streamserve client` options, added to an argparse (sub)parser."""
+    parser.add_argument("--input", "-i", required=True, help="video file (any PyAV input; .y4m; - for y4m on stdin)")
+    parser.add_argument("--output", "-o", required=True, help="output file: .mp4 .mkv .mov .webm .avi or .y4m")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"server WebSocket URL (default {DEFAULT_URL})")
+    parser.add_argument("--pipeline", default=None, help="pipeline name (default: the server's)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="pipeline parameter; VALUE is JSON if it parses, else a string (repeatable)")
+    parser.add_argument("--token", default=None, help="bearer token (or STREAMSERVE_TOKEN)")
+    parser.add_argument("--window", type=int, default=2, help="frames in flight (default 2)")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many input frames")
+    parser.add_argument("--format", default="jpeg", choices=sorted(wp.VIDEO_FORMATS), help="upload format")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_param_args(items: list[str]) -> dict[str, Any]:
+    """`["prompt=a cat", "steps=2"]` -> `{"prompt": "a cat", "steps": 2}`."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param takes NAME=VALUE, got {item!r}")
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return out
+
+
+def main_client(args: Any) -> int:
+    """Run `streamserve client` from parsed arguments; prints a one-line summary."""
+    try:
+        params = parse_param_args(args.param)
+        result = asyncio.run(convert(
+            args.input, args.output, url=args.url, pipeline=args.pipeline, params=params,
+            token=args.token or os.environ.get("STREAMSERVE_TOKEN"), window=args.window,
+            max_frames=args.max_frames, send_format=args.format, progress=not args.no_progress))
+    except (ServerError, SessionEnded, ValueError, OSError) as exc:
+        print(f"streamserve client: {exc}", file=sys.stderr)
+        return 1
+    print(f"{result.frames_out}/{result.frames_in} frames -> {args.output} in {result.seconds:.1f} s "
+          f"(lost {result.lost}, p50 latency {result.latency_ms_p50} ms)")
+    return 0 if result.frames_out > 0 else 1

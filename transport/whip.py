@@ -1,0 +1,265 @@
+"""WHIP ingest (RFC 9725), WHEP egress and the OBS viewer page, on top of `streamserve.transport.peer`.
+
+Routes (see docs/obs.md for the OBS side):
+
+- `POST /whip/{stream}` (`application/sdp`): a new ingest session named `stream`, its pipeline and
+  parameters from the query string; `201` + `Location: /whip/{stream}/{resource}` + SDP answer.
+  `PATCH` on the resource takes trickled candidates (`application/trickle-ice-sdpfrag`, `204`);
+  `DELETE` ends the session (`200`).
+- `POST /whep/{stream}` (recvonly offer): one more viewer of the stream's processed output. Each
+  viewer has its own bounded subscription of the session's output (the fan-out relay); `DELETE` on
+  its resource ends that viewer only.
+- `GET /view/{stream}`: `web_demo/view.html`, a bare WHEP player for OBS's Browser Source.
+- `GET|PATCH /v1/streams/{stream}`: the live stream's stats; live parameter changes by stream name
+  (what the OBS script sends, since OBS knows the stream name, not the session id).
+
+Bearer tokens (ServerConfig.tokens) guard ingest and control: WHIP POST/PATCH/DELETE and the stream
+PATCH. Egress (WHEP, the view page) is open, as OBS's Browser Source cannot send a header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from streamserve.core.config import ServerConfig
+from streamserve.core.errors import BadRequest, InvalidParams, StreamserveError
+from streamserve.core.paths import web_demo_dir
+from streamserve.core.ports import SessionFactory
+from streamserve.transport.peer import Peer, PeerOptions
+from streamserve.transport.sdp import parse_offer
+from streamserve.transport.whep import WhepEndpoint
+from streamserve.transport.whip_http import (
+    CORS_HEADERS,
+    SDP,
+    TRICKLE,
+    IceRestartUnsupported,
+    NotFound,
+    PreconditionFailed,
+    Resource,
+    UnsupportedMediaType,
+    check_token,
+    error_response,
+    ice_link_headers,
+    parse_sdpfrag,
+    read_sdp,
+)
+
+log = logging.getLogger(__name__)
+
+RESERVED_QUERY = frozenset({"pipeline"})
+
+
+def params_from_query(query: Mapping[str, str]) -> tuple[str | None, dict[str, Any]]:
+    """`?pipeline=video&style=sketch&steps=2` -> ("video", {"style": "sketch", "steps": 2}).
+
+    Values are JSON when they parse as JSON (numbers, true/false, lists), strings otherwise; `open`
+    retries a field as the raw string when the pipeline wanted a string (`prompt=1984`).
+    """
+    pipeline = query.get("pipeline") or None
+    params: dict[str, Any] = {}
+    for name, raw in query.items():
+        if name in RESERVED_QUERY:
+            continue
+        try:
+            params[name] = json.loads(raw)
+        except ValueError:
+            params[name] = raw
+    return pipeline, params
+
+
+class WhipTransport:
+    """WHIP + WHEP + the viewer page + stream control. Built by the server like every transport."""
+
+    def __init__(self, sessions: SessionFactory, config: ServerConfig) -> None:
+        self.sessions = sessions
+        self.config = config
+        self.resources: dict[str, Resource] = {}
+        self.whep = WhepEndpoint(sessions, config, self.resources)
+        r = self.router = APIRouter(tags=["whip/whep"])
+        r.add_api_route("/whip/{stream}", self.whip_post, methods=["POST"], status_code=201,
+                        summary="WHIP ingest: SDP offer in, SDP answer out (RFC 9725)")
+        r.add_api_route("/whip/{stream}", self.options, methods=["OPTIONS"], include_in_schema=False)
+        r.add_api_route("/whip/{stream}/{resource}", self.resource_delete, methods=["DELETE"],
+                        summary="End a WHIP session")
+        r.add_api_route("/whip/{stream}/{resource}", self.resource_patch, methods=["PATCH"],
+                        summary="Trickle ICE candidates (application/trickle-ice-sdpfrag)")
+        r.add_api_route("/whip/{stream}/{resource}", self.options, methods=["OPTIONS"], include_in_schema=False)
+        r.add_api_route("/whip/{stream}/{resource}", self.not_allowed, methods=["GET", "POST", "PUT"],
+                        include_in_schema=False)
+        r.add_api_route("/whep/{stream}", self.whep_post, methods=["POST"], status_code=201,
+                        summary="WHEP egress: one more viewer of the stream's processed output")
+        r.add_api_route("/whep/{stream}", self.options, methods=["OPTIONS"], include_in_schema=False)
+        r.add_api_route("/whep/{stream}/{resource}", self.resource_delete, methods=["DELETE"],
+                        summary="End one WHEP viewer")
+        r.add_api_route("/whep/{stream}/{resource}", self.resource_patch, methods=["PATCH"],
+                        summary="Trickle ICE candidates for a viewer")
+        r.add_api_route("/whep/{stream}/{resource}", self.options, methods=["OPTIONS"], include_in_schema=False)
+        r.add_api_route("/view/{stream}", self.view, methods=["GET"], summary="Bare player page for OBS")
+        r.add_api_route("/v1/streams/{stream}", self.stream_get, methods=["GET"], tags=["sessions"],
+                        summary="Stats of a live stream (WHIP session) by name")
+        r.add_api_route("/v1/streams/{stream}", self.stream_patch, methods=["PATCH"], tags=["sessions"],
+                        summary="Change a live stream's parameters by name")
+
+    async def aclose(self) -> None:
+        for resource in list(self.resources.values()):
+            await resource.peer.close("server shutting down")
+        self.resources.clear()
+
+    # --- WHIP -----------------------------------------------------------------------------------
+    async def whip_post(self, stream: str, request: Request) -> Response:
+        try:
+            check_token(request, self.config.tokens)
+            sdp = await read_sdp(request)
+            offer = parse_offer(sdp)
+            if not any(m.client_sends for m in offer.media if m.kind in ("audio", "video")):
+                raise BadRequest("unsupported SDP offer: a WHIP offer must send audio or video (sendonly)")
+            pipeline, params = params_from_query(request.query_params)
+            handle = await self._open(pipeline, params, request.query_params, stream)
+        except StreamserveError as exc:
+            return error_response(exc)
+        peer = Peer(handle, self.sessions, PeerOptions.from_config(self.config, send=False))
+        try:
+            answer = await peer.accept(offer)
+        except StreamserveError as exc:
+            await peer.close(f"offer rejected: {exc}")
+            return error_response(exc)
+        except Exception as exc:
+            log.exception("WHIP %s: answering the offer failed", stream)
+            await peer.close(f"offer failed: {exc}")
+            return error_response(StreamserveError(f"could not answer the offer: {type(exc).__name__}"))
+        resource = self._register("whip", stream, peer)
+        log.info("WHIP %s: session %s (%s) from %s", stream, handle.id, handle.pipeline,
+                 request.client.host if request.client else "?")
+        return self.created(resource, answer.sdp)
+
+    # --- WHEP -----------------------------------------------------------------------------------
+    async def whep_post(self, stream: str, request: Request) -> Response:
+        try:
+            offer = parse_offer(await read_sdp(request))
+            peer, answer = await self.whep.accept(stream, offer)
+        except StreamserveError as exc:
+            return error_response(exc)
+        return self.created(self._register("whep", stream, peer), answer.sdp)
+
+    async def _open(self, pipeline: str | None, params: dict[str, Any], query: Mapping[str, str],
+                    stream: str) -> Any:
+        """Open the stream's session; a field the pipeline wants as a string is retried as one."""
+        retry = {name for name, value in params.items() if not isinstance(value, str)}
+        while True:
+            try:
+                return await self.sessions.open(pipeline, params, source="whip", stream=stream)
+            except InvalidParams as exc:
+                name = exc.field.split(".")[0].split("[")[0]
+                if name not in retry:
+                    raise
+                retry.discard(name)
+                params = {**params, name: query[name]}
+
+    def _register(self, kind: str, stream: str, peer: Peer) -> Resource:
+        rid = secrets.token_urlsafe(12)
+        resource = Resource(rid, kind, stream, peer, etag=f'"{secrets.token_hex(8)}"')
+        self.resources[rid] = resource
+        peer.on_closed(lambda p: self.resources.pop(rid, None))
+        return resource
+
+    def created(self, resource: Resource, sdp: str) -> Response:
+        location = f"/{resource.kind}/{urllib.parse.quote(resource.stream, safe='')}/{resource.id}"
+        headers = {**CORS_HEADERS, "Location": location, "ETag": resource.etag, "Accept-Patch": TRICKLE}
+        links = ice_link_headers(self.config.ice_servers)
+        response = Response(sdp, status_code=201, media_type=SDP, headers=headers)
+        for link in links:
+            response.headers.append("Link", link)
+        return response
+
+    # --- resources (WHIP sessions and WHEP viewers) ---------------------------------------------
+    def _find(self, kind: str, stream: str, rid: str) -> Resource:
+        resource = self.resources.get(rid)
+        if resource is None or resource.kind != kind or resource.stream != stream:
+            raise NotFound(f"no {kind.upper()} resource {rid!r} for stream {stream!r}")
+        return resource
+
+    async def resource_delete(self, stream: str, resource: str, request: Request) -> Response:
+        kind = request.url.path.split("/")[1]
+        try:
+            if kind == "whip":
+                check_token(request, self.config.tokens)
+            found = self._find(kind, stream, resource)
+        except StreamserveError as exc:
+            return error_response(exc)
+        self.resources.pop(found.id, None)
+        await found.peer.close("ended by DELETE")
+        return Response(status_code=200, headers=CORS_HEADERS)
+
+    async def resource_patch(self, stream: str, resource: str, request: Request) -> Response:
+        """Trickle ICE (RFC 8840 fragments): 204. ICE restarts are not supported: 422 (RFC 9725 4.3.1)."""
+        kind = request.url.path.split("/")[1]
+        try:
+            if kind == "whip":
+                check_token(request, self.config.tokens)
+            found = self._find(kind, stream, resource)
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != TRICKLE:
+                return error_response(UnsupportedMediaType(f"PATCH takes {TRICKLE}, got {ctype or 'no content type'}"),
+                                      extra={"Accept-Patch": TRICKLE})
+            if_match = request.headers.get("if-match")
+            if if_match is not None and if_match.strip() not in ("*", found.etag):
+                return error_response(PreconditionFailed(f"If-Match {if_match} does not match the ETag "
+                                                    f"{found.etag} of this ICE session"))
+            body = (await request.body()).decode("utf-8", "replace")
+            frag = parse_sdpfrag(body)
+            remote = found.peer.pc.remoteDescription
+            if frag.ufrag is not None and remote is not None and f"a=ice-ufrag:{frag.ufrag}" not in remote.sdp:
+                return error_response(IceRestartUnsupported("ICE restarts are not supported; start a new session"))
+            for candidate in frag.candidates:
+                await found.peer.pc.addIceCandidate(candidate)
+            if frag.end:
+                await found.peer.pc.addIceCandidate(None)
+        except StreamserveError as exc:
+            return error_response(exc)
+        return Response(status_code=204, headers={**CORS_HEADERS, "ETag": found.etag})
+
+    async def options(self, request: Request) -> Response:
+        """CORS preflight; `Accept-Post` on the endpoints, `Accept-Patch` on resources."""
+        extra = {"Accept-Post": SDP} if request.url.path.count("/") == 2 else {"Accept-Patch": TRICKLE}
+        return Response(status_code=204, headers={**CORS_HEADERS, **extra})
+
+    async def not_allowed(self) -> Response:
+        return Response(status_code=405, headers={**CORS_HEADERS, "Allow": "DELETE, PATCH, OPTIONS"})
+
+    # --- viewer page and stream control ---------------------------------------------------------
+    async def view(self, stream: str) -> Response:
+        return FileResponse(web_demo_dir() / "view.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def stream_get(self, stream: str) -> Response:
+        handle = self.sessions.by_stream(stream)
+        if handle is None:
+            return error_response(NotFound(f"stream {stream!r} is not live"))
+        viewers = sum(1 for r in self.resources.values() if r.kind == "whep" and r.stream == stream)
+        return JSONResponse({**handle.stats(), "viewers": viewers}, headers=CORS_HEADERS)
+
+    async def stream_patch(self, stream: str, request: Request) -> Response:
+        """Body: a JSON object of parameters to change, e.g. `{"prompt": "a watercolor fox"}`."""
+        try:
+            check_token(request, self.config.tokens)
+            handle = self.sessions.by_stream(stream)
+            if handle is None:
+                raise NotFound(f"stream {stream!r} is not live")
+            try:
+                body = json.loads(await request.body())
+            except ValueError as exc:
+                raise BadRequest(f"the body must be a JSON object of parameters: {exc}") from None
+            if not isinstance(body, dict):
+                raise BadRequest("the body must be a JSON object of parameters")
+            params = handle.update(body)
+        except StreamserveError as exc:
+            return error_response(exc)
+        return JSONResponse({"stream": stream, "session_id": handle.id, "params": params}, headers=CORS_HEADERS)
