@@ -1,0 +1,316 @@
+"""One WebRTC peer connection bound to one session, independent of how its offer arrived.
+
+`Peer.accept(offer_sdp)` answers an SDP offer (the JSON offer endpoint, WHIP and WHEP all end up
+here) and wires the media:
+
+- the client's video goes through an `InboundPump` into the session (freshest frame wins);
+- the client's audio is pushed into the session chunk by chunk (a video-only pipeline passes it
+  straight through), and echoed back when the client also receives audio;
+- when the client receives video, a `SessionOutputTrack` plays the session's output, paced by pts;
+- a data channel labelled `control` carries JSON both ways: `{"type": "update", "params": {...}}`
+  from the client (answered with `params` or `error`), `ping`/`pong`, and `stats` once a second.
+
+The peer ends when the connection fails or closes, the control channel closes, the session ends, or
+the client goes silent: no media for `silence_s` (aiortc's ICE consent check alone takes ~30 s to
+notice a vanished client). Ending the peer ends the session when the peer owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdatachannel import RTCDataChannel
+
+from streamserve.core.clock import SYSTEM_CLOCK, Clock
+from streamserve.core.config import ServerConfig
+from streamserve.core.errors import BadRequest, StreamserveError
+from streamserve.core.frames import MediaKind
+from streamserve.core.ports import SessionFactory, SessionHandle
+from streamserve.transport.sdp import Offer, parse_offer
+from streamserve.transport.tracks import InboundPump, SessionOutputTrack, drain
+
+log = logging.getLogger(__name__)
+
+CONTROL_LABEL = "control"
+SILENCE_FRACTION = 0.6  # of idle_timeout_s: notice a vanished client early enough to end it in time
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerOptions:
+    """How a peer treats its session. `from_config` derives the timing from a ServerConfig."""
+
+    latency_budget_s: float = 0.25  # deadline = arrival + budget for every unit pushed
+    silence_s: float = 3.0  # no inbound media or control for this long: the client is gone
+    connect_timeout_s: float = 15.0  # offer answered but never connected
+    stats_interval_s: float = 1.0  # `stats` messages on the control channel
+    ice_servers: tuple[str, ...] = ()  # STUN URLs for the server's own candidates
+    receive: bool = True  # push the client's media into the session
+    send: bool = True  # play the session's output to a client that receives
+    owns_session: bool = True  # ending the peer ends the session (False for viewers)
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, **overrides: Any) -> PeerOptions:
+        base = cls(
+            latency_budget_s=config.session.latency_budget_s,
+            silence_s=config.idle_timeout_s * SILENCE_FRACTION,
+            ice_servers=tuple(u for u in config.ice_servers if u.startswith("stun:")),
+        )
+        return dataclasses.replace(base, **overrides)
+
+
+def _codec_preferences(kind: str) -> list[Any]:
+    """VP8 first (cheapest to encode in software, every browser has it), then H.264, then the rest."""
+    codecs = RTCRtpSender.getCapabilities(kind).codecs
+    rank = {"video/vp8": 0, "video/rtx": 1, "video/h264": 2}
+    return sorted(codecs, key=lambda c: rank.get(c.mimeType.lower(), 3))
+
+
+class Peer:
+    """An RTCPeerConnection serving one session. Create, `accept(offer)`, and `close()` when done."""
+
+    def __init__(
+        self,
+        handle: SessionHandle,
+        sessions: SessionFactory,
+        options: PeerOptions,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.handle = handle
+        self._sessions = sessions
+        self.options = options
+        self._clock = clock
+        servers = [RTCIceServer(urls=url) for url in options.ice_servers]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # [] also avoids Google STUN
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pumps: list[InboundPump] = []
+        self._out_tracks: list[SessionOutputTrack] = []
+        self._control: RTCDataChannel | None = None
+        self._expects_media = False
+        self._connected = False
+        self._last_seen = clock.now()
+        self._wake = asyncio.Event()  # the watchdog re-plans on connection changes
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._on_closed: list[Callable[[Peer], None]] = []
+        self.reason: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.handle.id
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def on_closed(self, callback: Callable[[Peer], None]) -> None:
+        """Run `callback(peer)` once the peer has closed."""
+        self._on_closed.append(callback)
+
+    # --- negotiation ----------------------------------------------------------------------------
+    async def accept(self, offer: str | Offer) -> RTCSessionDescription:
+        """Answer an SDP offer. Raises BadRequest (with aiortc's reason) for an offer it rejects."""
+        parsed = offer if isinstance(offer, Offer) else parse_offer(offer)
+        pc = self.pc
+        video = parsed.first("video")
+        if video is not None:
+            # Created before the offer is applied so the answer follows our codec preference.
+            wants_output = self.options.send and video.client_receives
+            transceiver = pc.addTransceiver("video", direction="sendrecv" if wants_output else "recvonly")
+            transceiver.setCodecPreferences(_codec_preferences("video"))
+
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=parsed.sdp, type="offer"))
+        except (ValueError, TypeError, AssertionError) as exc:
+            raise BadRequest(f"malformed SDP: {exc or type(exc).__name__}") from exc
+        except Exception as exc:  # aiortc's OperationError etc.: an offer we cannot serve
+            raise BadRequest(f"unusable SDP offer: {exc or type(exc).__name__}") from exc
+
+        for section in parsed.media:
+            if section.kind == "video" and section is video and self.options.send and section.client_receives:
+                self._add_output(MediaKind.VIDEO)
+            elif section.kind == "audio" and section is parsed.first("audio") and self.options.send \
+                    and section.client_receives:
+                self._add_output(MediaKind.AUDIO)
+
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)  # gathers candidates: the answer is complete (no trickle)
+        self._spawn(self._follow_session(), "follow-session")
+        self._spawn(self._watchdog(), "watchdog")
+        local = pc.localDescription
+        return RTCSessionDescription(sdp=local.sdp, type=local.type)
+
+    def _add_output(self, kind: MediaKind) -> None:
+        track = SessionOutputTrack(self.handle.subscribe(kind), kind, clock=self._clock)
+        self._out_tracks.append(track)
+        self.pc.addTrack(track)
+
+    # --- media ----------------------------------------------------------------------------------
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        first_of_kind = not any(p.kind == track.kind for p in self._pumps)
+        if not (self.options.receive and first_of_kind and track.kind in ("video", "audio")):
+            self._spawn(drain(track), f"drain-{track.kind}")  # keep aiortc's queue empty
+            return
+        pump = InboundPump(track, self.handle, latency_budget_s=self.options.latency_budget_s,
+                           freshest=track.kind == "video", on_media=self._mark_alive, clock=self._clock)
+        self._pumps.append(pump)
+        self._expects_media = True
+        pump.start()
+
+    def _mark_alive(self) -> None:
+        self._last_seen = self._clock.now()
+
+    # --- control channel ------------------------------------------------------------------------
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != CONTROL_LABEL or self._control is not None:
+            return
+        self._control = channel
+        channel.on("message", self._on_control_message)
+        channel.on("close", lambda: self._spawn(self.close("control channel closed"), "close"))
+        self._spawn(self._send_stats(), "stats")
+
+    def _on_control_message(self, message: str | bytes) -> None:
+        self._mark_alive()
+        self.handle.touch()
+        reply = self.handle_control(message)
+        if reply is not None:
+            self._send(reply)
+
+    def handle_control(self, message: str | bytes) -> dict[str, Any] | None:
+        """The reply to one control message (a JSON object with a `type`)."""
+        try:
+            msg = json.loads(message)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return {"type": "error", **BadRequest(f"control messages are JSON objects: {exc}").to_dict()}
+        if not isinstance(msg, dict):
+            return {"type": "error", **BadRequest("control messages are JSON objects").to_dict()}
+        kind = msg.get("type")
+        ref = {"id": msg["id"]} if "id" in msg else {}
+        if kind == "update":
+            params = msg.get("params")
+            if not isinstance(params, dict):
+                return {"type": "error", **ref, **BadRequest("update needs a `params` object").to_dict()}
+            try:
+                return {"type": "params", **ref, "params": self.handle.update(params)}
+            except StreamserveError as exc:
+                return {"type": "error", **ref, **exc.to_dict()}
+        if kind == "ping":
+            return {"type": "pong", **ref, "t": msg.get("t")}
+        if kind == "stats":
+            return self.stats_message()
+        return {"type": "error", **ref,
+                **BadRequest(f"unknown control message type {kind!r}; known: update, ping, stats").to_dict()}
+
+    def stats_message(self) -> dict[str, Any]:
+        return {"type": "stats", **self.handle.stats(), "transport": self.stats()}
+
+    def stats(self) -> dict[str, Any]:
+        """Transport-side counters: what the pumps and output tracks did."""
+        inbound = {p.kind: p.stats() for p in self._pumps}
+        outbound = {t.kind: {"sent": t.sent, "reanchors": t.pacer.reanchors} for t in self._out_tracks}
+        return {"connection": self.pc.connectionState, "inbound": inbound, "outbound": outbound}
+
+    def _send(self, message: dict[str, Any]) -> None:
+        channel = self._control
+        if channel is not None and channel.readyState == "open":
+            channel.send(json.dumps(message, default=str))
+
+    async def _send_stats(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.options.stats_interval_s)
+            self._send(self.stats_message())
+
+    # --- lifetime -------------------------------------------------------------------------------
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("session %s: connection %s", self.id, state)
+        if state == "connected":
+            self._connected = True
+            self._mark_alive()
+        elif state in ("failed", "closed"):
+            self._spawn(self.close(f"connection {state}"), "close")
+        self._wake.set()
+
+    async def _watchdog(self) -> None:
+        """Ends a peer that never connects, or whose media stops (a client that vanished)."""
+        while not self._closing:
+            if not self._connected:
+                due, reason = self._last_seen + self.options.connect_timeout_s, "never connected"
+            elif self._expects_media:
+                due, reason = self._last_seen + self.options.silence_s, "client gone: no media"
+            else:
+                await self._wake.wait()  # a viewer: connection state and ICE consent decide
+                self._wake.clear()
+                continue
+            wait = due - self._clock.now()
+            if wait <= 0:
+                await self.close(f"{reason} for {self._clock.now() - self._last_seen:.1f} s")
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+
+    async def _follow_session(self) -> None:
+        reason = await self.handle.wait_closed()
+        await self.close(f"session ended: {reason}")
+
+    async def close(self, reason: str) -> None:
+        """Tear everything down (idempotent): tracks, the connection and, if owned, the session."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self.reason = reason
+        log.info("session %s: peer closing (%s)", self.id, reason)
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        for pump in self._pumps:
+            await pump.stop()
+        for track in self._out_tracks:
+            track.stop()
+        try:
+            await self.pc.close()
+        except Exception:
+            log.exception("session %s: closing the peer connection failed", self.id)
+        if self.options.owns_session:
+            with contextlib.suppress(StreamserveError):
+                await self._sessions.close(self.handle.id, reason)
+        self._closed.set()
+        for callback in self._on_closed:
+            callback(self)
+
+    async def wait_closed(self) -> str:
+        await self._closed.wait()
+        return self.reason or ""
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        if self._closing and not name.startswith("close"):
+            coro.close()
+            return
+        task = asyncio.create_task(coro, name=f"peer-{self.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s: %s failed", self.id, task.get_name(), exc_info=task.exception())

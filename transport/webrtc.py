@@ -1,0 +1,91 @@
+"""`POST /v1/webrtc/offer`: the browser's way in. One JSON offer in, one JSON answer out (no trickle ICE).
+
+Request ``{"sdp": ..., "type": "offer", "pipeline": "video", "params": {...}}`` (pipeline and params
+optional); answer ``{"sdp": ..., "type": "answer", "session_id": ...}``. Errors are JSON
+``{"error": code, "message": ...}``: a malformed SDP is 400 with the parser's reason, an unknown
+pipeline 400 listing the available ones, invalid params 422 naming the field, a full server 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from streamserve.core.config import ServerConfig
+from streamserve.core.errors import BadRequest, StreamserveError
+from streamserve.core.ports import SessionFactory
+from streamserve.transport.peer import Peer, PeerOptions
+from streamserve.transport.sdp import parse_offer
+
+log = logging.getLogger(__name__)
+
+
+class OfferRequest(BaseModel):
+    sdp: str = Field(description="The SDP offer, with its ICE candidates gathered (no trickle).")
+    type: Literal["offer"] = "offer"
+    pipeline: str | None = Field(None, description="A name from GET /v1/pipelines; default: the server's.")
+    params: dict[str, Any] | None = Field(None, description="Initial pipeline parameters.")
+
+
+class OfferAnswer(BaseModel):
+    sdp: str
+    type: Literal["answer"] = "answer"
+    session_id: str = Field(description="For GET|PATCH|DELETE /v1/sessions/{id}.")
+
+
+_ERROR = {"content": {"application/json": {"example": {"error": "bad_request", "message": "..."}}}}
+
+
+class WebRTCTransport:
+    """Answers WebRTC offers with a `Peer` bound to a new session; `aclose()` ends every peer."""
+
+    def __init__(self, sessions: SessionFactory, config: ServerConfig) -> None:
+        self._sessions = sessions
+        self._config = config
+        self._options = PeerOptions.from_config(config)
+        self.peers: dict[str, Peer] = {}
+        self.router = APIRouter(tags=["webrtc"])
+        self.router.add_api_route(
+            "/v1/webrtc/offer", self.offer, methods=["POST"], response_model=OfferAnswer,
+            summary="Start a session from a WebRTC offer",
+            responses={400: _ERROR, 422: _ERROR, 503: _ERROR},
+        )
+
+    async def offer(self, body: OfferRequest) -> OfferAnswer | JSONResponse:
+        """Open a session running `pipeline` and answer the offer with its output."""
+        try:
+            return await self._answer(body)
+        except StreamserveError as exc:
+            log.info("webrtc offer rejected: %s", exc)
+            return JSONResponse(exc.to_dict(), status_code=exc.status)
+
+    async def _answer(self, request: OfferRequest) -> OfferAnswer:
+        offer = parse_offer(request.sdp)
+        video = offer.first("video")
+        if video is None or not video.client_sends:
+            raise BadRequest("the offer must send a video track (m=video, sendrecv or sendonly)")
+        handle = await self._sessions.open(request.pipeline, request.params, source="webrtc")
+        peer = Peer(handle, self._sessions, self._options)
+        self.peers[peer.id] = peer
+        peer.on_closed(lambda p: self.peers.pop(p.id, None))
+        try:
+            answer = await peer.accept(offer)
+        except BaseException:
+            await peer.close("offer rejected")
+            raise
+        log.info("session %s: webrtc peer answered (pipeline %s)", handle.id, handle.pipeline)
+        return OfferAnswer(sdp=answer.sdp, session_id=handle.id)
+
+    async def aclose(self) -> None:
+        """Close every peer (and its session); the server calls this on shutdown."""
+        peers = list(self.peers.values())
+        results = await asyncio.gather(*(p.close("server shutting down") for p in peers),
+                                       return_exceptions=True)
+        for peer, result in zip(peers, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("closing peer %s failed: %r", peer.id, result)
