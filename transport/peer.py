@@ -106,7 +106,7 @@ class Peer:
         self._wake = asyncio.Event()  # the watchdog re-plans on connection changes
         self._closing = False
         self._closed = asyncio.Event()
-        self._on_closed: list[Callable[[Peer], None]] = []
+        self._on_closed: list[Callable[[Peer], object]] = []
         self.reason: str | None = None
 
     @property
@@ -117,7 +117,7 @@ class Peer:
     def closed(self) -> bool:
         return self._closing
 
-    def on_closed(self, callback: Callable[[Peer], None]) -> None:
+    def on_closed(self, callback: Callable[[Peer], object]) -> None:
         """Run `callback(peer)` once the peer has closed."""
         self._on_closed.append(callback)
 

@@ -72,7 +72,7 @@ def parse_offer(sdp: object) -> Offer:
     sections = []
     for index, media in enumerate(description.media):
         where = f"m-line {index} ({media.kind})"
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise BadRequest(f"malformed SDP: {where}: ICE username fragment or password is missing")
         if not media.dtls or not media.dtls.fingerprints:
             raise BadRequest(f"malformed SDP: {where}: no DTLS fingerprint (a=fingerprint)")
