@@ -117,6 +117,11 @@ class Peer:
     def closed(self) -> bool:
         return self._closing
 
+    @property
+    def tracks(self) -> list[MediaStreamTrack]:
+        """Every track this peer reads or plays (all `ended` once it has closed)."""
+        return [pump.track for pump in self._pumps] + list(self._out_tracks)
+
     def on_closed(self, callback: Callable[[Peer], object]) -> None:
         """Run `callback(peer)` once the peer has closed."""
         self._on_closed.append(callback)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from fractions import Fraction
 
 import av
@@ -132,10 +133,11 @@ class StampedVideoTrack(MediaStreamTrack):
 class StampReader:
     """Reads the index of every frame of a received track: `seen` holds (index, monotonic time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_frame: Callable[[], None] | None = None) -> None:
         self.seen: list[tuple[int, float]] = []
         self.unreadable = 0
         self.last_frame: np.ndarray | None = None  # [H, W, 3] RGB of the latest frame
+        self._on_frame = on_frame
 
     async def consume(self, track: MediaStreamTrack, mirrored: bool = False) -> None:
         """Read until the track ends (or the task is cancelled)."""
@@ -149,9 +151,11 @@ class StampReader:
                 index = read_stamp(rgb[:, ::-1] if mirrored else rgb)
                 if index is None:
                     self.unreadable += 1
-                    continue
-                previous = unwrap(index, previous)
-                self.seen.append((previous, now))
+                else:
+                    previous = unwrap(index, previous)
+                    self.seen.append((previous, now))
+                if self._on_frame is not None:
+                    self._on_frame()
         except MediaStreamError:
             return
 

@@ -166,7 +166,7 @@ class InboundPump:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.kind = str(track.kind)
-        self._track = track
+        self.track = track
         self._handle = handle
         self._budget = latency_budget_s
         self._freshest = freshest
@@ -193,6 +193,7 @@ class InboundPump:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.track.stop()
         self.done.set()
 
     def stats(self) -> dict[str, int]:
@@ -202,7 +203,7 @@ class InboundPump:
     async def _read(self) -> None:
         try:
             while True:
-                frame = await self._track.recv()
+                frame = await self.track.recv()
                 arrival = self._clock.now()
                 self.received += 1
                 if self._on_media is not None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -68,7 +69,8 @@ class Client:
         self.base_url = base_url
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video = StampedVideoTrack(width, height, fps)
-        self.reader = StampReader()
+        self.updated = asyncio.Event()  # set on every frame or message received
+        self.reader = StampReader(on_frame=self.updated.set)
         self.audio = AudioMeter()
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.stats: list[dict[str, Any]] = []
@@ -83,7 +85,14 @@ class Client:
         self.control.on("message", self._on_message)
         self.pc.on("track", self._on_track)
 
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate()` holds, re-checking whenever something arrives (bound it with a timeout)."""
+        while not predicate():
+            self.updated.clear()
+            await self.updated.wait()
+
     def _on_message(self, message: str | bytes) -> None:
+        self.updated.set()
         msg = json.loads(message)
         if msg.get("type") == "stats":
             self.stats.append(msg)
