@@ -98,6 +98,7 @@ class StreamClient:
         self.params = dict(params or {})
         self.token = token
         self.send_format = wp.VIDEO_FORMATS[send_format]
+        self.jpeg_quality = jpeg_quality
         self.output = {"video": output_format, "jpeg_quality": jpeg_quality, "kinds": list(kinds)}
         self.open_timeout = open_timeout
         self.session_id: str | None = None
@@ -200,7 +201,7 @@ class StreamClient:
             data = self._codec.encode(unit, seq=seq, video_format=self.send_format)
         else:
             data = await asyncio.to_thread(self._codec.encode, unit, seq=seq, video_format=self.send_format,
-                                           jpeg_quality=int(self.output["jpeg_quality"]))
+                                           jpeg_quality=self.jpeg_quality)
         await self._send_media(data)
         return seq
 

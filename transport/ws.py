@@ -227,12 +227,13 @@ class _Connection:
                 await self._finish(self._reply(msg, {"type": "ended", "reason": "ended by client"}),
                                    wp.CLOSE_NORMAL)
                 raise _Closed
-            raise wp.ProtocolError("not_started", f"`{msg.type}` before `start`", fatal=False)
+            await self._refuse(msg, wp.ProtocolError("not_started", f"`{msg.type}` before `start`", fatal=False))
+            return
         if msg.type == "update":
             try:
                 params = self.handle.update(msg.body["params"])
             except StreamserveError as exc:
-                await self._send_text(wp.error_message(exc, fatal=False, msg_id=msg.id))
+                await self._refuse(msg, exc)
                 return
             await self._send_text(self._reply(msg, {"type": "updated", "params": params}))
         elif msg.type == "stats":
@@ -246,6 +247,10 @@ class _Connection:
             await self._finish(self._reply(msg, {"type": "ended", "reason": "ended by client",
                                                  "session_id": sid}), wp.CLOSE_NORMAL)
             raise _Closed
+
+    async def _refuse(self, msg: wp.Control, exc: StreamserveError) -> None:
+        """A non-fatal error answering `msg`: the connection goes on."""
+        await self._send_text(wp.error_message(exc, fatal=False, msg_id=msg.id))
 
     @staticmethod
     def _reply(msg: wp.Control, body: dict[str, Any]) -> dict[str, Any]:
@@ -284,13 +289,15 @@ class _Connection:
 
     async def _start(self, msg: wp.Control) -> None:
         if self.handle is not None:
-            raise wp.ProtocolError("already_started", "this connection already runs a session", fatal=False)
+            await self._refuse(msg, wp.ProtocolError("already_started", "this connection already runs a session",
+                                                     fatal=False))
+            return
         output = wp.OutputOptions.from_start(msg.body)
         try:
             handle = await self.t.sessions.open(msg.body.get("pipeline"), msg.body.get("params"),
                                                 source="websocket")
         except StreamserveError as exc:
-            await self._send_text(wp.error_message(exc, fatal=False, msg_id=msg.id))
+            await self._refuse(msg, exc)
             return
         self.handle, self.output = handle, output
         for kind in output.kinds:
