@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import torch
 
 # Tolerances against the fp32 reference (max abs error and relative error, torch.testing style).
-TOL = {torch.float32: {"atol": 2e-5, "rtol": 1e-4}, torch.float16: {"atol": 3e-3, "rtol": 3e-3}}
+TOL: dict[torch.dtype, dict[str, Any]] = {torch.float32: {"atol": 2e-5, "rtol": 1e-4}, torch.float16: {"atol": 3e-3, "rtol": 3e-3}}
 # Gradients accumulate more rounding (fp16 inputs are rounded to fp16 inside the kernels).
-GRAD_TOL = {torch.float32: {"atol": 5e-5, "rtol": 1e-4}, torch.float16: {"atol": 1e-2, "rtol": 1e-2}}
+GRAD_TOL: dict[torch.dtype, dict[str, Any]] = {torch.float32: {"atol": 5e-5, "rtol": 1e-4}, torch.float16: {"atol": 1e-2, "rtol": 1e-2}}
 
 requires_interpreter = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
@@ -40,3 +41,11 @@ def random_proj(d: int, seed: int = 1) -> torch.nn.Linear:
         p.weight.copy_(torch.randn(d, d, generator=g) * 0.5)
         p.bias.zero_()
     return p.to(device())
+
+
+def assert_close_named(name: str, got: torch.Tensor, want: torch.Tensor, tol: dict[str, Any]) -> None:
+    """``torch.testing.assert_close`` in fp32 with ``name`` leading the failure message."""
+    try:
+        torch.testing.assert_close(got.float(), want.float(), **tol)
+    except AssertionError as e:
+        raise AssertionError(f"{name}: {e}") from None

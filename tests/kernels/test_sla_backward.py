@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamserve.kernels import SparseLinearAttention, sla_attention, sla_reference
-from tests.kernels.helpers import GRAD_TOL, TOL, qkv, random_proj, requires_interpreter
+from tests.kernels.helpers import GRAD_TOL, TOL, assert_close_named, qkv, random_proj, requires_interpreter
 
 pytestmark = requires_interpreter
 
@@ -32,7 +32,7 @@ def test_gradients_match_reference(b: int, h: int, lq: int, lk: int, mask: dict,
     torch.testing.assert_close(out.float(), ref.float(), **TOL[dtype])
     for name, g, w in zip(("dq", "dk", "dv", "dproj"), got, want, strict=True):
         assert g.dtype == w.dtype, name
-        torch.testing.assert_close(g.float(), w.float(), **GRAD_TOL[dtype], msg=lambda m, n=name: f"{n}: {m}")
+        assert_close_named(name, g, w, GRAD_TOL[dtype])
 
 
 def test_gradients_reach_zero_initialised_projection() -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # SLA-over-cache test: Triton kernels under the interpreter on CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(2)
 
