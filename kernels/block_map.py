@@ -95,14 +95,15 @@ def num_blocks(length: int, block: int) -> int:
 
 def mean_pool(x: torch.Tensor, block: int) -> torch.Tensor:
     """Mean over each block of ``block`` tokens. x: [B, H, L, D] -> [B, H, ceil(L/block), D] (fp32);
-    the last block averages only its real tokens."""
+    the last block averages only its real tokens. Sums accumulate in fp32 without copying ``x``."""
     b, h, length, d = x.shape
-    n = num_blocks(length, block)
-    xp = torch.nn.functional.pad(x.float(), (0, 0, 0, n * block - length))
-    sums = xp.view(b, h, n, block, d).sum(dim=3)
-    counts = torch.full((n,), float(block), device=x.device)
-    counts[-1] = length - (n - 1) * block
-    return sums / counts[:, None]
+    full = length // block
+    parts = []
+    if full:
+        parts.append(x[:, :, : full * block].reshape(b, h, full, block, d).sum(dim=3, dtype=torch.float32) / block)
+    if length > full * block:
+        parts.append(x[:, :, full * block :].sum(dim=2, keepdim=True, dtype=torch.float32) / (length - full * block))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
 def block_visibility(mask: MaskSpec, block_q: int, block_k: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +134,8 @@ def sla_block_map(
     lk = k.shape[2]
     mask = MaskSpec(lq, lk, causal, frame)
     qp = mean_pool(q, block_q)  # [B, H, nq, D]
-    kp = mean_pool(k.float() - k.float().mean(dim=2, keepdim=True), block_k)  # [B, H, nk, D]
+    # Smooth-K: pool(K - mean_t K) = pool(K) - mean_t K (pooling is linear; no copy of K).
+    kp = mean_pool(k, block_k) - k.mean(dim=2, keepdim=True, dtype=torch.float32)  # [B, H, nk, D]
     scores = (qp @ kp.transpose(-1, -2)) / math.sqrt(d)  # [B, H, nq, nk]
     any_vis, full_vis = block_visibility(mask, block_q, block_k, q.device)
     nq, nk = any_vis.shape
