@@ -17,6 +17,7 @@
     resource: null,      // the WHEP resource URL while connected
     attempts: 0,
     lastError: null,
+    peer: function () { return pc; },
     framesDecoded: function () {
       const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
       return q ? q.totalVideoFrames : 0;
@@ -26,6 +27,8 @@
 
   let pc = null;
   let retryTimer = null;
+  let watchTimer = null;
+  let sessionId = null; // the stream's session when this viewer connected
 
   function setState(state) {
     view.state = state;
@@ -51,7 +54,32 @@
     });
   }
 
+  async function streamSession() {
+    // The live session of the stream, or null: browsers take 5-30 s to notice a peer that went away,
+    // so the page also asks the server every 2 s whether the stream it plays is still the live one.
+    try {
+      const reply = await fetch("/v1/streams/" + encodeURIComponent(stream), { cache: "no-store" });
+      return reply.ok ? (await reply.json()).session_id : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function watch(peer) {
+    clearInterval(watchTimer);
+    watchTimer = setInterval(async () => {
+      if (pc !== peer) { clearInterval(watchTimer); return; }
+      const current = await streamSession();
+      if (pc === peer && current !== sessionId) {
+        clearInterval(watchTimer);
+        setState(current === null ? "waiting" : "retrying");
+        retry(current === null ? 1000 : 0);
+      }
+    }, 2000);
+  }
+
   async function teardown() {
+    clearInterval(watchTimer);
     const resource = view.resource;
     view.resource = null;
     if (pc) { pc.close(); pc = null; }
@@ -83,7 +111,7 @@
     peer.onconnectionstatechange = () => {
       if (pc !== peer) return;
       if (peer.connectionState === "connected") setState("playing");
-      if (peer.connectionState === "failed" || peer.connectionState === "closed") {
+      if (["failed", "closed", "disconnected"].includes(peer.connectionState)) {
         setState("retrying");
         retry(1000);
       }
@@ -107,6 +135,8 @@
       const location = reply.headers.get("Location");
       view.resource = location ? new URL(location, window.location.href).href : null;
       await peer.setRemoteDescription({ type: "answer", sdp: await reply.text() });
+      sessionId = await streamSession();
+      watch(peer);
     } catch (err) {
       view.lastError = String(err);
       if (pc === peer) { setState("retrying"); retry(2000); }
