@@ -74,6 +74,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> int:
+    from streamserve.client import main_client
+
+    return main_client(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamserve", description="Real-time generation server for "
                                      "live video and voice.")
@@ -101,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=_bench)
+
+    from streamserve.client import add_client_arguments
+
+    client = sub.add_parser("client", help="convert a video file through a pipeline (WebSocket API)")
+    add_client_arguments(client)
+    client.set_defaults(func=_client)
     return parser
 
 

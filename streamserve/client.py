@@ -384,7 +384,8 @@ async def convert(input: str, output: str, *, url: str = DEFAULT_URL, pipeline: 
     container = await asyncio.to_thread(_open_input, input)
     stream = container.streams.video[0]
     fps = float(stream.average_rate or stream.guessed_rate or 30)
-    total = stream.frames or None
+    total = stream.frames or (round(float(stream.duration * stream.time_base) * fps)
+                              if stream.duration and stream.time_base else None)
     if max_frames is not None:
         total = min(total or max_frames, max_frames)
     writer = _Writer(output, fps)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -142,7 +144,20 @@ async def test_convert_a_file_end_to_end(server: LiveServer, tmp_path: Path, src
         assert np.abs(frame.astype(int) - picture[:, ::-1]).mean() < 8  # mirrored (codec loss aside)
 
 
-def test_main_client_command(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_streamserve_client_command(server: LiveServer, tmp_path: Path) -> None:
+    """The installed command, as a user runs it: a generated file in, a converted file out, a progress bar."""
+    write_video(tmp_path / "in.y4m", frames=12)
+    out = tmp_path / "out.mp4"
+    done = subprocess.run([sys.executable, "-m", "streamserve.cli", "client", "--input", str(tmp_path / "in.y4m"),
+                           "--output", str(out), "--url", ws_url(server), "--pipeline", "passthrough",
+                           "--param", "mirror=true"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "12/12 frames" in done.stdout and "lost 0" in done.stdout
+    assert "frame" in done.stderr and "12/12" in done.stderr  # tqdm's bar
+    assert len(read_video(out)[0]) == 12
+
+
+def test_main_client_errors(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_video(tmp_path / "in.y4m", frames=6)
     parser = argparse.ArgumentParser()
     add_client_arguments(parser)
@@ -155,6 +170,14 @@ def test_main_client_command(server: LiveServer, tmp_path: Path, capsys: pytest.
                              "--url", ws_url(server), "--param", "mirror=maybe", "--no-progress"])
     assert main_client(bad) == 1
     assert "invalid_params" in capsys.readouterr().err
+    missing = parser.parse_args(["-i", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "x.avi"),
+                                 "--url", ws_url(server), "--no-progress"])
+    assert main_client(missing) == 1
+    assert "nope.mp4" in capsys.readouterr().err
+    wrong_ext = parser.parse_args(["-i", str(tmp_path / "in.y4m"), "-o", str(tmp_path / "x.gif"),
+                                   "--url", ws_url(server), "--no-progress"])
+    assert main_client(wrong_ext) == 1
+    assert ".gif" in capsys.readouterr().err
 
 
 def test_parse_param_args() -> None:
