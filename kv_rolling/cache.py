@@ -182,6 +182,11 @@ class RollingKVCache:
         return self._next_index
 
     @property
+    def next_position(self) -> int:
+        """RoPE block position of the next new block: ``position_for(next_index)``."""
+        return self.position_for(self._next_index)
+
+    @property
     def nbytes(self) -> int:
         """Bytes of K/V storage (plus the ordered-read buffer when this cache owns one)."""
         n = 2 * self._k.numel() * self._k.element_size()

@@ -112,6 +112,7 @@ def test_refresh_policy_positions_are_bounded_and_restart() -> None:
     positions = []
     for i in range(30):
         positions.append(cache.position_for(i))
+        assert cache.next_position == positions[-1]
         cache.write(i, torch.zeros(B, H, T, D), torch.zeros(B, H, T, D))
         assert cache.position_for(i) == positions[-1]
     # capacity 5: positions 0..9, then restart at capacity - 1 = 4 and run up to 9 again.
