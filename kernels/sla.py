@@ -15,7 +15,6 @@ The PyTorch reference is :func:`streamserve.kernels.reference.sla_reference`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -174,8 +173,14 @@ def _sla_bwd_dkdv_kernel(
 # ---------------------------------------------------------------------------------------------- wrapper
 
 
+# Whether @triton.jit built interpreted kernels: decided by TRITON_INTERPRET when this module was
+# imported, not when a kernel is called.
+KERNELS_INTERPRETED: bool = type(_sla_fwd_kernel).__name__ == "InterpretedFunction"
+
+
 def interpreter_active() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when the kernels of this module run under the Triton interpreter (numpy, on the host)."""
+    return KERNELS_INTERPRETED
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int) -> None:
@@ -200,14 +205,13 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int
         raise ValueError(f"dtype {q.dtype} is not supported; use float16, bfloat16 or float32")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda":
-        if not interpreter_active():
-            raise ValueError(
-                f"the Triton SLA kernels need a CUDA device, or TRITON_INTERPRET=1 (set before "
-                f"streamserve.kernels is imported) to run on {q.device.type}; use backend 'reference' instead"
-            )
-        if q.dtype == torch.bfloat16:
-            raise ValueError("bfloat16 tl.dot is silently wrong under the Triton interpreter; use float16/float32 on CPU")
+    if q.device.type != "cuda" and not interpreter_active():
+        raise ValueError(
+            f"the Triton SLA kernels need a CUDA device, or TRITON_INTERPRET=1 (set before "
+            f"streamserve.kernels is imported) to run on {q.device.type}; use impl='reference' instead"
+        )
+    if interpreter_active() and q.dtype == torch.bfloat16:
+        raise ValueError("bfloat16 tl.dot is silently wrong under the Triton interpreter; use float16/float32 on CPU")
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dimension (stride {x.stride(-1)}); "

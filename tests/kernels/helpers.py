@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 import torch
+
+from streamserve.kernels.sla import KERNELS_INTERPRETED
 
 # Tolerances against the fp32 reference (max abs error and relative error, torch.testing style).
 TOL: dict[torch.dtype, dict[str, Any]] = {torch.float32: {"atol": 2e-5, "rtol": 1e-4}, torch.float16: {"atol": 3e-3, "rtol": 3e-3}}
@@ -14,8 +15,8 @@ TOL: dict[torch.dtype, dict[str, Any]] = {torch.float32: {"atol": 2e-5, "rtol": 
 GRAD_TOL: dict[torch.dtype, dict[str, Any]] = {torch.float32: {"atol": 5e-5, "rtol": 1e-4}, torch.float16: {"atol": 1e-2, "rtol": 1e-2}}
 
 requires_interpreter = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-    reason="needs CUDA or TRITON_INTERPRET=1",
+    not KERNELS_INTERPRETED and not torch.cuda.is_available(),
+    reason="needs CUDA or TRITON_INTERPRET=1 (set by conftest.py before the kernels are imported)",
 )
 
 

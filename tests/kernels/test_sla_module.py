@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from streamserve.kernels import SparseLinearAttention, dense_attention, sla_attention
+from streamserve.kernels import sla as sla_module
 from tests.kernels.helpers import TOL, device, qkv, requires_interpreter
 
 
@@ -96,7 +97,7 @@ def test_cpu_needs_the_interpreter_and_no_bf16(monkeypatch: pytest.MonkeyPatch) 
     q, k, v = qkv(1, 1, 64, 64, 64)
     with pytest.raises(ValueError, match="bfloat16 tl.dot is silently wrong"):
         sla_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), kh=0.5, kl=0.0, impl="triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(sla_module, "KERNELS_INTERPRETED", False)  # as if imported without TRITON_INTERPRET=1
     with pytest.raises(ValueError, match="need a CUDA device, or TRITON_INTERPRET=1"):
         sla_attention(q, k, v, kh=0.5, kl=0.0, impl="triton")
     # The reference needs neither.
