@@ -86,12 +86,12 @@ def read_stamp(rgb: np.ndarray) -> int | None:
     return index
 
 
-def unwrap(index: int, previous: int | None) -> int:
-    """Extend a 12-bit index to the full count, given the previous full index (None: the first)."""
+def unwrap(index: int, previous: int | None, modulo: int = INDEX_MODULO) -> int:
+    """Extend an index counted modulo `modulo` to the full count, given the previous full index."""
     if previous is None:
         return index
-    base = previous - previous % INDEX_MODULO + index
-    candidates = (base - INDEX_MODULO, base, base + INDEX_MODULO)
+    base = previous - previous % modulo + index
+    candidates = (base - modulo, base, base + modulo)
     return min(candidates, key=lambda c: abs(c - previous))
 
 

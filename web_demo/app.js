@@ -1,0 +1,330 @@
+// streamserve demo page: camera in over WebRTC, the server's output beside it, live parameters and stats.
+//
+// Flow: GET /v1/pipelines fills the picker and the parameter form; Start opens the camera, offers
+// (non-trickle: ICE gathered first) to POST /v1/webrtc/offer with {sdp, type, pipeline, params}, and
+// plays the answer's video track. A data channel "control" carries {"type":"update","params":{...}}
+// (answered with "params" or "error") and the server's "stats" once a second; the overlay adds
+// getStats() figures. URL options: ?pipeline=NAME&autostart=1&width=W&height=H&fps=N&mic=1.
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+
+const state = {
+  pipelines: new Map(), // name -> {name, description, inputs, outputs, params}
+  pc: null,
+  channel: null,
+  stream: null,
+  sessionId: null,
+  serverStats: null,
+  clientStats: {},
+  prevReport: null,
+  statsTimer: null,
+  shown: { frames: 0, since: performance.now(), fps: 0 },
+  rtt: null,
+};
+window.streamserve = state; // for the browser test and for poking around in devtools
+
+// --- pipelines and parameters -----------------------------------------------------------------
+
+async function loadPipelines() {
+  const [pipelines, health] = await Promise.all([
+    fetch("/v1/pipelines").then((r) => r.json()),
+    fetch("/healthz").then((r) => r.json()).catch(() => ({})),
+  ]);
+  const select = $("pipeline");
+  select.replaceChildren();
+  for (const p of pipelines) {
+    state.pipelines.set(p.name, p);
+    select.append(new Option(p.name, p.name));
+  }
+  const wanted = query.get("pipeline") || health.pipeline;
+  if (wanted && state.pipelines.has(wanted)) select.value = wanted;
+  select.disabled = false;
+  $("start").disabled = false;
+  renderParams();
+}
+
+function renderParams() {
+  const info = state.pipelines.get($("pipeline").value);
+  const form = $("params");
+  form.replaceChildren();
+  $("params-error").hidden = true;
+  $("pipeline-description").textContent = info ? info.description : "";
+  if (!info) return;
+  const entries = Object.entries(info.params || {});
+  if (!entries.length) form.append(Object.assign(document.createElement("span"), {className: "hint", textContent: "no parameters"}));
+  for (const [name, spec] of entries) form.append(paramControl(name, spec));
+}
+
+function paramControl(name, spec) {
+  const label = document.createElement("label");
+  label.title = spec.description || spec.help || "";
+  label.append(name);
+  let input;
+  if (spec.type === "bool") {
+    input = Object.assign(document.createElement("input"), {type: "checkbox", checked: !!spec.default});
+    label.prepend(input);
+  } else if (spec.type === "enum" || Array.isArray(spec.choices)) {
+    input = document.createElement("select");
+    for (const choice of spec.choices || []) input.append(new Option(String(choice), JSON.stringify(choice)));
+    input.value = JSON.stringify(spec.default);
+    label.append(input);
+  } else if (spec.type === "int" || spec.type === "float") {
+    const ranged = spec.min !== undefined && spec.max !== undefined;
+    input = Object.assign(document.createElement("input"), {
+      type: ranged ? "range" : "number",
+      step: spec.step ?? (spec.type === "int" ? 1 : "any"),
+      value: spec.default ?? 0,
+    });
+    if (spec.min !== undefined) input.min = spec.min;
+    if (spec.max !== undefined) input.max = spec.max;
+    label.append(input);
+    if (ranged) {
+      const out = Object.assign(document.createElement("span"), {className: "hint", textContent: String(input.value)});
+      input.addEventListener("input", () => (out.textContent = input.value));
+      label.append(out);
+    }
+  } else {
+    input = Object.assign(document.createElement("input"), {type: "text", value: spec.default ?? ""});
+    label.append(input);
+  }
+  input.name = name;
+  input.dataset.kind = spec.type;
+  input.dataset.default = JSON.stringify(spec.default ?? null);
+  input.addEventListener("change", () => sendUpdate({[name]: readControl(input)}));
+  return label;
+}
+
+function readControl(input) {
+  if (input.type === "checkbox") return input.checked;
+  if (input.tagName === "SELECT") return JSON.parse(input.value);
+  if (input.dataset.kind === "int") return parseInt(input.value, 10);
+  if (input.dataset.kind === "float") return parseFloat(input.value);
+  return input.value;
+}
+
+function changedParams() {
+  const params = {};
+  for (const input of $("params").querySelectorAll("[name]")) {
+    const value = readControl(input);
+    if (JSON.stringify(value) !== input.dataset.default) params[input.name] = value;
+  }
+  return params;
+}
+
+function showParams(params) {
+  for (const [name, value] of Object.entries(params)) {
+    const input = $("params").querySelector(`[name="${CSS.escape(name)}"]`);
+    if (!input) continue;
+    input.classList.remove("invalid");
+    if (input.type === "checkbox") input.checked = !!value;
+    else if (input.tagName === "SELECT") input.value = JSON.stringify(value);
+    else input.value = value;
+  }
+}
+
+function showParamError(err) {
+  const box = $("params-error");
+  box.textContent = err.message || err.error;
+  box.hidden = false;
+  const input = err.field && $("params").querySelector(`[name="${CSS.escape(err.field)}"]`);
+  if (input) input.classList.add("invalid");
+}
+
+function sendUpdate(params) {
+  $("params-error").hidden = true;
+  if (state.channel?.readyState === "open") state.channel.send(JSON.stringify({type: "update", params}));
+  // Before a session starts the values simply go into the offer.
+}
+
+// --- the session ----------------------------------------------------------------------------------
+
+function setStatus(text, kind = "idle") {
+  const el = $("status");
+  el.textContent = text;
+  el.dataset.state = kind;
+}
+
+function preferVP8(transceiver) {
+  // VP8 first: aiortc encodes it cheapest in software. The rest stay as fallbacks (H.264).
+  const caps = window.RTCRtpReceiver?.getCapabilities?.("video");
+  if (!caps || !transceiver.setCodecPreferences) return;
+  const rank = (c) => ({"video/VP8": 0, "video/H264": 1}[c.mimeType] ?? 2);
+  transceiver.setCodecPreferences([...caps.codecs].sort((a, b) => rank(a) - rank(b)));
+}
+
+function iceGathered(pc, timeoutMs = 3000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
+    const check = () => pc.iceGatheringState === "complete" && done();
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(done, timeoutMs); // send what we have: host candidates come first
+  });
+}
+
+async function start(event) {
+  event?.preventDefault();
+  if (state.pc) return;
+  $("start").disabled = true;
+  $("pipeline").disabled = true;
+  const pipeline = $("pipeline").value;
+  const width = Number(query.get("width") || 512), height = Number(query.get("height") || 512);
+  const fps = Number(query.get("fps") || 30);
+  try {
+    setStatus("Opening the camera…");
+    state.stream = await navigator.mediaDevices.getUserMedia({
+      video: {width: {ideal: width}, height: {ideal: height}, frameRate: {ideal: fps}},
+      audio: $("mic").checked ? {echoCancellation: true, noiseSuppression: true} : false,
+    });
+    $("local").srcObject = state.stream;
+
+    const pc = (state.pc = new RTCPeerConnection());
+    const [video] = state.stream.getVideoTracks();
+    video.contentHint = "motion";
+    preferVP8(pc.addTransceiver(video, {direction: "sendrecv", streams: [state.stream]}));
+    for (const audio of state.stream.getAudioTracks()) pc.addTransceiver(audio, {direction: "sendrecv"});
+    const output = new MediaStream();
+    pc.addEventListener("track", (ev) => {
+      output.addTrack(ev.track);
+      $("output").srcObject = output;
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "connected") setStatus(`Live · session ${state.sessionId} · ${pipeline}`, "live");
+      if (pc.connectionState === "failed") stop("the connection failed", "error");
+    });
+    openControl(pc);
+
+    setStatus("Connecting…");
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGathered(pc);
+    const res = await fetch("/v1/webrtc/offer", {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({sdp: pc.localDescription.sdp, type: "offer", pipeline, params: changedParams()}),
+    });
+    const body = await res.json();
+    if (!res.ok) {
+      if (body.field) showParamError(body);
+      throw new Error(`${res.status}: ${body.message || JSON.stringify(body.detail || body)}`);
+    }
+    state.sessionId = body.session_id;
+    await pc.setRemoteDescription({type: body.type, sdp: body.sdp});
+    $("stop").disabled = false;
+    $("stats").hidden = false;
+    state.statsTimer = setInterval(pollStats, 1000);
+    watchOutputFrames();
+  } catch (err) {
+    stop(`Could not start: ${err.message || err}`, "error");
+  }
+}
+
+function openControl(pc) {
+  const channel = (state.channel = pc.createDataChannel("control"));
+  channel.addEventListener("open", () => channel.send(JSON.stringify({type: "ping", t: performance.now()})));
+  channel.addEventListener("message", (ev) => {
+    const msg = JSON.parse(ev.data);
+    if (msg.type === "stats") state.serverStats = msg;
+    else if (msg.type === "params") showParams(msg.params);
+    else if (msg.type === "error") showParamError(msg);
+    else if (msg.type === "pong") state.rtt = performance.now() - msg.t;
+    renderStats();
+  });
+  channel.addEventListener("close", () => state.pc === pc && stop("The session ended.", "idle"));
+}
+
+function stop(message = "Stopped.", kind = "idle", {endSession = false} = {}) {
+  // Closing the peer connection ends the session on the server (DTLS close); while the page unloads
+  // that may not get out, so pagehide also asks for it explicitly.
+  const {pc, stream, sessionId} = state;
+  state.pc = state.channel = state.stream = null;
+  clearInterval(state.statsTimer);
+  pc?.close();
+  for (const track of stream?.getTracks() || []) track.stop();
+  if (endSession && sessionId) fetch(`/v1/sessions/${sessionId}`, {method: "DELETE", keepalive: true}).catch(() => {});
+  state.sessionId = state.serverStats = state.prevReport = null;
+  $("local").srcObject = null;
+  $("output").srcObject = null;
+  $("stats").hidden = true;
+  $("stop").disabled = true;
+  $("start").disabled = false;
+  $("pipeline").disabled = false;
+  setStatus(message, kind);
+}
+
+// --- stats overlay ------------------------------------------------------------------------------
+
+function watchOutputFrames() {
+  // Frames actually shown, counted with requestVideoFrameCallback where the browser has it.
+  const video = $("output");
+  if (!video.requestVideoFrameCallback) return;
+  const onFrame = () => {
+    state.shown.frames += 1;
+    if (state.pc) video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+
+async function pollStats() {
+  const pc = state.pc;
+  if (!pc) return;
+  const report = await pc.getStats();
+  const now = performance.now();
+  const s = {};
+  const prev = state.prevReport;
+  report.forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "video") {
+      s.inFps = r.framesPerSecond; s.inSize = r.frameWidth && `${r.frameWidth}×${r.frameHeight}`;
+      s.jitterMs = r.jitter !== undefined ? r.jitter * 1000 : undefined;
+      s.lost = r.packetsLost; s.decoded = r.framesDecoded; s.dropped = r.framesDropped;
+      s.jbMs = r.jitterBufferEmittedCount ? (1000 * r.jitterBufferDelay) / r.jitterBufferEmittedCount : undefined;
+      const p = prev?.get(r.id);
+      if (p) s.downKbps = (8 * (r.bytesReceived - p.bytesReceived)) / (r.timestamp - p.timestamp);
+    } else if (r.type === "outbound-rtp" && r.kind === "video") {
+      s.outFps = r.framesPerSecond; s.outSize = r.frameWidth && `${r.frameWidth}×${r.frameHeight}`;
+      s.limit = r.qualityLimitationReason;
+      const p = prev?.get(r.id);
+      if (p) s.upKbps = (8 * (r.bytesSent - p.bytesSent)) / (r.timestamp - p.timestamp);
+    } else if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) {
+      s.rttMs = r.currentRoundTripTime * 1000;
+    }
+  });
+  const elapsed = (now - state.shown.since) / 1000;
+  state.shown.fps = state.shown.frames / elapsed;
+  state.shown.frames = 0;
+  state.shown.since = now;
+  state.prevReport = report;
+  state.clientStats = s;
+  $("local-info").textContent = s.outSize ? `${s.outSize} · ${fmt(s.outFps)} fps sent` : "";
+  $("output-info").textContent = s.inSize ? `${s.inSize} · ${fmt(state.shown.fps)} fps shown` : "";
+  if (state.channel?.readyState === "open") state.channel.send(JSON.stringify({type: "ping", t: performance.now()}));
+  renderStats();
+}
+
+const fmt = (v, digits = 1) => (v === undefined || v === null || Number.isNaN(v) ? "–" : Number(v).toFixed(digits));
+
+function renderStats() {
+  const c = state.clientStats, srv = state.serverStats;
+  const lines = [`${$("pipeline").value} · session ${state.sessionId ?? "–"}`];
+  lines.push(`camera  ${c.outSize ?? "–"} @ ${fmt(c.outFps)} fps  ↑ ${fmt(c.upKbps, 0)} kb/s${c.limit && c.limit !== "none" ? ` (${c.limit}-limited)` : ""}`);
+  lines.push(`output  ${c.inSize ?? "–"} @ ${fmt(c.inFps)} fps  ↓ ${fmt(c.downKbps, 0)} kb/s  shown ${fmt(state.shown.fps)} fps`);
+  lines.push(`network rtt ${fmt(c.rttMs)} ms  jitter ${fmt(c.jitterMs)} ms  buffer ${fmt(c.jbMs, 0)} ms  lost ${c.lost ?? "–"}`);
+  if (srv) {
+    const lat = srv.latency_ms || {};
+    lines.push(`server  in ${srv.frames_in}  out ${srv.frames_out}  dropped ${srv.frames_dropped}  late ${srv.deadline_misses}`);
+    lines.push(`        latency p50 ${fmt(lat.p50)} ms  p95 ${fmt(lat.p95)} ms  control rtt ${fmt(state.rtt)} ms`);
+  }
+  $("stats").textContent = lines.join("\n");
+}
+
+// --- wiring ---------------------------------------------------------------------------------------
+
+$("controls").addEventListener("submit", start);
+$("stop").addEventListener("click", () => stop());
+$("pipeline").addEventListener("change", renderParams);
+$("mic").checked = query.get("mic") === "1";
+window.addEventListener("pagehide", () => state.pc && stop("Left the page.", "idle", {endSession: true}));
+
+loadPipelines()
+  .then(() => query.get("autostart") === "1" && start())
+  .catch((err) => setStatus(`Could not reach the server: ${err.message || err}`, "error"));
