@@ -40,6 +40,7 @@ from streamserve.core.config import ServerConfig
 from streamserve.core.errors import BadRequest, StreamserveError
 from streamserve.core.frames import MediaKind
 from streamserve.core.ports import SessionFactory, SessionHandle
+from streamserve.transport import jitter
 from streamserve.transport.sdp import Offer, parse_offer
 from streamserve.transport.tracks import InboundPump, SessionOutputTrack, drain
 
@@ -61,6 +62,7 @@ class PeerOptions:
     receive: bool = True  # push the client's media into the session
     send: bool = True  # play the session's output to a client that receives
     owns_session: bool = True  # ending the peer ends the session (False for viewers)
+    low_latency_receive: bool = True  # decode a video frame at its last packet (see transport.jitter)
 
     @classmethod
     def from_config(cls, config: ServerConfig, **overrides: Any) -> PeerOptions:
@@ -169,6 +171,10 @@ class Peer:
 
     # --- media ----------------------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self.options.low_latency_receive:
+            receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+            if receiver is not None:
+                jitter.install(receiver)
         first_of_kind = not any(p.kind == track.kind for p in self._pumps)
         if not (self.options.receive and first_of_kind and track.kind in ("video", "audio")):
             self._spawn(drain(track), f"drain-{track.kind}")  # keep aiortc's queue empty
