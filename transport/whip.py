@@ -11,7 +11,8 @@ Routes (see docs/obs.md for the OBS side):
   its resource ends that viewer only.
 - `GET /view/{stream}`: `web_demo/view.html`, a bare WHEP player for OBS's Browser Source.
 - `GET|PATCH /v1/streams/{stream}`: the live stream's stats; live parameter changes by stream name
-  (what the OBS script sends, since OBS knows the stream name, not the session id).
+  (what the OBS script sends, since OBS knows the stream name, not the session id); `GET
+  /v1/streams` lists the live streams (the demo page links to it and to `/view?stream=NAME`).
 
 Bearer tokens (ServerConfig.tokens) guard ingest and control: WHIP POST/PATCH/DELETE and the stream
 PATCH. Egress (WHEP, the view page) is open, as OBS's Browser Source cannot send a header.
@@ -27,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from streamserve.core.config import ServerConfig
 from streamserve.core.errors import BadRequest, InvalidParams, StreamserveError
@@ -103,6 +104,9 @@ class WhipTransport:
                         summary="Trickle ICE candidates for a viewer")
         r.add_api_route("/whep/{stream}/{resource}", self.options, methods=["OPTIONS"], include_in_schema=False)
         r.add_api_route("/view/{stream}", self.view, methods=["GET"], summary="Bare player page for OBS")
+        r.add_api_route("/view", self.view_form, methods=["GET"], include_in_schema=False)
+        r.add_api_route("/v1/streams", self.stream_list, methods=["GET"], tags=["sessions"],
+                        summary="The live WHIP streams, with their viewer page and viewer count")
         r.add_api_route("/v1/streams/{stream}", self.stream_get, methods=["GET"], tags=["sessions"],
                         summary="Stats of a live stream (WHIP session) by name")
         r.add_api_route("/v1/streams/{stream}", self.stream_patch, methods=["PATCH"], tags=["sessions"],
@@ -239,12 +243,28 @@ class WhipTransport:
         return FileResponse(web_demo_dir() / "view.html", media_type="text/html",
                             headers={"Cache-Control": "no-cache"})
 
+    async def view_form(self, stream: str = "") -> Response:
+        """`/view?stream=NAME` (a plain HTML form's target) -> `/view/NAME`."""
+        if not stream.strip():
+            return error_response(BadRequest("name the stream: /view/{stream} or /view?stream=NAME"))
+        return RedirectResponse(f"/view/{urllib.parse.quote(stream.strip(), safe='')}", status_code=303)
+
+    async def stream_list(self) -> Response:
+        streams = []
+        for resource in list(self.resources.values()):
+            if resource.kind != "whip" or resource.peer.handle.closed:
+                continue
+            name = resource.stream
+            streams.append({"stream": name, "session_id": resource.peer.handle.id,
+                            "pipeline": resource.peer.handle.pipeline, "viewers": self.whep.viewers(name),
+                            "view": f"/view/{urllib.parse.quote(name, safe='')}"})
+        return JSONResponse(sorted(streams, key=lambda s: s["stream"]), headers=CORS_HEADERS)
+
     async def stream_get(self, stream: str) -> Response:
         handle = self.sessions.by_stream(stream)
         if handle is None:
             return error_response(NotFound(f"stream {stream!r} is not live"))
-        viewers = sum(1 for r in self.resources.values() if r.kind == "whep" and r.stream == stream)
-        return JSONResponse({**handle.stats(), "viewers": viewers}, headers=CORS_HEADERS)
+        return JSONResponse({**handle.stats(), "viewers": self.whep.viewers(stream)}, headers=CORS_HEADERS)
 
     async def stream_patch(self, stream: str, request: Request) -> Response:
         """Body: a JSON object of parameters to change, e.g. `{"prompt": "a watercolor fox"}`."""

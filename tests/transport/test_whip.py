@@ -186,3 +186,21 @@ def test_params_from_query() -> None:
     assert pipeline == "video"
     assert params == {"style": "sketch", "steps": 2, "mirror": True, "prompt": 'a "fox"'}
     assert json.dumps(params_from_query({})) == json.dumps([None, {}])
+
+
+async def test_stream_list_and_view_form(whip: tuple[LiveServer, WhipTransport]) -> None:
+    server, _ = whip
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        assert (await http.get("/v1/streams")).json() == []
+        created = await http.post("/whip/cam%201?pipeline=passthrough", content=OBS_OFFER, headers={**SDP, **AUTH})
+        assert created.status_code == 201 and created.headers["location"].startswith("/whip/cam%201/")
+        listed = (await http.get("/v1/streams")).json()
+        assert listed == [{"stream": "cam 1", "session_id": server.manager.list()[0].id, "pipeline": "passthrough",
+                           "viewers": 0, "view": "/view/cam%201"}]
+        form = await http.get("/view", params={"stream": "cam 1"})
+        assert form.status_code == 303 and form.headers["location"] == "/view/cam%201"
+        assert (await http.get("/view")).status_code == 400
+        demo = await http.get("/")
+        assert 'action="/view"' in demo.text and 'href="/v1/streams"' in demo.text
+        assert (await http.delete(created.headers["location"], headers=AUTH)).status_code == 200
+        assert (await http.get("/v1/streams")).json() == []
