@@ -1,0 +1,370 @@
+"""`video`: live video-to-video diffusion with a causal streaming DiT (see docs/video.md).
+
+One call of :meth:`VideoDiffusionPipeline.step` takes at most one camera frame per session and:
+
+1. fits each frame to the session's resolution (:mod:`.resize`) and collects it into a chunk; a full
+   chunk (1 frame for the demo VAE, 1 then 4 for Wan's) is encoded to one latent block;
+2. measures motion and picks the block's noise schedule (:mod:`.motion`, :mod:`.sampler`), noises the
+   input latent to the first level (video-to-video);
+3. runs the DiT on every block in flight -- all sessions that share a resolution, lag and attention
+   backend in one batched forward -- against each session's rolling KV cache;
+4. decodes finished blocks and returns them with the timing (pts, arrival, deadline) of the frames
+   they answer.
+
+Everything runs on the engine thread; per-session state lives in :class:`~.session.SessionState`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from streamserve.core.frames import MediaKind, VideoFrame
+from streamserve.core.plan import Batch, StepOutput
+from streamserve.kv_rolling import KVPool
+from streamserve.pipelines.base import Pipeline
+
+from .checkpoint import LoadedModel, load_model
+from .params import VideoParams
+from .resize import fit_frame, to_rgb
+from .sampler import Schedule, add_noise, predict_x0
+from .session import PromptBlend, SessionState, Work
+from .stream_attention import AttendFn, StreamAttention, dense_attend
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PATCH_PIXELS = 16  # VAE factor 8 x patch 2: sizes must be multiples of this
+
+
+class VideoDiffusionPipeline(Pipeline):
+    """Causal streaming video diffusion. ``model``: a diffusers Wan2.1 T2V folder or a demo-format
+    folder; ``None`` loads the embedded demo model (camera stylization, trained offline on CPU).
+
+    Options (all optional): ``max_sessions`` (KV slots per resolution), ``num_sinks``/``window``
+    (rolling cache, in blocks), ``position_policy`` ("refresh" | "reposition"), ``dtype``
+    ("float32" | "float16" | "bfloat16"), ``causal_weights`` (a CausVid/StreamDiffusionV2 ``.pt`` to
+    load onto a Wan folder's transformer).
+    """
+
+    name = "video"
+    description = "Live video-to-video diffusion (causal Wan DiT, rolling KV); default: camera stylization."
+    Params = VideoParams
+    inputs = frozenset({MediaKind.VIDEO})
+    outputs = frozenset({MediaKind.VIDEO})
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        model: str | None = None,
+        *,
+        max_sessions: int | None = None,
+        num_sinks: int | None = None,
+        window: int | None = None,
+        position_policy: str | None = None,
+        dtype: str | None = None,
+        causal_weights: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(device, **options)  # unknown options -> ValueError
+        if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.loaded: LoadedModel = load_model(model, device, _DTYPES[dtype] if dtype else None, causal_weights)
+        d = self.loaded.defaults
+        self.num_sinks = d.num_sinks if num_sinks is None else num_sinks
+        self.window = d.window if window is None else window
+        self.position_policy = position_policy or d.position_policy
+        self.max_sessions = max_sessions or (16 if d.kind == "demo" else 4)
+        if self.num_sinks < 1 or self.window < 1:
+            raise ValueError(f"num_sinks and window must be >= 1 block, got {self.num_sinks} and {self.window}")
+        if self.position_policy not in ("refresh", "reposition"):
+            raise ValueError(f"position_policy must be refresh or reposition, got {self.position_policy!r}")
+        if not 1 <= self.max_sessions <= 1024:
+            raise ValueError(f"max_sessions must be in [1, 1024], got {self.max_sessions}")
+        self.dit = self.loaded.dit.requires_grad_(False)
+        self.vae = self.loaded.vae
+        self._pools: dict[tuple[int, int, int], KVPool] = {}
+        self._sessions: dict[str, SessionState] = {}
+        self._attend: dict[str, AttendFn] = {"dense": dense_attend}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def warmup(self) -> None:
+        """Run a few frames through a throwaway session (first-call allocations, kernel selection)."""
+        import numpy as np
+
+        from streamserve.core.plan import WorkItem
+
+        sid = "__warmup__"
+        self.open_session(sid, VideoParams())
+        try:
+            st = self._sessions[sid]
+            frame = np.zeros((st.height, st.width, 3), np.uint8)
+            for i in range(self.vae.temporal_factor + 1):
+                self.step(Batch(self.name, (WorkItem(sid, VideoFrame(frame, i, 0.0, 1.0)),)))
+        finally:
+            self.close_session(sid)
+
+    def open_session(self, session_id: str, params: Any) -> None:
+        if session_id in self._sessions:
+            raise ValueError(f"session {session_id!r} is already open")
+        st = self._new_state(session_id, self._check(params))
+        self._sessions[session_id] = st
+
+    def update_params(self, session_id: str, params: Any) -> None:
+        st = self._sessions.get(session_id)
+        if st is None:
+            raise ValueError(f"no open video session {session_id!r}")
+        new = self._check(params)
+        old = st.params
+        restart = (new.width, new.height, new.extra_cache_blocks, new.lag_blocks, new.num_steps, new.seed) != (
+            old.width, old.height, old.extra_cache_blocks, old.lag_blocks, old.num_steps, old.seed)
+        if restart:  # resolution, lag or noise changed: a fresh stream (the cache layout differs)
+            self.close_session(session_id)
+            self._sessions[session_id] = self._new_state(session_id, new, prompt=st.prompt)
+            log.info("video session %s restarted its stream for new params", session_id)
+            st = self._sessions[session_id]
+        st.params = new
+        if new.prompt_text() != st.prompt.text:  # live prompt change: blend, keep the KV cache
+            st.prompt.start(self.loaded.prompts.encode(self._prompt_for(new)), new.blend_frames)
+            st.prompt.text = new.prompt_text()
+
+    def close_session(self, session_id: str) -> None:
+        st = self._sessions.pop(session_id, None)
+        if st is None:
+            return
+        pool = self._pools.get(st.pool_key)
+        if pool is not None and session_id in pool:
+            pool.release(session_id)
+            if not pool.sessions:
+                del self._pools[st.pool_key]
+
+    # ------------------------------------------------------------------ validation
+
+    def _prompt_for(self, params: VideoParams) -> str:
+        """The text handed to the prompt encoder: the demo takes style names, text models prompts."""
+        if params.prompt or self.loaded.prompts.choices is not None:
+            return params.prompt_text()
+        from .styles import STYLE_PROMPTS
+
+        return STYLE_PROMPTS[params.style]
+
+    def _check(self, params: Any) -> VideoParams:
+        """Model-dependent checks (resolution, prompt, backend). Raises ValueError."""
+        if not isinstance(params, VideoParams):
+            raise ValueError(f"expected VideoParams, got {type(params).__name__}")
+        d = self.loaded.defaults
+        for name, value in (("width", params.width or d.width), ("height", params.height or d.height)):
+            if value % PATCH_PIXELS or not d.min_size <= value <= d.max_size:
+                raise ValueError(
+                    f"{name} {value}: this model renders sizes that are multiples of {PATCH_PIXELS} in "
+                    f"[{d.min_size}, {d.max_size}] (default {d.width}x{d.height})"
+                )
+        self.loaded.prompts.check(self._prompt_for(params))
+        if params.attention not in self._attend:
+            self._attend[params.attention] = self._load_backend(params.attention)
+        return params
+
+    def _load_backend(self, name: str) -> AttendFn:
+        from .sla import make_sla_attend
+
+        return make_sla_attend(self.dit)
+
+    # ------------------------------------------------------------------ session state
+
+    def _new_state(self, session_id: str, params: VideoParams, prompt: PromptBlend | None = None) -> SessionState:
+        d = self.loaded.defaults
+        width, height = params.width or d.width, params.height or d.height
+        f = self.vae.spatial_factor
+        lh, lw = height // f, width // f
+        grid = self.dit.token_grid(lh, lw)
+        key = (lh, lw, params.extra_cache_blocks)
+        pool = self._pool(key, grid)
+        if session_id not in pool:
+            if pool.num_free == 0:
+                raise ValueError(f"the video pipeline holds at most {self.max_sessions} sessions at "
+                                 f"{width}x{height} with {params.num_steps} step(s); all are in use")
+            pool.view(session_id)
+        if prompt is None:
+            prompt = PromptBlend(self.dit, self.loaded.prompts.encode(self._prompt_for(params)))
+            prompt.text = params.prompt_text()
+        gen = torch.Generator(device=self.dit.device).manual_seed(params.seed)
+        shape = (self.vae.latent_channels, 1, lh, lw)
+        noise = [torch.randn(shape, generator=gen, device=self.dit.device, dtype=self.dit.dtype)
+                 for _ in range(params.num_steps)]
+        return SessionState(session_id, params, width, height, (lh, lw), grid, key, self.vae.new_state(),
+                            prompt, gen, noise)
+
+    def _pool(self, key: tuple[int, int, int], grid: tuple[int, int]) -> KVPool:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = KVPool(
+                self.dit.num_layers, self.max_sessions, self.num_sinks, self.window + key[2], grid[0] * grid[1],
+                self.dit.heads, self.dit.head_dim, dtype=self.dit.dtype, device=self.dit.device,
+                position_policy=self.position_policy,  # type: ignore[arg-type]
+                refresh_every=self.loaded.defaults.refresh_every,
+            )
+            self._pools[key] = pool
+        return pool
+
+    def schedule(self, st: SessionState) -> Schedule:
+        p, d = st.params, self.loaded.defaults
+        if p.timesteps is not None:
+            return Schedule(p.timesteps, d.shift)
+        return Schedule.even(p.steps, p.strength if p.strength is not None else d.strength, d.shift)
+
+    # ------------------------------------------------------------------ step
+
+    def step(self, batch: Batch) -> list[StepOutput]:
+        out: dict[str, list[VideoFrame]] = {sid: [] for sid in batch.session_ids}
+        errors: dict[str, str] = {}
+        chunks: list[tuple[SessionState, list[VideoFrame], torch.Tensor]] = []
+        for item in batch.items:
+            st = self._sessions.get(item.session_id)
+            media = item.media
+            if st is None:
+                errors[item.session_id] = f"no open video session {item.session_id!r}"
+                continue
+            if not isinstance(media, VideoFrame):
+                errors[item.session_id] = f"the video pipeline takes video frames, got {media.kind}"
+                continue
+            st.pending.append((media, fit_frame(media.data, st.width, st.height, st.params.resize)))
+            if len(st.pending) >= self.vae.frames_needed(st.vae_state):
+                frames = [f for f, _ in st.pending]
+                pixels = torch.stack([x for _, x in st.pending], dim=1)  # [3, F, H, W]
+                st.pending.clear()
+                chunks.append((st, frames, pixels))
+        if chunks:
+            self._guarded([c[0] for c in chunks], errors, lambda: self._admit(chunks))
+            active = [c[0] for c in chunks if c[0].session_id not in errors]
+            self._guarded(active, errors, lambda: self._denoise(active, out))
+        return [StepOutput(sid, tuple(out[sid]), errors.get(sid)) for sid in batch.session_ids]
+
+    def _guarded(self, states: list[SessionState], errors: dict[str, str], fn: Callable[[], None]) -> None:
+        """Run ``fn``; on failure report it for these sessions only (the others keep streaming)."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - isolate sessions: report, do not crash the engine
+            log.exception("video pipeline step failed for %s", [s.session_id for s in states])
+            for s in states:
+                errors[s.session_id] = f"video pipeline failed: {type(exc).__name__}: {exc}"
+
+    @torch.inference_mode()
+    def _admit(self, chunks: list[tuple[SessionState, list[VideoFrame], torch.Tensor]]) -> None:
+        """Encode full chunks and put each new block in flight at its first noise level."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, (st, _, _) in enumerate(chunks):
+            groups[(st.height, st.width)].append(i)
+        for idx in groups.values():
+            sts = [chunks[i][0] for i in idx]
+            latents = self.vae.encode([chunks[i][2] for i in idx], [s.vae_state for s in sts])  # [N, C, 1, h, w]
+            for i, z in zip(idx, latents.unbind(0), strict=True):
+                st, frames, pixels = chunks[i]
+                sched = self.schedule(st)
+                motion = st.motion.update(pixels)
+                if st.params.motion_aware:
+                    sched = sched.scaled(st.motion.first_sigma(sched.sigmas[0]))
+                sigmas = sched.effective()
+                st.last_sigma = sigmas[0]
+                z = z.to(self.dit.dtype)
+                x = add_noise(z, st.noise_for(0, z), sigmas[0])
+                st.inflight.appendleft(Work(st.next_block, x, sigmas, frames))
+                st.next_block += 1
+                st.prompt.advance(len(frames))
+                log.debug("session %s block %d motion %.2f sigmas %s", st.session_id, st.next_block - 1,
+                          motion, sigmas)
+
+    @torch.inference_mode()
+    def _denoise(self, states: list[SessionState], out: dict[str, list[VideoFrame]]) -> None:
+        """Run the denoising rounds for sessions with a new block, then decode finished blocks."""
+        finished: list[tuple[SessionState, Work]] = []
+        rounds = max(s.params.num_steps for s in states)
+        for k in range(rounds):
+            items: list[tuple[SessionState, Work]] = []
+            for st in states:
+                if st.params.stream_batch:
+                    if k == 0:
+                        items += [(st, w) for w in st.inflight]
+                elif st.inflight and st.inflight[0].step == k:
+                    items.append((st, st.inflight[0]))
+            if not items:
+                break
+            groups: dict[tuple[Any, ...], list[tuple[SessionState, Work]]] = defaultdict(list)
+            for st, w in items:
+                groups[(st.pool_key, st.params.attention, st.prompt.length)].append((st, w))
+            for group in groups.values():
+                self._forward(group)
+            for st, w in items:
+                if w.last:
+                    st.inflight.remove(w)
+                    st.blocks_done += 1
+                    finished.append((st, w))
+                else:
+                    w.step += 1
+                    w.x = add_noise(w.x, st.noise_for(w.step, w.x), w.sigma)  # w.x holds x0 here
+        self._decode(finished, out)
+
+    def _forward(self, group: Sequence[tuple[SessionState, Work]]) -> None:
+        """One batched DiT forward; leaves each work's predicted x0 in ``work.x``."""
+        st0 = group[0][0]
+        x = torch.stack([w.x for _, w in group])  # [N, C, 1, h, w]
+        sig = torch.tensor([w.sigma for _, w in group], device=x.device)
+        cross = [
+            (torch.cat([st.prompt.cross[layer][0] for st, _ in group]),
+             torch.cat([st.prompt.cross[layer][1] for st, _ in group]))
+            for layer in range(self.dit.num_layers)
+        ]
+        strategy = StreamAttention(
+            self._pools[st0.pool_key], [(st.session_id, w.block) for st, w in group], cross, self.dit.rope,
+            st0.grid, self.window, self._attend[st0.params.attention],
+        )
+        v = self.dit.forward_stream(x, sig * 1000.0, strategy)
+        x0 = predict_x0(x, v.to(x.dtype), sig)
+        for (_, w), xi in zip(group, x0.unbind(0), strict=True):
+            w.x = xi
+
+    def _decode(self, finished: list[tuple[SessionState, Work]], out: dict[str, list[VideoFrame]]) -> None:
+        groups: dict[tuple[int, int], list[tuple[SessionState, Work]]] = defaultdict(list)
+        for st, w in finished:
+            groups[(st.height, st.width)].append((st, w))
+        for group in groups.values():
+            latents = torch.stack([w.x for _, w in group])  # [N, C, 1, h, w]
+            videos = self.vae.decode(latents, [st.vae_state for st, _ in group])  # [3, F, H, W] each
+            for (st, w), video in zip(group, videos, strict=True):
+                frames = video.unbind(1)
+                if len(frames) != len(w.frames):
+                    log.warning("session %s: block %d decoded to %d frames for %d inputs", st.session_id,
+                                w.block, len(frames), len(w.frames))
+                for src, frame in zip(w.frames, frames, strict=False):
+                    out[st.session_id].append(src.with_data(to_rgb(frame)))
+
+    # ------------------------------------------------------------------ introspection
+
+    def session_stats(self, session_id: str) -> dict[str, Any]:
+        """Live figures of one session (blocks, lag, noise level, motion, KV memory and positions)."""
+        st = self._sessions[session_id]
+        pool = self._pools[st.pool_key]
+        view = pool.view(session_id)
+        return {
+            "blocks_in": st.next_block,
+            "blocks_out": st.blocks_done,
+            "lag_blocks": st.params.lag_blocks,
+            "sigma": st.last_sigma,
+            "motion": st.motion.motion,
+            "prompt_blend": st.prompt.alpha,
+            "kv_blocks": view.fill_blocks,
+            "kv_bytes_per_session": pool.bytes_per_session,
+            "kv_max_position": int(view.layer(0).block_positions().max()) if view.fill_blocks else 0,
+            "resolution": (st.width, st.height),
+        }
+
+    @property
+    def kv_bytes(self) -> int:
+        """All KV memory the pipeline holds (every pool)."""
+        return sum(p.total_bytes for p in self._pools.values())

@@ -1,0 +1,110 @@
+"""Wan's 3-D rotary position embedding, evaluated at arbitrary frame (block) positions.
+
+`WanTransformer3DModel.rope` precomputes cos/sin tables but only for frames ``0..F-1`` of one clip.
+A stream needs a frame position per block chosen by the KV cache's position policy, so this module
+reads the same tables (the public ``freqs_cos``/``freqs_sin`` buffers and ``t_dim``/``h_dim``/``w_dim``
+of diffusers' `WanRotaryPosEmbed`) and gathers rows for any positions. The rotation itself is the one
+diffusers applies: channel pairs ``(2i, 2i+1)`` are rotated by the same angle.
+
+Shapes: a frame of ``h x w`` tokens (after the 1x2x2 patch) is ``S = h * w`` tokens in row-major order;
+``x`` is ``[B, H, L, D]`` (heads first, the layout of :mod:`streamserve.kv_rolling`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from streamserve.kv_rolling import RopeFn
+
+
+class RopeTable(NamedTuple):
+    """Per-token angles: cos, sin each ``[B or 1, L, D/2]`` float32."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+class WanRope:
+    """Gathers 3-D RoPE angles of a diffusers `WanRotaryPosEmbed` for given frame positions.
+
+    Args:
+        rope: ``transformer.rope`` of a `WanTransformer3DModel`.
+    """
+
+    def __init__(self, rope: nn.Module) -> None:
+        cos = rope.freqs_cos  # [max_seq_len, D], each frequency repeated twice (interleaved)
+        sin = rope.freqs_sin
+        if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor):
+            raise TypeError(f"{type(rope).__name__} has no freqs_cos/freqs_sin tables")
+        dims = (int(rope.t_dim), int(rope.h_dim), int(rope.w_dim))
+        half = [d // 2 for d in dims]
+        cos_pairs = cos[:, 0::2].float()  # [max_seq_len, D/2]
+        sin_pairs = sin[:, 0::2].float()
+        self.max_positions = int(cos.shape[0])
+        self.head_dim = int(cos.shape[1])
+        self._cos = cos_pairs.split(half, dim=1)  # t, h, w parts
+        self._sin = sin_pairs.split(half, dim=1)
+
+    def to(self, device: torch.device | str) -> WanRope:
+        self._cos = tuple(c.to(device) for c in self._cos)
+        self._sin = tuple(s.to(device) for s in self._sin)
+        return self
+
+    def check_grid(self, h: int, w: int) -> None:
+        """Raise ValueError when an ``h x w`` token grid exceeds the RoPE table."""
+        if max(h, w) > self.max_positions:
+            raise ValueError(
+                f"a {h}x{w} token grid needs {max(h, w)} RoPE positions per axis; the model's table has "
+                f"{self.max_positions} (rope_max_seq_len)"
+            )
+
+    def table(self, frame_positions: torch.Tensor, h: int, w: int) -> RopeTable:
+        """Angles for frames at ``frame_positions`` (one ``h x w`` frame each).
+
+        frame_positions: ``[F]`` int64 -> RopeTable of ``[1, F*h*w, D/2]`` (frames in the given order)
+        or ``[B, F]`` -> ``[B, F*h*w, D/2]`` (a different set of positions per batch row).
+        """
+        batched = frame_positions.dim() == 2
+        pos = frame_positions if batched else frame_positions[None]  # [B, F]
+        if int(pos.max()) >= self.max_positions or int(pos.min()) < 0:
+            raise ValueError(f"frame positions {pos.tolist()} outside the RoPE table [0, {self.max_positions})")
+        b, f = pos.shape
+        dev = self._cos[0].device
+        pos = pos.to(dev)
+        hi = torch.arange(h, device=dev)
+        wi = torch.arange(w, device=dev)
+        parts_cos, parts_sin = [], []
+        for table_cos, table_sin, idx, shape in (
+            (self._cos[0], self._sin[0], pos, (b, f, 1, 1)),
+            (self._cos[1], self._sin[1], hi, (1, 1, h, 1)),
+            (self._cos[2], self._sin[2], wi, (1, 1, 1, w)),
+        ):
+            c = table_cos[idx.reshape(-1)].reshape(*shape, -1).expand(b, f, h, w, -1)
+            s = table_sin[idx.reshape(-1)].reshape(*shape, -1).expand(b, f, h, w, -1)
+            parts_cos.append(c)
+            parts_sin.append(s)
+        cos = torch.cat(parts_cos, dim=-1).reshape(b, f * h * w, -1)  # [B, L, D/2]
+        sin = torch.cat(parts_sin, dim=-1).reshape(b, f * h * w, -1)
+        return RopeTable(cos, sin)
+
+    def block_rope(self, h: int, w: int) -> RopeFn:
+        """A `streamserve.kv_rolling.RopeFn` rotating cached keys of ``h x w``-token blocks."""
+
+        def rope(x: torch.Tensor, block_positions: torch.Tensor) -> torch.Tensor:
+            # x: [B, H, n*h*w, D]; block_positions: [n]
+            return apply_rope(x, self.table(block_positions, h, w))
+
+        return rope
+
+
+def apply_rope(x: torch.Tensor, table: RopeTable) -> torch.Tensor:
+    """Rotate ``x: [B, H, L, D]`` by ``table`` (``[B or 1, L, D/2]``), pairs ``(2i, 2i+1)``, in fp32."""
+    cos = table.cos[:, None]  # [B, 1, L, D/2]
+    sin = table.sin[:, None]
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, H, L, D/2, 2]
+    x1, x2 = xf[..., 0], xf[..., 1]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)

@@ -1,0 +1,175 @@
+"""Video autoencoders with a streaming interface: frames in, one latent frame out, and back.
+
+The pipeline talks to a :class:`StreamingVAE`: per session it keeps an opaque state (a causal VAE's
+convolution caches), asks how many new video frames make the next latent frame, encodes them and
+later decodes latent frames into video frames. Two implementations:
+
+* :class:`DemoVAE` wraps :class:`TinyAutoencoder`, the embedded demo model's autoencoder: 8x spatial
+  compression to 16 channels, **no temporal compression** (one latent frame per video frame, so a
+  block is a single camera frame and adds no buffering latency). It is a PCA-initialised patch
+  autoencoder plus a small convolutional refiner that hides the 8x8 seams; stateless.
+* ``WanStreamingVAE`` (:mod:`.wan_vae`) wraps diffusers' `AutoencoderKLWan` (8x spatial, 4x temporal,
+  causal 3-D convolutions) with per-session caches: the first latent frame comes from 1 video frame,
+  every later one from 4.
+
+Pixel tensors are ``[N, 3, F, H, W]`` in ``[-1, 1]``; latents are ``[N, C, 1, h, w]``, normalised to
+roughly unit variance per channel (what the DiT is trained on).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class StreamingVAE(abc.ABC):
+    """Streaming encode/decode over many sessions, each with its own causal state."""
+
+    latent_channels: int
+    spatial_factor: int
+    temporal_factor: int
+
+    @abc.abstractmethod
+    def new_state(self) -> Any:
+        """Fresh per-session state (``None`` for a stateless autoencoder)."""
+
+    @abc.abstractmethod
+    def frames_needed(self, state: Any) -> int:
+        """Video frames that make the session's next latent frame."""
+
+    @abc.abstractmethod
+    def encode(self, frames: list[torch.Tensor], states: list[Any]) -> torch.Tensor:
+        """frames[i]: ``[3, F_i, H, W]`` (``F_i = frames_needed``) -> latents ``[N, C, 1, h, w]``."""
+
+    @abc.abstractmethod
+    def decode(self, latents: torch.Tensor, states: list[Any]) -> list[torch.Tensor]:
+        """latents ``[N, C, 1, h, w]`` -> per item ``[3, F_i, H, W]`` in ``[-1, 1]``."""
+
+    @property
+    @abc.abstractmethod
+    def nbytes(self) -> int:
+        """Parameter memory."""
+
+
+class TinyAutoencoder(nn.Module):
+    """Patch autoencoder: ``factor x factor`` RGB patches <-> ``latent_channels`` per latent pixel.
+
+    The linear encoder/decoder start as the PCA of training patches (:meth:`init_pca`); the refiner
+    (a 3x3 convolution over the latent grid, then a per-pixel projection back to a patch) adds what a
+    linear basis cannot, including continuity across patch borders. Its last layer starts at zero.
+    """
+
+    def __init__(self, latent_channels: int = 16, factor: int = 8, hidden: int = 96) -> None:
+        super().__init__()
+        if latent_channels < 1 or factor < 1 or hidden < 1:
+            raise ValueError(f"bad TinyAutoencoder config: channels={latent_channels} factor={factor} hidden={hidden}")
+        self.config = {"latent_channels": latent_channels, "factor": factor, "hidden": hidden}
+        self.latent_channels, self.factor = latent_channels, factor
+        self.encoder = nn.Conv2d(3, latent_channels, factor, stride=factor)
+        self.decoder = nn.ConvTranspose2d(latent_channels, 3, factor, stride=factor)
+        self.refine = nn.Sequential(
+            nn.Conv2d(latent_channels, hidden, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, 3 * factor * factor, 1),
+            nn.PixelShuffle(factor),
+        )
+        nn.init.zeros_(self.refine[2].weight)
+        nn.init.zeros_(self.refine[2].bias)
+        self.register_buffer("shift", torch.zeros(latent_channels))
+        self.register_buffer("scale", torch.ones(latent_channels))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, 3, H, W] in [-1, 1] -> normalised latents [B, C, H/f, W/f]."""
+        z = self.encoder(x)
+        return (z - self.shift[:, None, None]) / self.scale[:, None, None]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, C, h, w] -> [B, 3, h*f, w*f] (not clamped)."""
+        z = z * self.scale[:, None, None] + self.shift[:, None, None]
+        return self.decoder(z) + self.refine(z)
+
+    @torch.no_grad()
+    def init_pca(self, images: torch.Tensor) -> None:
+        """Set the linear encoder/decoder to the PCA of ``images [B, 3, H, W]`` (in [-1, 1]) patches
+        and the latent normalisation to unit variance per channel."""
+        f, c = self.factor, self.latent_channels
+        patches = F.unfold(images.float(), f, stride=f).transpose(1, 2).reshape(-1, 3 * f * f)  # [P, 3ff]
+        mean = patches.mean(0)
+        _, s, vh = torch.linalg.svd(patches - mean, full_matrices=False)
+        basis = vh[:c]  # [C, 3ff], orthonormal rows
+        std = s[:c] / (patches.shape[0] - 1) ** 0.5
+        w = basis.reshape(c, 3, f, f)
+        self.encoder.weight.copy_(w)
+        self.decoder.weight.copy_(w)
+        # A transposed convolution has one bias per colour channel, not per patch pixel: use the mean
+        # colour as its bias and let the encoder absorb the rest, z = basis @ (x - bias_patch).
+        self.decoder.bias.copy_(mean.reshape(3, f, f).mean((1, 2)))
+        bias_patch = self.decoder.bias[:, None, None].expand(3, f, f).reshape(-1)
+        self.encoder.bias.copy_(-(basis @ bias_patch))
+        self.shift.copy_(basis @ (mean - bias_patch))  # normalised latents are zero-mean ...
+        self.scale.copy_(std.clamp_min(1e-4))  # ... and unit-variance per channel
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, folder: str | Path) -> None:
+        """``config.json`` + ``model.safetensors`` in ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"_class_name": "TinyAutoencoder", **self.config}, indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+                  str(folder / "model.safetensors"))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TinyAutoencoder:
+        folder = Path(folder)
+        cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+        if not cfg_path.is_file() or not weights.is_file():
+            raise ValueError(f"{folder} is not a TinyAutoencoder folder (config.json + model.safetensors)")
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.pop("_class_name", None) != "TinyAutoencoder":
+            raise ValueError(f"{cfg_path} does not describe a TinyAutoencoder")
+        model = cls(**cfg)
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights}: missing keys {missing}, unexpected keys {unexpected}")
+        return model
+
+
+class DemoVAE(StreamingVAE):
+    """:class:`TinyAutoencoder` behind the streaming interface: one video frame per latent frame."""
+
+    temporal_factor = 1
+
+    def __init__(self, model: TinyAutoencoder) -> None:
+        self.model = model.eval()
+        self.latent_channels = model.latent_channels
+        self.spatial_factor = model.factor
+
+    def new_state(self) -> None:
+        return None
+
+    def frames_needed(self, state: Any) -> int:
+        return 1
+
+    @torch.inference_mode()
+    def encode(self, frames: list[torch.Tensor], states: list[Any]) -> torch.Tensor:
+        x = torch.stack([f[:, -1] for f in frames])  # [N, 3, H, W]
+        p = next(self.model.parameters())
+        return self.model.encode(x.to(p.device, p.dtype))[:, :, None]  # [N, C, 1, h, w]
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, states: list[Any]) -> list[torch.Tensor]:
+        p = next(self.model.parameters())
+        x = self.model.decode(latents[:, :, 0].to(p.device, p.dtype)).clamp(-1, 1)  # [N, 3, H, W]
+        return list(x[:, :, None].unbind(0))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
