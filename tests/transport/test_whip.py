@@ -14,7 +14,7 @@ from streamserve.core.config import ServerConfig
 from streamserve.core.ports import SessionFactory
 from streamserve.transport.whip import WhipTransport, params_from_query
 from tests.conftest import LiveServer
-from tests.transport.whip_clients import OBS_OFFER, ObsLikePublisher, WhepViewer
+from tests.transport.whip_clients import OBS_OFFER, EncodedVideoTrack, ObsLikePublisher, WhepViewer
 
 TOKEN = "obs-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -204,3 +204,26 @@ async def test_stream_list_and_view_form(whip: tuple[LiveServer, WhipTransport])
         assert 'action="/view"' in demo.text and 'href="/v1/streams"' in demo.text
         assert (await http.delete(created.headers["location"], headers=AUTH)).status_code == 200
         assert (await http.get("/v1/streams")).json() == []
+
+
+async def test_undecodable_video_gets_a_keyframe_request(whip: tuple[LiveServer, WhipTransport]) -> None:
+    """The publisher's first IDR is lost: the server cannot decode, answers with a PLI, the publisher
+    (like OBS) sends an IDR, and processed frames flow to a viewer."""
+    server, _ = whip
+    track = EncodedVideoTrack(128, 96, fps=15, skip_first_keyframe=True)
+    publisher = ObsLikePublisher(server.url, video=track)
+    # aiortc routes an incoming PLI to the sender's private `_send_keyframe`; with pre-encoded packets
+    # the encoder is ours, so we take the request there, as OBS's encoder does.
+    publisher.video_sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+    viewer = WhepViewer()
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+        try:
+            assert (await publisher.publish(http, "/whip/pli", TOKEN)).status_code == 201
+            assert (await viewer.watch(http, "/whep/pli")).status_code == 201
+            indices = await viewer.frames(5)
+            assert track.keyframe_requests >= 1 and track.keyframes_sent >= 1
+            assert indices == sorted(indices)
+            assert (await http.delete(publisher.location or "", headers=AUTH)).status_code == 200
+        finally:
+            await publisher.close()
+            await viewer.close()

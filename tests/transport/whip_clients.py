@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from fractions import Fraction
 from typing import Any
 
+import av
 import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from streamserve.transport.probe import StampedVideoTrack, StampReader, read_stamp, unwrap
+from streamserve.transport.probe import StampedVideoTrack, StampReader, read_stamp, stamp, unwrap
 from tests.transport.client import ToneTrack
 
 # What OBS 30.2 (libdatachannel) sends: Opus at mid 0, H.264 (constrained baseline, packetization
@@ -63,18 +65,70 @@ def strip_candidates(sdp: str) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+class EncodedVideoTrack(MediaStreamTrack):
+    """Stamped frames that we H.264-encode ourselves, as OBS does (x264, no B-frames, a keyframe only
+    every `keyint` frames), handed to aiortc as packets. `skip_first_keyframe` drops the first IDR so
+    the receiver cannot decode; `request_keyframe()` (what OBS does on a PLI) makes the next one IDR."""
+
+    kind = "video"
+
+    def __init__(self, width: int, height: int, fps: float = 15.0, *, keyint: int = 1000,
+                 skip_first_keyframe: bool = False) -> None:
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self.codec = av.CodecContext.create("libx264", "w")
+        assert isinstance(self.codec, av.VideoCodecContext)
+        self.codec.width, self.codec.height, self.codec.pix_fmt = width, height, "yuv420p"
+        self.codec.time_base = Fraction(1, round(fps))
+        self.codec.options = {"bframes": "0", "keyint": str(keyint), "tune": "zerolatency", "preset": "ultrafast",
+                              "scenecut": "0"}
+        self.skip_first_keyframe = skip_first_keyframe
+        self.keyframe_requests = 0
+        self.keyframes_sent = 0
+        self._force = False
+        self._index = 0
+        self._start: float | None = None
+
+    def request_keyframe(self) -> None:
+        self.keyframe_requests += 1
+        self._force = True
+
+    async def recv(self) -> av.Packet:
+        while True:
+            index, self._index = self._index, self._index + 1
+            self._start = self._start or time.monotonic()
+            delay = self._start + index / self.fps - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            frame = av.VideoFrame.from_ndarray(stamp(index, self.height, self.width), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = index
+            if self._force:
+                frame.pict_type = av.video.frame.PictureType.I
+                self._force = False
+            for packet in self.codec.encode(frame):
+                if packet.is_keyframe and self.skip_first_keyframe:
+                    self.skip_first_keyframe = False
+                    continue
+                self.keyframes_sent += packet.is_keyframe
+                packet.time_base = self.codec.time_base
+                return packet
+
+
 class ObsLikePublisher:
     """Publishes like OBS: Opus (mid 0) + H.264 (mid 1), sendonly, an offer with no candidates."""
 
-    def __init__(self, base_url: str, *, width: int = 128, height: int = 96, fps: float = 15.0) -> None:
+    def __init__(self, base_url: str, *, width: int = 128, height: int = 96, fps: float = 15.0,
+                 video: MediaStreamTrack | None = None) -> None:
         self.base_url = base_url
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.video = StampedVideoTrack(width, height, fps)
+        self.video = video or StampedVideoTrack(width, height, fps)
         self.pc.addTransceiver(ToneTrack(), direction="sendonly")
-        video = self.pc.addTransceiver(self.video, direction="sendonly")
+        transceiver = self.pc.addTransceiver(self.video, direction="sendonly")
+        self.video_sender = transceiver.sender
         h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs
                 if c.mimeType.lower() == "video/h264" and c.parameters.get("profile-level-id") == "42e01f"]
-        video.setCodecPreferences(h264)  # constrained baseline: no B-frames
+        transceiver.setCodecPreferences(h264)  # constrained baseline: no B-frames
         self.connected = asyncio.Event()
         self.pc.on("connectionstatechange", self._on_state)
         self.offer_sdp = ""
