@@ -114,9 +114,7 @@ class _Connection:
         self.closing = True
         for task in [*self._pumps, *([self._watcher] if self._watcher else [])]:
             task.cancel()
-        for task in self._pumps:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._pumps, return_exceptions=True)  # _pump logs its own failures
         for sub in self._subs:
             sub.close()
         if self.handle is not None and not self.handle.closed:
@@ -131,9 +129,11 @@ class _Connection:
             return
         await self._send_text(message)
         self.closing = True
+        reason = str(message.get("code") or message.get("reason") or "")
+        reason = reason.encode()[:120].decode("utf-8", "ignore")  # a close reason is at most 123 bytes
         async with self._send_lock:
             with contextlib.suppress(Exception):
-                await self.ws.close(code, str(message.get("code") or message.get("reason") or "")[:120])
+                await self.ws.close(code, reason)
 
     # --- sending --------------------------------------------------------------------------------
     async def _send_text(self, message: dict[str, Any]) -> bool:
@@ -328,15 +328,17 @@ class _Connection:
             except wp.ProtocolError as exc:  # an output too large for one message: say so, skip it
                 await self._send_text(wp.error_message(exc, fatal=False))
                 continue
+            except Exception:  # a unit we cannot encode (a pipeline bug): log it, skip it, keep streaming
+                log.exception("session %s: encoding a %s output failed", self.handle.id if self.handle else "?",
+                              kind)
+                continue
             if not await self._send(data):
                 return
 
     async def _watch(self, handle: SessionHandle) -> None:
         """When the session ends on its own (idle, pipeline error, API), tell the client and close."""
         reason = await handle.wait_closed()
-        for task in self._pumps:  # let the pumps send what was already produced
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._pumps, return_exceptions=True)  # let them send what was produced
         await self._finish({"type": "ended", "reason": reason, "session_id": handle.id}, wp.CLOSE_NORMAL)
         if self._reader is not None:
             self._reader.cancel()
