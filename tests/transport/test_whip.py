@@ -11,8 +11,10 @@ import httpx
 import pytest
 
 from streamserve.core.config import ServerConfig
+from streamserve.core.errors import BadRequest
 from streamserve.core.ports import SessionFactory
 from streamserve.transport.whip import WhipTransport, params_from_query
+from streamserve.transport.whip_http import ice_link_headers, parse_sdpfrag
 from tests.conftest import LiveServer
 from tests.transport.whip_clients import OBS_OFFER, EncodedVideoTrack, ObsLikePublisher, WhepViewer
 
@@ -227,3 +229,15 @@ async def test_undecodable_video_gets_a_keyframe_request(whip: tuple[LiveServer,
         finally:
             await publisher.close()
             await viewer.close()
+
+
+def test_ice_link_headers_and_sdpfrag() -> None:
+    assert ice_link_headers(("stun:stun.example.org:3478", "turn:turn.example.org?transport=udp")) == [
+        '<stun:stun.example.org:3478>; rel="ice-server"', '<turn:turn.example.org?transport=udp>; rel="ice-server"']
+    frag = parse_sdpfrag("a=ice-ufrag:abc\r\na=ice-pwd:xyz\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:1\r\n"
+                         "a=candidate:1 1 udp 2130706431 192.0.2.1 5000 typ host\r\na=end-of-candidates\r\n")
+    assert (frag.ufrag, frag.pwd, frag.end) == ("abc", "xyz", True)
+    (candidate,) = frag.candidates
+    assert (candidate.ip, candidate.port, candidate.sdpMid, candidate.type) == ("192.0.2.1", 5000, "1", "host")
+    with pytest.raises(BadRequest, match="malformed candidate"):
+        parse_sdpfrag("a=candidate:1 1 udp\r\n")
