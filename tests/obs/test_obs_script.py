@@ -255,9 +255,16 @@ class PromptedPipeline(PassthroughPipeline):
         return [StepOutput(item.session_id, (item.media,)) for item in batch.items]
 
 
+@pytest.fixture
+def prompted_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`obs-test` registered for this test only (the registry has no public unregister; other tests
+    list the available pipelines)."""
+    monkeypatch.setitem(registry._REGISTRY._classes, PromptedPipeline.name, PromptedPipeline)
+
+
+@pytest.mark.usefixtures("prompted_pipeline")
 def test_prompt_changes_reach_the_live_stream(server_factory: Callable[..., LiveServer],
                                               script: tuple[Any, FakeObs]) -> None:
-    registry.register(PromptedPipeline, replace=True)
     server = server_factory(ServerConfig(pipeline="passthrough", port=0, tokens=("tok",)),
                             transports=[WhipTransport])
     settings = logic.ScriptSettings(server_url=server.url, token="tok", stream="live", pipeline="obs-test",
