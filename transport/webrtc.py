@@ -44,10 +44,11 @@ _ERROR = {"content": {"application/json": {"example": {"error": "bad_request", "
 class WebRTCTransport:
     """Answers WebRTC offers with a `Peer` bound to a new session; `aclose()` ends every peer."""
 
-    def __init__(self, sessions: SessionFactory, config: ServerConfig) -> None:
+    def __init__(self, sessions: SessionFactory, config: ServerConfig,
+                 peer_options: PeerOptions | None = None) -> None:
         self._sessions = sessions
         self._config = config
-        self._options = PeerOptions.from_config(config)
+        self._options = peer_options or PeerOptions.from_config(config)
         self.peers: dict[str, Peer] = {}
         self.router = APIRouter(tags=["webrtc"])
         self.router.add_api_route(
