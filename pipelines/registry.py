@@ -30,6 +30,12 @@ class _Registry:
         self._lazy.pop(name, None)
         return cls
 
+    def unregister(self, name: str) -> None:
+        """Forget `name` (a plugin unloading, or a test cleaning up). Built-ins stay loadable."""
+        self._classes.pop(name, None)
+        if name in _BUILTINS:
+            self._lazy[name] = _BUILTINS[name]
+
     def available(self) -> list[str]:
         return sorted(set(self._classes) | set(self._lazy))
 
@@ -52,6 +58,10 @@ _REGISTRY = _Registry()
 def register(cls: type[Pipeline], *, replace: bool = False) -> type[Pipeline]:
     """Register a Pipeline subclass under its `name` (usable as a class decorator)."""
     return _REGISTRY.register(cls, replace=replace)
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.unregister(name)
 
 
 def available() -> list[str]:

@@ -256,10 +256,11 @@ class PromptedPipeline(PassthroughPipeline):
 
 
 @pytest.fixture
-def prompted_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`obs-test` registered for this test only (the registry has no public unregister; other tests
-    list the available pipelines)."""
-    monkeypatch.setitem(registry._REGISTRY._classes, PromptedPipeline.name, PromptedPipeline)
+def prompted_pipeline() -> Iterator[None]:
+    """`obs-test` registered for this test only (other tests list the available pipelines)."""
+    registry.register(PromptedPipeline)
+    yield
+    registry.unregister(PromptedPipeline.name)
 
 
 @pytest.mark.usefixtures("prompted_pipeline")
