@@ -19,7 +19,7 @@ const state = {
   clientStats: {},
   prevReport: null,
   statsTimer: null,
-  shown: { frames: 0, since: performance.now(), fps: 0 },
+  shown: {frames: 0, last: null, since: performance.now(), fps: 0}, // output frames presented
   rtt: null,
 };
 window.streamserve = state; // for the browser test and for poking around in devtools
@@ -242,7 +242,7 @@ function stop(message = "Stopped.", kind = "idle", {endSession = false} = {}) {
   pc?.close();
   for (const track of stream?.getTracks() || []) track.stop();
   if (endSession && sessionId) fetch(`/v1/sessions/${sessionId}`, {method: "DELETE", keepalive: true}).catch(() => {});
-  state.sessionId = state.serverStats = state.prevReport = null;
+  state.sessionId = state.serverStats = state.prevReport = state.shown.last = null;
   $("local").srcObject = null;
   $("output").srcObject = null;
   $("stats").hidden = true;
@@ -255,11 +255,12 @@ function stop(message = "Stopped.", kind = "idle", {endSession = false} = {}) {
 // --- stats overlay ------------------------------------------------------------------------------
 
 function watchOutputFrames() {
-  // Frames actually shown, counted with requestVideoFrameCallback where the browser has it.
+  // Frames actually shown: requestVideoFrameCallback's presentedFrames counts every frame composited,
+  // also those whose callback a busy page missed.
   const video = $("output");
   if (!video.requestVideoFrameCallback) return;
-  const onFrame = () => {
-    state.shown.frames += 1;
+  const onFrame = (now, meta) => {
+    state.shown.frames = meta.presentedFrames;
     if (state.pc) video.requestVideoFrameCallback(onFrame);
   };
   video.requestVideoFrameCallback(onFrame);
@@ -290,8 +291,8 @@ async function pollStats() {
     }
   });
   const elapsed = (now - state.shown.since) / 1000;
-  state.shown.fps = state.shown.frames / elapsed;
-  state.shown.frames = 0;
+  state.shown.fps = (state.shown.frames - (state.shown.last ?? state.shown.frames)) / elapsed;
+  state.shown.last = state.shown.frames;
   state.shown.since = now;
   state.prevReport = report;
   state.clientStats = s;
