@@ -17,12 +17,11 @@ Shapes: hidden states ``[B, L, H*D]``; per-head tensors ``[B, H, L, D]``.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-from torch import nn
 
 from .rope import RopeTable, apply_rope
 
@@ -35,7 +34,7 @@ class AttentionStrategy(Protocol):
         """q, k, v: [B, H, L, D] before RoPE -> output [B, H, L, D]."""
         ...
 
-    def cross_kv(self, layer: int, attn: nn.Module, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_kv(self, layer: int, attn: Any, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values ``[B, H, Lc, D]`` of the prompt for cross-attention in ``layer``."""
         ...
 
@@ -57,7 +56,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).flatten(2)
 
 
-def self_qkv(attn: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def self_qkv(attn: Any, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Projected, qk-normed q, k, v of a diffusers `WanAttention`, each [B, H, L, D]."""
     if getattr(attn, "fused_projections", False):
         q, k, v = attn.to_qkv(hidden).chunk(3, dim=-1)
@@ -68,7 +67,7 @@ def self_qkv(attn: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch
     return split_heads(q, h), split_heads(k, h), split_heads(v, h)
 
 
-def cross_kv(attn: nn.Module, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_kv(attn: Any, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-attention keys/values [B, H, Lc, D] of projected prompt states [B, Lc, dim]."""
     if getattr(attn, "fused_projections", False):
         k, v = attn.to_kv(encoder_states).chunk(2, dim=-1)
@@ -79,7 +78,7 @@ def cross_kv(attn: nn.Module, encoder_states: torch.Tensor) -> tuple[torch.Tenso
     return split_heads(k, h), split_heads(v, h)
 
 
-def out_proj(attn: nn.Module, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def out_proj(attn: Any, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B, H, L, D] attention output -> [B, L, dim] through ``to_out``."""
     hidden = merge_heads(out).type_as(like)
     return attn.to_out[1](attn.to_out[0](hidden))
@@ -95,7 +94,7 @@ class SelfAttnProcessor:
 
     def __call__(
         self,
-        attn: nn.Module,
+        attn: Any,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -119,7 +118,7 @@ class CrossAttnProcessor:
 
     def __call__(
         self,
-        attn: nn.Module,
+        attn: Any,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -166,5 +165,5 @@ class ClipAttention:
         q, k = apply_rope(q, self.rope), apply_rope(k, self.rope)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
 
-    def cross_kv(self, layer: int, attn: nn.Module, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_kv(self, layer: int, attn: Any, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return cross_kv(attn, encoder_states)

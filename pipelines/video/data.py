@@ -34,7 +34,7 @@ def _cv2() -> Any:
     return cv2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_image(name: str) -> np.ndarray:
     """A scikit-image sample photo as [H, W, 3] uint8 RGB (grey images replicated, alpha dropped)."""
     import skimage.data

@@ -76,7 +76,7 @@ def untrained(pipe: VideoDiffusionPipeline, seed: int = 0) -> VideoDiffusionPipe
     from .prompts import StyleTable
 
     torch.manual_seed(seed)
-    fresh = WanTransformer3DModel(**dict(pipe.dit.transformer.config))
+    fresh: Any = WanTransformer3DModel(**dict(pipe.dit.transformer.config))
     pipe.dit.transformer.load_state_dict(fresh.state_dict())
     table = pipe.loaded.prompts
     if isinstance(table, StyleTable):

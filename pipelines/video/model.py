@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
 
-from .attention import AttentionRouter, AttentionStrategy, ClipAttention, CrossAttnProcessor, SelfAttnProcessor
+from .attention import (
+    AttentionRouter,
+    AttentionStrategy,
+    ClipAttention,
+    CrossAttnProcessor,
+    SelfAttnProcessor,
+)
 from .attention import cross_kv as _cross_kv
 from .rope import WanRope
 
@@ -46,13 +53,14 @@ class CausalWanDiT(nn.Module):
 
     def __init__(self, transformer: WanTransformer3DModel) -> None:
         super().__init__()
-        cfg = transformer.config
+        tr: Any = transformer  # diffusers' model classes are opaque to mypy
+        cfg = tr.config
         pt, ph, pw = (int(p) for p in cfg.patch_size)
         if pt != 1:
             raise ValueError(f"the causal DiT needs a temporal patch of 1 (one latent frame per block), got {pt}")
         if cfg.image_dim is not None or cfg.added_kv_proj_dim is not None:
             raise ValueError("image-to-video Wan checkpoints (image_dim/added_kv_proj_dim) are not supported")
-        self.transformer = transformer
+        self.transformer: Any = tr
         self.patch = (ph, pw)
         self.heads = int(cfg.num_attention_heads)
         self.head_dim = int(cfg.attention_head_dim)
@@ -60,12 +68,12 @@ class CausalWanDiT(nn.Module):
         self.in_channels = int(cfg.in_channels)
         self.out_channels = int(cfg.out_channels or cfg.in_channels)
         self.text_dim = int(cfg.text_dim)
-        self.num_layers = len(transformer.blocks)
+        self.num_layers = len(tr.blocks)
         self.router = AttentionRouter()
-        for i, block in enumerate(transformer.blocks):
+        for i, block in enumerate(tr.blocks):
             block.attn1.set_processor(SelfAttnProcessor(self.router, i))
             block.attn2.set_processor(CrossAttnProcessor(self.router, i))
-        self.rope = WanRope(transformer.rope)
+        self.rope = WanRope(tr.rope)
 
     # ------------------------------------------------------------------ geometry
 
@@ -90,7 +98,7 @@ class CausalWanDiT(nn.Module):
         if prompt_embeds.dim() != 3 or prompt_embeds.shape[-1] != self.text_dim:
             raise ValueError(f"prompt embeddings must be [B, L, {self.text_dim}], got {tuple(prompt_embeds.shape)}")
         proj = self.transformer.condition_embedder.text_embedder
-        return proj(prompt_embeds.to(self.dtype))
+        return proj(prompt_embeds.to(self.dtype))  # type: ignore[no-any-return]
 
     def cross_kv(self, prompt_states: torch.Tensor) -> CrossKV:
         """Cross-attention keys/values of ``prompt_states [B, Lc, dim]`` for every layer."""
@@ -107,11 +115,11 @@ class CausalWanDiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.patch_embedding.weight.dtype
+        return self.transformer.patch_embedding.weight.dtype  # type: ignore[no-any-return]
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.patch_embedding.weight.device
+        return self.transformer.patch_embedding.weight.device  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ core
 

@@ -75,8 +75,26 @@ class VideoDiffusionPipeline(Pipeline):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        self.loaded: LoadedModel = load_model(model, device, _DTYPES[dtype] if dtype else None, causal_weights)
-        d = self.loaded.defaults
+        loaded = load_model(model, device, _DTYPES[dtype] if dtype else None, causal_weights)
+        self._setup(loaded, max_sessions, num_sinks, window, position_policy)
+
+    @classmethod
+    def from_loaded(
+        cls, loaded: LoadedModel, device: str = "cpu", *, max_sessions: int | None = None,
+        num_sinks: int | None = None, window: int | None = None, position_policy: str | None = None,
+    ) -> VideoDiffusionPipeline:
+        """A pipeline over modules already in memory (benchmarks with random weights, tests)."""
+        self = cls.__new__(cls)
+        Pipeline.__init__(self, device)
+        self._setup(loaded, max_sessions, num_sinks, window, position_policy)
+        return self
+
+    def _setup(
+        self, loaded: LoadedModel, max_sessions: int | None, num_sinks: int | None, window: int | None,
+        position_policy: str | None,
+    ) -> None:
+        self.loaded = loaded
+        d = loaded.defaults
         self.num_sinks = d.num_sinks if num_sinks is None else num_sinks
         self.window = d.window if window is None else window
         self.position_policy = position_policy or d.position_policy
@@ -87,8 +105,8 @@ class VideoDiffusionPipeline(Pipeline):
             raise ValueError(f"position_policy must be refresh or reposition, got {self.position_policy!r}")
         if not 1 <= self.max_sessions <= 1024:
             raise ValueError(f"max_sessions must be in [1, 1024], got {self.max_sessions}")
-        self.dit = self.loaded.dit.requires_grad_(False)
-        self.vae = self.loaded.vae
+        self.dit = loaded.dit.requires_grad_(False)
+        self.vae = loaded.vae
         self._pools: dict[tuple[int, int, int], KVPool] = {}
         self._sessions: dict[str, SessionState] = {}
         self._attend: dict[str, AttendFn] = {"dense": dense_attend}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,12 +56,13 @@ class StyleTable(PromptEncoder):
         super().__init__()
         if embeddings.dim() != 3 or embeddings.shape[0] != len(names):
             raise ValueError(f"style embeddings {tuple(embeddings.shape)} do not match {len(names)} style names")
-        self.choices = tuple(names)
+        self.names = tuple(names)
+        self.choices = self.names
         self.embeddings = embeddings
         self.text_dim = int(embeddings.shape[-1])
 
     def _encode(self, prompt: str) -> torch.Tensor:
-        return self.embeddings[self.choices.index(prompt)][None]
+        return self.embeddings[self.names.index(prompt)][None]
 
 
 class T5PromptEncoder(PromptEncoder):
@@ -71,8 +73,9 @@ class T5PromptEncoder(PromptEncoder):
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         folder = Path(folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        self.model = UMT5EncoderModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype).to(device)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        encoder: Any = UMT5EncoderModel  # transformers' typing of from_pretrained confuses mypy
+        self.model: Any = encoder.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype).to(device)
         self.model.eval()
         self.max_length = max_length
         self.text_dim = int(self.model.config.d_model)

@@ -12,10 +12,9 @@ Shapes: a frame of ``h x w`` tokens (after the 1x2x2 patch) is ``S = h * w`` tok
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
 from streamserve.kv_rolling import RopeFn
 
@@ -34,7 +33,7 @@ class WanRope:
         rope: ``transformer.rope`` of a `WanTransformer3DModel`.
     """
 
-    def __init__(self, rope: nn.Module) -> None:
+    def __init__(self, rope: Any) -> None:
         cos = rope.freqs_cos  # [max_seq_len, D], each frequency repeated twice (interleaved)
         sin = rope.freqs_sin
         if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor):

@@ -15,6 +15,7 @@ zero-initialised projection). The critical fraction is the SLA paper's 5% of key
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Literal
 
 import torch
 
@@ -32,7 +33,7 @@ def make_sla_attend(dit: CausalWanDiT) -> AttendFn:
         from streamserve.kernels import SUPPORTED_HEAD_DIMS, sla_attention
     except ImportError as exc:  # pragma: no cover - kernels ship with the package
         raise ValueError(f"attention='sla' needs streamserve.kernels: {exc}") from exc
-    impl = "triton" if dit.device.type == "cuda" and dit.head_dim in SUPPORTED_HEAD_DIMS else "reference"
+    impl: Literal["triton", "reference"] = "triton" if dit.device.type == "cuda" and dit.head_dim in SUPPORTED_HEAD_DIMS else "reference"
 
     def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # q: [N, H, S, D]; k, v: [N, H, Lk, D]; mask: [N, 1, 1, Lk]

@@ -21,10 +21,10 @@ Shapes: q, k, v ``[N, H, S, D]`` (``S`` tokens per block); cache reads ``[U, H, 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from streamserve.kv_rolling import KVPool
 
@@ -110,5 +110,5 @@ class StreamAttention:
         self.pool.write(layer, self.session_ids, self.blocks, stored, v)
         return out
 
-    def cross_kv(self, layer: int, attn: nn.Module, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_kv(self, layer: int, attn: Any, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cross[layer]

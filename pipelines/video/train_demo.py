@@ -32,11 +32,11 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .data import TRAIN_IMAGES, make_clip
+from .data import TRAIN_IMAGES, Motion, make_clip
 from .demo_config import WEIGHTS_DIR, DemoConfig
 from .model import CausalWanDiT, parameter_count, tiny_wan_config
 from .sampler import add_noise, predict_x0
-from .styles import STYLES, apply_style
+from .styles import apply_style
 from .vae import TinyAutoencoder
 
 FRAMES = 6  # frames per training clip: sink + window + a few more
@@ -68,7 +68,7 @@ def build_data(args: TrainArgs, cfg: DemoConfig) -> tuple[np.ndarray, np.ndarray
     n, s = args.clips, len(cfg.styles)
     inputs = np.empty((n, FRAMES, 256, 256, 3), np.uint8)
     targets = np.empty((n, s, FRAMES, 256, 256, 3), np.uint8)
-    motions = ("static", "slow", "fast", "mixed")
+    motions: tuple[Motion, ...] = ("static", "slow", "fast", "mixed")
     for i in tqdm(range(n), desc="data (clips x styles)", unit="clip"):
         image = TRAIN_IMAGES[i % len(TRAIN_IMAGES)]
         clip = make_clip(image, FRAMES, (256, 256), seed=int(rng.integers(1 << 31)), motion=motions[i % 4],

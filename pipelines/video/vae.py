@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,9 @@ class TinyAutoencoder(nn.Module):
     linear basis cannot, including continuity across patch borders. Its last layer starts at zero.
     """
 
+    shift: torch.Tensor  # [C] latent normalisation (buffers)
+    scale: torch.Tensor
+
     def __init__(self, latent_channels: int = 16, factor: int = 8, hidden: int = 96) -> None:
         super().__init__()
         if latent_channels < 1 or factor < 1 or hidden < 1:
@@ -80,8 +83,9 @@ class TinyAutoencoder(nn.Module):
             nn.Conv2d(hidden, 3 * factor * factor, 1),
             nn.PixelShuffle(factor),
         )
-        nn.init.zeros_(self.refine[2].weight)
-        nn.init.zeros_(self.refine[2].bias)
+        last = cast(nn.Conv2d, self.refine[2])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(cast(torch.Tensor, last.bias))
         self.register_buffer("shift", torch.zeros(latent_channels))
         self.register_buffer("scale", torch.ones(latent_channels))
 
@@ -110,9 +114,10 @@ class TinyAutoencoder(nn.Module):
         self.decoder.weight.copy_(w)
         # A transposed convolution has one bias per colour channel, not per patch pixel: use the mean
         # colour as its bias and let the encoder absorb the rest, z = basis @ (x - bias_patch).
-        self.decoder.bias.copy_(mean.reshape(3, f, f).mean((1, 2)))
-        bias_patch = self.decoder.bias[:, None, None].expand(3, f, f).reshape(-1)
-        self.encoder.bias.copy_(-(basis @ bias_patch))
+        dec_bias = cast(torch.Tensor, self.decoder.bias)
+        dec_bias.copy_(mean.reshape(3, f, f).mean((1, 2)))
+        bias_patch = dec_bias[:, None, None].expand(3, f, f).reshape(-1)
+        cast(torch.Tensor, self.encoder.bias).copy_(-(basis @ bias_patch))
         self.shift.copy_(basis @ (mean - bias_patch))  # normalised latents are zero-mean ...
         self.scale.copy_(std.clamp_min(1e-4))  # ... and unit-variance per channel
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.pipelines.video.video_helpers import make_demo_folder, make_wan_folder
 
 from streamserve.pipelines.video import VideoDiffusionPipeline
+from tests.pipelines.video.video_helpers import make_demo_folder, make_wan_folder
 
 
 @pytest.fixture(scope="session")

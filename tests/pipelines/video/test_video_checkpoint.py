@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from tests.pipelines.video.video_helpers import step_one
 from diffusers import WanTransformer3DModel
 
 from streamserve.pipelines.video import VideoDiffusionPipeline, VideoParams
 from streamserve.pipelines.video.checkpoint import folder_kind, load_causal_state_dict, map_causvid_key
 from streamserve.pipelines.video.model import tiny_wan_config
+from tests.pipelines.video.video_helpers import step_one
 
 # diffusers name -> original Wan / CausVid name (written out, independent of the code under test)
 _TO_ORIGINAL = (
@@ -37,8 +38,9 @@ def to_original(key: str) -> str:
     return key
 
 
-def _tiny() -> WanTransformer3DModel:
-    return WanTransformer3DModel(**tiny_wan_config(dim=32, heads=2, layers=2, ffn=64, channels=4, text_dim=16))
+def _tiny() -> Any:
+    model: Any = WanTransformer3DModel
+    return model(**tiny_wan_config(dim=32, heads=2, layers=2, ffn=64, channels=4, text_dim=16))
 
 
 def test_causvid_keys_map_onto_diffusers_names() -> None:

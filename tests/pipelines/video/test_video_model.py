@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -12,11 +14,11 @@ from streamserve.pipelines.video.model import CausalWanDiT, tiny_wan_config
 from streamserve.pipelines.video.stream_attention import StreamAttention
 
 
-def _pair(seed: int = 0) -> tuple[WanTransformer3DModel, CausalWanDiT]:
+def _pair(seed: int = 0) -> tuple[Any, CausalWanDiT]:
     torch.manual_seed(seed)
     cfg = tiny_wan_config(dim=48, heads=4, layers=2, ffn=64, channels=4, text_dim=16)
-    ref = WanTransformer3DModel(**cfg).eval()
-    wrapped = WanTransformer3DModel(**cfg).eval()
+    model: Any = WanTransformer3DModel
+    ref, wrapped = model(**cfg).eval(), model(**cfg).eval()
     wrapped.load_state_dict(ref.state_dict())
     return ref, CausalWanDiT(wrapped).eval()
 
@@ -107,5 +109,6 @@ def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="x must be"):
         dit.forward_clip(torch.randn(1, 3, 2, 8, 8), torch.ones(1), torch.randn(1, 2, 48))
     cfg = tiny_wan_config(dim=48, heads=4, layers=1, ffn=64, channels=4, text_dim=16)
+    model: Any = WanTransformer3DModel
     with pytest.raises(ValueError, match="temporal patch"):
-        CausalWanDiT(WanTransformer3DModel(**{**cfg, "patch_size": (2, 2, 2)}))
+        CausalWanDiT(model(**{**cfg, "patch_size": (2, 2, 2)}))

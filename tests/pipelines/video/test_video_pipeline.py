@@ -23,7 +23,7 @@ def run(pipe: VideoDiffusionPipeline, sid: str, clip: list[np.ndarray], start: i
     for i, f in enumerate(clip, start):
         res = step_one(pipe, sid, f, i)
         assert res.error is None, res.error
-        outs.append(list(res.media))  # type: ignore[arg-type]
+        outs.append([m for m in res.media if isinstance(m, VideoFrame)])
     return outs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,11 +13,12 @@ from streamserve.pipelines.video.vae import DemoVAE, TinyAutoencoder
 from streamserve.pipelines.video.wan_vae import WanStreamingVAE
 
 
-def tiny_wan_vae() -> AutoencoderKLWan:
+def tiny_wan_vae() -> Any:
     torch.manual_seed(0)
-    return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+    vae: Any = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                             temperal_downsample=[False, True, True], latents_mean=[0.1] * 4,
-                            latents_std=[2.0] * 4).eval()
+                            latents_std=[2.0] * 4)
+    return vae.eval()
 
 
 @torch.no_grad()

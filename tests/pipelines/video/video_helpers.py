@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,11 +60,13 @@ def make_wan_folder(folder: Path, seed: int = 0) -> Path:
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    WanTransformer3DModel(**tiny_wan_config(dim=32, heads=2, layers=2, ffn=64, channels=4, text_dim=16)
-                          ).save_pretrained(folder / "transformer")
-    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+    transformer: Any = WanTransformer3DModel(**tiny_wan_config(dim=32, heads=2, layers=2, ffn=64, channels=4,
+                                                                text_dim=16))
+    transformer.save_pretrained(folder / "transformer")
+    vae: Any = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                      temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
-                     ).save_pretrained(folder / "vae")
+                     )
+    vae.save_pretrained(folder / "vae")
     UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                                 relative_attention_num_buckets=8)).save_pretrained(folder / "text_encoder")
     words = ["<pad>", "</s>", "<unk>", "a", "watercolor", "painting", "pencil", "sketch", "cat", "dog", "of"]
