@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.video.reformatter import VideoReformatter
 
 from streamserve.core.clock import SYSTEM_CLOCK, Clock
 from streamserve.core.frames import VIDEO_TIME_BASE, AudioChunk, Media, MediaKind, VideoFrame
@@ -111,6 +112,7 @@ class SessionOutputTrack(MediaStreamTrack):
         self._pacer = pacer or PtsPacer()
         self._clock = clock
         self._pts = _MonotonicPts()
+        self._reformatter = VideoReformatter()  # RGB -> YUV 4:2:0 for the encoder, context kept
         self.sent = 0
 
     @property
@@ -133,7 +135,7 @@ class SessionOutputTrack(MediaStreamTrack):
                 await asyncio.sleep(hold)
             self.sent += 1
             if isinstance(media, VideoFrame):
-                return video_from_core(media, pts=self._pts(media.pts))
+                return video_from_core(media, pts=self._pts(media.pts), reformatter=self._reformatter)
             assert isinstance(media, AudioChunk)
             frame = audio_from_core(media)
             frame.pts = self._pts(int(frame.pts or 0))
@@ -173,6 +175,7 @@ class InboundPump:
         self._on_media = on_media
         self._clock = clock
         self._latest: tuple[av.VideoFrame | av.AudioFrame, float] | None = None
+        self._reformatter = VideoReformatter()  # decoded YUV -> RGB, swscale context kept
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.done = asyncio.Event()
@@ -239,7 +242,8 @@ class InboundPump:
         deadline = arrival + self._budget
         try:
             if isinstance(frame, av.VideoFrame):
-                media: Media = video_to_core(frame, arrival=arrival, deadline=deadline)
+                media: Media = video_to_core(frame, arrival=arrival, deadline=deadline,
+                                             reformatter=self._reformatter)
             else:
                 media = audio_to_core(frame, arrival=arrival, deadline=deadline)
             self._handle.push(media)

@@ -7,6 +7,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from av.video.reformatter import VideoReformatter
 
 from streamserve.core.frames import AudioChunk, VideoFrame
 from streamserve.transport.media import audio_from_core, audio_to_core, video_from_core, video_to_core
@@ -32,6 +33,18 @@ def test_video_to_core_converts_yuv_and_rescales_pts() -> None:
     assert core.data.shape == (16, 16, 3) and core.data.dtype == np.uint8
     assert abs(int(core.data.mean()) - 200) <= 3
     assert core.pts == 9000
+
+
+def test_video_conversions_with_kept_reformatters() -> None:
+    to_yuv, to_rgb = VideoReformatter(), VideoReformatter()
+    data = np.zeros((32, 48, 3), np.uint8)
+    data[:, :24] = (200, 40, 90)
+    for pts in (0, 3000):
+        frame = video_from_core(VideoFrame(data=data, pts=pts, arrival=0.0, deadline=0.1), reformatter=to_yuv)
+        assert frame.format.name == "yuv420p" and frame.pts == pts and frame.time_base == Fraction(1, 90_000)
+        back = video_to_core(frame, arrival=0.0, deadline=0.1, reformatter=to_rgb)
+        assert back.data.shape == (32, 48, 3) and back.pts == pts
+        assert np.abs(back.data.astype(int) - data.astype(int)).max() <= 8  # 4:2:0 and rounding only
 
 
 def test_video_from_core_accepts_a_non_contiguous_view() -> None:

@@ -86,7 +86,9 @@ async def test_output_track_paces_and_ends() -> None:
         await asyncio.wait_for(track.recv(), 2)
     assert [f.pts for f in frames] == [0, 3000, 6000, 9000]
     assert frames[0].time_base == Fraction(1, 90_000)
-    assert [int(f.to_ndarray(format="rgb24")[0, 0, 0]) for f in frames] == [0, 10, 20, 30]
+    assert all(f.format.name == "yuv420p" for f in frames)  # what the encoders take, converted here
+    values = [int(f.to_ndarray(format="rgb24")[0, 0, 0]) for f in frames]
+    assert np.allclose(values, [0, 10, 20, 30], atol=3), values
     assert min(np.diff(times)) > 0.8 * FRAME  # the burst went out at the frame rate
     assert track.readyState == "ended" and sub.closed
 
