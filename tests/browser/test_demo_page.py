@@ -133,7 +133,7 @@ def save_screenshot(page: Any, attempts: int = 3) -> None:
             best = (lag, png)
         if lag <= 2:
             break
-        page.wait_for_timeout(500)
+        page.wait_for_timeout(2_000)  # let the overlay's once-a-second figures recover from the pause
     assert best is not None
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.write_bytes(best[1])
