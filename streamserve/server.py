@@ -105,7 +105,15 @@ def create_app(config: ServerConfig | None = None,
 
     @app.get("/v1/pipelines", tags=["pipelines"])
     async def pipelines() -> list[dict[str, Any]]:
-        return [dataclasses.asdict(registry.info(name)) for name in registry.available()]
+        """Every pipeline that loads, with its parameter schema (one that fails to import is logged
+        and left out, so a broken plugin never takes the demo page down)."""
+        listed = []
+        for name in registry.available():
+            try:
+                listed.append(dataclasses.asdict(registry.info(name)))
+            except Exception:
+                log.exception("pipeline %r cannot be described; leaving it out of /v1/pipelines", name)
+        return listed
 
     @app.get("/v1/sessions", tags=["sessions"])
     async def list_sessions() -> list[dict[str, Any]]:

@@ -76,6 +76,43 @@ class FreshestQueue:
             return len(self._items)
 
 
+class MediaInbox:
+    """A session's pending input: one FreshestQueue per media kind behind one scheduler view.
+
+    Video keeps the freshest `video_size` frames; audio keeps a short FIFO of `audio_size` chunks.
+    Separate queues mean 50 audio chunks a second never evict a video frame (or the reverse).
+    `peek`/`pop` hand out whichever head is due first.
+    """
+
+    def __init__(self, video_size: int, audio_size: int) -> None:
+        self._queues = {MediaKind.VIDEO: FreshestQueue(video_size), MediaKind.AUDIO: FreshestQueue(audio_size)}
+
+    def put(self, item: Media) -> Media | None:
+        return self._queues[item.kind].put(item)
+
+    def _due(self) -> FreshestQueue | None:
+        best: tuple[float, FreshestQueue] | None = None
+        for q in self._queues.values():
+            head = q.peek()
+            if head is not None and (best is None or head.deadline < best[0]):
+                best = (head.deadline, q)
+        return best[1] if best else None
+
+    def peek(self) -> Media | None:
+        q = self._due()
+        return q.peek() if q else None
+
+    def pop(self) -> Media | None:
+        q = self._due()
+        return q.pop() if q else None
+
+    def clear(self) -> int:
+        return sum(q.clear() for q in self._queues.values())
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+
 class Subscription:
     """One consumer of a session's output of one kind; bounded, the freshest units win (loop thread)."""
 
@@ -167,7 +204,7 @@ class Session:
         self._observer = observer
         self._on_input = on_input
         self._on_update = on_update
-        self.inbox = FreshestQueue(config.inbox_size)
+        self.inbox = MediaInbox(config.inbox_size, config.audio_inbox_size)
         self._subs: dict[MediaKind, list[Subscription]] = {MediaKind.VIDEO: [], MediaKind.AUDIO: []}
         self.created = clock.now()
         self.last_seen = self.created

@@ -15,12 +15,15 @@ class SessionConfig:
     latency_budget_s: float = 0.25  # deadline = arrival + budget
     inbox_size: int = 2  # bounded: the freshest frames win, older ones are dropped and counted
     outbox_size: int = 4
+    audio_inbox_size: int = 16  # audio chunks waiting for an audio-consuming model (FIFO, bounded)
 
     def __post_init__(self) -> None:
         if not 0.001 <= self.latency_budget_s <= 10.0:
             raise ValueError(f"latency_budget_s must be in [0.001, 10], got {self.latency_budget_s}")
         if not 1 <= self.inbox_size <= 64:
             raise ValueError(f"inbox_size must be in [1, 64], got {self.inbox_size}")
+        if not 1 <= self.audio_inbox_size <= 1024:
+            raise ValueError(f"audio_inbox_size must be in [1, 1024], got {self.audio_inbox_size}")
         if not 1 <= self.outbox_size <= 256:
             raise ValueError(f"outbox_size must be in [1, 256], got {self.outbox_size}")
 

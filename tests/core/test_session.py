@@ -109,3 +109,18 @@ def test_latency_window_percentiles() -> None:
         w.add(v / 1000)
     assert w.percentile(50) == pytest.approx(0.150, abs=0.002)
     assert w.percentile(100) == pytest.approx(0.200)
+
+
+def test_audio_never_evicts_video_in_the_inbox() -> None:
+    both = frozenset({MediaKind.VIDEO, MediaKind.AUDIO})
+    s = Session("passthrough", PassthroughParams, PassthroughParams(), inputs=both,
+                config=SessionConfig(inbox_size=2, audio_inbox_size=4), source="test", clock=FakeClock())
+    s.push(vf(1, arrival=0.0))
+    for i in range(50):  # a second of 20 ms chunks arrives while the model is busy
+        s.push(AudioChunk(np.zeros((1, 960), np.int16), 48_000, i * 960, 0.001 * i, 0.001 * i + 0.1))
+    assert len(s.inbox) == 1 + 4
+    assert s.stats()["dropped_inbox"] == 46  # only old audio was dropped
+    # Whatever is due first comes out first: the video frame (deadline 0.1) before audio (0.146...).
+    first = s.inbox.pop()
+    assert first is not None and first.kind is MediaKind.VIDEO
+    assert [c.pts for c in iter(s.inbox.pop, None)] == [46 * 960, 47 * 960, 48 * 960, 49 * 960]

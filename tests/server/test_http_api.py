@@ -54,3 +54,22 @@ def test_session_api(server_factory) -> None:
         assert http.delete(f"/v1/sessions/{sid}").json() == {"error": "session_not_found",
                                                            "message": f"no session '{sid}'"}
         assert 'streamserve_active_sessions{pipeline="passthrough"} 0.0' in http.get("/metrics").text
+
+
+def test_a_broken_pipeline_does_not_break_the_list(server_factory) -> None:
+    from streamserve.pipelines import registry
+
+    class Broken:
+        name = "broken"
+
+        @classmethod
+        def describe(cls):  # type: ignore[no-untyped-def]
+            raise ImportError("missing dependency: nothing")
+
+    registry.register(Broken)  # type: ignore[arg-type]
+    try:
+        server = server_factory(transports=[])
+        names = [p["name"] for p in httpx.get(f"{server.url}/v1/pipelines", timeout=10).json()]
+        assert "broken" not in names and "passthrough" in names
+    finally:
+        registry.unregister("broken")
