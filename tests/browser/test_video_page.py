@@ -62,6 +62,7 @@ def decode(data_url: str) -> np.ndarray:
 
     png = base64.b64decode(data_url.split(",", 1)[1])
     bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert bgr is not None, "the page's canvas did not give a PNG"
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
