@@ -49,17 +49,14 @@ def percentile(values: list[float], q: float) -> float:
 
 # --- bare ------------------------------------------------------------------------------------------
 
-def bare(size: int, frames: int, style: str, steps: int, threads: int) -> dict[str, float]:
+def bare(size: int, frames: int, style: str, steps: int, threads: int | None) -> dict[str, float]:
     """Back-to-back frames through the pipeline in this process."""
-    import torch
-
     from streamserve.core.frames import VideoFrame
     from streamserve.core.plan import Batch, WorkItem
     from streamserve.pipelines.video import VideoDiffusionPipeline, VideoParams
     from streamserve.transport.probe import picture, stamp
 
-    torch.set_num_threads(threads)
-    pipe = VideoDiffusionPipeline(device="cpu")
+    pipe = VideoDiffusionPipeline(device="cpu", threads=threads)
     pipe.warmup()
     pipe.open_session("bench", VideoParams(style=style, steps=steps, width=size, height=size))  # type: ignore[arg-type]
     pics = [stamp(i, size, size, picture(i, size, size)) for i in range(30)]
@@ -145,7 +142,10 @@ async def served(url: str, size: int, fps: float, style: str, steps: int, warmup
         start, sent0 = time.monotonic(), len(source.sent_at)
         await asyncio.sleep(seconds)
         end, sent = time.monotonic(), len(source.sent_at) - sent0
-        stats = await asyncio.to_thread(http_json, f"{url}/v1/sessions/{answer['session_id']}")
+        try:
+            stats = await asyncio.to_thread(http_json, f"{url}/v1/sessions/{answer['session_id']}")
+        except OSError as exc:  # the session ended early (its error is in the server log)
+            stats = {"dropped": f"session gone: {exc}"}
     finally:
         await pc.close()
         for task in tasks:
@@ -175,7 +175,7 @@ def cpu_tables(args: argparse.Namespace) -> str:
         lines.append(f"| {s['fps_in']:.1f} | {b['fps']:.1f} | {s['fps']:.1f} | {ratio:.2f} | {s['p50_ms']:.0f} | "
                      f"{s['p99_ms']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {s['drops']} |")
     return (f"Demo model, {args.size}x{args.size}, one session, style {args.style!r}, {args.steps} step(s), "
-            f"{args.threads} torch threads.\n\n" + "\n".join(lines))
+            f"torch threads: {args.threads or 'pipeline default (all cores but one)'}.\n\n" + "\n".join(lines))
 
 
 # --- GPU: Wan2.1-1.3B shape ------------------------------------------------------------------------
@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, nargs="+", default=[30.0], help="client input frame rates")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (served)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds measured per run")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the bare run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the bare run (default: the pipeline's, all cores but one)")
     parser.add_argument("--gpu", action="store_true", help="also run the Wan2.1-1.3B GPU part (needs CUDA)")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU part")
     parser.add_argument("--json", help="also write the tables to this file")

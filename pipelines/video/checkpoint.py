@@ -43,7 +43,6 @@ class ModelDefaults:
     window: int
     position_policy: str
     strength: float
-    steps: int
     shift: float
     width: int
     height: int
@@ -53,7 +52,7 @@ class ModelDefaults:
 
 
 WAN_DEFAULTS = ModelDefaults(kind="wan", num_sinks=3, window=3, position_policy="refresh", strength=0.7,
-                             steps=2, shift=5.0, width=512, height=512, min_size=64, max_size=1280)
+                             shift=5.0, width=512, height=512, min_size=64, max_size=1280)
 
 
 @dataclasses.dataclass
@@ -250,7 +249,7 @@ def load_demo(folder: Path, device: str, dtype: torch.dtype) -> LoadedModel:
     styles = load_file(str(folder / "styles.safetensors"))["embeddings"].to(device=device, dtype=dtype)
     defaults = ModelDefaults(
         kind="demo", num_sinks=cfg.num_sinks, window=cfg.window, position_policy=cfg.position_policy,
-        strength=cfg.strength, steps=cfg.steps, shift=cfg.shift, width=cfg.width, height=cfg.height,
+        strength=cfg.strength, shift=cfg.shift, width=cfg.width, height=cfg.height,
         min_size=cfg.min_size, max_size=cfg.max_size,
     )
     return LoadedModel(dit, DemoVAE(ae), StyleTable(cfg.styles, styles), defaults, str(folder))

@@ -41,8 +41,8 @@ class DemoConfig:
     window: int = 2
     position_policy: str = "reposition"
     # sampler defaults
-    strength: float = 0.35
-    steps: int = 1
+    strength: float = 0.3
+    steps: int = 1  # recommended (the params default); informational
     shift: float = 1.0
     # resolution
     width: int = 256

@@ -17,6 +17,7 @@ Everything runs on the engine thread; per-session state lives in :class:`~.sessi
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +42,19 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 PATCH_PIXELS = 16  # VAE factor 8 x patch 2: sizes must be multiples of this
 
 
+def set_cpu_threads(device: str, threads: int | None) -> None:
+    """On CPU, give torch all cores but one (at least one): the transport's decoders and encoders
+    and the event loop need a core, and an oversubscribed OpenMP pool stalls (busy-waiting threads).
+    ``threads`` overrides; it is process-wide (``torch.set_num_threads``), like the engine thread."""
+    if device != "cpu" and threads is None:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = threads if threads is not None else max(1, cores - 1)
+    if not 1 <= n <= 1024:
+        raise ValueError(f"threads must be in [1, 1024], got {threads}")
+    torch.set_num_threads(n)
+
+
 class VideoDiffusionPipeline(Pipeline):
     """Causal streaming video diffusion. ``model``: a diffusers Wan2.1 T2V folder or a demo-format
     folder; ``None`` loads the embedded demo model (camera stylization, trained offline on CPU).
@@ -48,7 +62,7 @@ class VideoDiffusionPipeline(Pipeline):
     Options (all optional): ``max_sessions`` (KV slots per resolution), ``num_sinks``/``window``
     (rolling cache, in blocks), ``position_policy`` ("refresh" | "reposition"), ``dtype``
     ("float32" | "float16" | "bfloat16"), ``causal_weights`` (a CausVid/StreamDiffusionV2 ``.pt`` to
-    load onto a Wan folder's transformer).
+    load onto a Wan folder's transformer), ``threads`` (CPU: torch threads; default all cores but one).
     """
 
     name = "video"
@@ -68,9 +82,11 @@ class VideoDiffusionPipeline(Pipeline):
         position_policy: str | None = None,
         dtype: str | None = None,
         causal_weights: str | None = None,
+        threads: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__(device, **options)  # unknown options -> ValueError
+        set_cpu_threads(device, threads)
         if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
         if dtype is not None and dtype not in _DTYPES:

@@ -39,8 +39,8 @@ from .sampler import add_noise, predict_x0
 from .styles import apply_style
 from .vae import TinyAutoencoder
 
-FRAMES = 6  # frames per training clip: sink + window + a few more
-SIGMA_RANGE = (0.08, 0.65)  # noise levels trained for (serving strength <= ~0.6)
+FRAMES = 5  # frames per training clip: sink + window + two more
+SIGMA_RANGE = (0.05, 0.6)  # noise levels trained for (serving strength <= ~0.6)
 
 
 @dataclasses.dataclass
@@ -48,9 +48,9 @@ class TrainArgs:
     out: Path = WEIGHTS_DIR
     seed: int = 0
     clips: int = 150
-    ae_iters: int = 400
-    iters: int = 2000
-    lr: float = 1e-3
+    ae_iters: int = 2000
+    iters: int = 3200
+    lr: float = 1.5e-3
     batch_tokens: int = 3072  # tokens per DiT iteration
     threads: int = 2
     device: str = "cpu"
@@ -173,7 +173,7 @@ def train_dit(
     dit = CausalWanDiT(transformer).to(args.device).train()
     styles = torch.nn.Parameter(torch.randn(len(cfg.styles), cfg.style_tokens, cfg.text_dim, device=args.device))
     opt = torch.optim.AdamW([*dit.parameters(), styles], lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = 100
+    warmup = 200
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, args.iters) / args.iters))))
     w = weights.to(args.device)[None, :, None, None, None]

@@ -37,6 +37,10 @@ def test_registry_and_constructor_options(tiny_demo_dir: Path) -> None:
         VideoDiffusionPipeline(device="tpu", model=str(tiny_demo_dir))
     with pytest.raises(ValueError, match="position_policy"):
         VideoDiffusionPipeline(device="cpu", model=str(tiny_demo_dir), position_policy="grow")
+    with pytest.raises(ValueError, match=r"threads must be in \[1, 1024\], got 0"):
+        VideoDiffusionPipeline(device="cpu", model=str(tiny_demo_dir), threads=0)
+    VideoDiffusionPipeline(device="cpu", model=str(tiny_demo_dir), threads=1)
+    assert torch.get_num_threads() == 1
 
 
 def test_params_are_validated_by_name() -> None:
