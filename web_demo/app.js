@@ -85,11 +85,19 @@ function paramControl(name, spec) {
       label.append(out);
     }
   } else {
-    input = Object.assign(document.createElement("input"), {type: "text", value: spec.default ?? ""});
+    const value = Array.isArray(spec.default) ? spec.default.join(", ") : spec.default ?? "";
+    input = Object.assign(document.createElement("input"), {type: "text", value});
+    if (spec.type === "list") input.placeholder = `comma-separated ${spec.items}s`;
     label.append(input);
+  }
+  if (spec.nullable && input.tagName === "INPUT" && input.type !== "checkbox") {
+    if (spec.default === null || spec.default === undefined) input.value = "";
+    input.placeholder ||= "default";
   }
   input.name = name;
   input.dataset.kind = spec.type;
+  input.dataset.nullable = spec.nullable ? "1" : "";
+  input.dataset.items = spec.items ?? "";
   input.dataset.default = JSON.stringify(spec.default ?? null);
   input.addEventListener("change", () => sendUpdate({[name]: readControl(input)}));
   return label;
@@ -98,6 +106,11 @@ function paramControl(name, spec) {
 function readControl(input) {
   if (input.type === "checkbox") return input.checked;
   if (input.tagName === "SELECT") return JSON.parse(input.value);
+  // An empty optional field means "the model's default" (null), never an empty string.
+  if (input.dataset.nullable && input.value.trim() === "") return null;
+  if (input.dataset.kind === "list")
+    return input.value.split(",").map((v) => v.trim()).filter(Boolean)
+      .map((v) => (input.dataset.items === "str" ? v : Number(v)));
   if (input.dataset.kind === "int") return parseInt(input.value, 10);
   if (input.dataset.kind === "float") return parseFloat(input.value);
   return input.value;

@@ -94,17 +94,34 @@ def parse_params(cls: type[P], raw: Mapping[str, Any] | None, base: P | None = N
         raise InvalidParams(field, message) from exc
 
 
+def _type_schema(ann: Any) -> dict[str, Any]:
+    origin = typing.get_origin(ann)
+    if origin is typing.Literal:
+        return {"type": "enum", "choices": list(typing.get_args(ann))}
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        inner = _type_schema(args[0]) if len(args) == 1 else {"type": "any"}
+        return {**inner, "nullable": True} if len(args) < len(typing.get_args(ann)) else inner
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(ann) or (Any,)
+        return {"type": "list", "items": _type_schema(item)["type"]}
+    names = {bool: "bool", int: "int", float: "float", str: "str"}
+    return {"type": names.get(ann, getattr(ann, "__name__", str(ann)))}
+
+
 def params_schema(cls: type) -> dict[str, Any]:
-    """A small JSON description of a params dataclass, for the demo page and `/v1/pipelines`."""
+    """A small JSON description of a params dataclass, for the demo page and `/v1/pipelines`.
+
+    Each field gives `type` (bool, int, float, str, enum with `choices`, list with `items`),
+    `nullable` when None is allowed, `default`, and whatever the field's `metadata` adds
+    (`min`, `max`, `step`, `description`).
+    """
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        ann = hints[f.name]
-        entry: dict[str, Any] = {"type": getattr(ann, "__name__", str(ann))}
-        if typing.get_origin(ann) is typing.Literal:
-            entry = {"type": "enum", "choices": list(typing.get_args(ann))}
+        entry = _type_schema(hints[f.name])
         if f.default is not dataclasses.MISSING:
-            entry["default"] = f.default
+            entry["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
         entry.update(f.metadata)
         out[f.name] = entry
     return out
