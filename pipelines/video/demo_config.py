@@ -41,7 +41,7 @@ class DemoConfig:
     window: int = 2
     position_policy: str = "reposition"
     # sampler defaults
-    strength: float = 0.3
+    strength: float = 0.2
     steps: int = 1  # recommended (the params default); informational
     shift: float = 1.0
     # resolution

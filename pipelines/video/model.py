@@ -33,6 +33,7 @@ from .attention import (
     ClipAttention,
     CrossAttnProcessor,
     SelfAttnProcessor,
+    block_causal_mask,
 )
 from .attention import cross_kv as _cross_kv
 from .rope import WanRope
@@ -86,9 +87,10 @@ class CausalWanDiT(nn.Module):
         self.rope.check_grid(h, w)
         return h, w
 
-    def to(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def to(self, *args: Any, **kwargs: Any) -> CausalWanDiT:
+        """``nn.Module.to``, also moving the RoPE tables (plain tensors, not buffers)."""
         out = super().to(*args, **kwargs)
-        self.rope.to(self.transformer.patch_embedding.weight.device)
+        self.rope.to(self.device)
         return out
 
     # ------------------------------------------------------------------ conditioning
@@ -181,11 +183,7 @@ class CausalWanDiT(nn.Module):
         if frame_positions is None:
             frame_positions = torch.arange(f, device=x.device)
         table = self.rope.table(frame_positions, h, w)
-        mask = None
-        if causal:
-            from .attention import block_causal_mask
-
-            mask = block_causal_mask(f, s, num_sinks, window, device=x.device)
+        mask = block_causal_mask(f, s, num_sinks, window, device=x.device) if causal else None
         if timestep.dim() == 1:
             temb, proj = self._time(timestep)  # [B, dim], [B, 6, dim]
         else:
