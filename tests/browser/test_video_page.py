@@ -9,6 +9,7 @@ with the page's own control must show in the output within 1 s.
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from streamserve.pipelines.video.styles import apply_style
 from tests.browser.conftest import CHROMIUM_ARGS
 
 SIZE = 256
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo-video.png"  # STREAMSERVE_UPDATE_DOCS=1
 FIRST, SECOND = "sketch", "thermal"  # a grey style and a saturated one: easy to tell apart
 
 # Per output frame: [performance.now(), mean saturation (max - min channel) on a 32x32 downscale].
@@ -122,6 +124,8 @@ def test_video_page_stylizes_the_camera_and_switches_style_live(
     record_property(f"{FIRST}_psnr_to_target_db", round(target_db, 2))
     record_property(f"{FIRST}_psnr_to_input_db", round(input_db, 2))
     assert target_db > input_db + 3.0, f"{FIRST}: {target_db:.1f} dB to the target, {input_db:.1f} dB to the input"
+    if os.environ.get("STREAMSERVE_UPDATE_DOCS") == "1":
+        page.screenshot(path=str(SCREENSHOT))
 
     # A style change through the page's own control takes effect within 1 s.
     before = page.evaluate("window.__saturation.slice(-15).map((s) => s[1])")
