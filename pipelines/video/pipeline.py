@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from streamserve.core.frames import MediaKind, VideoFrame
-from streamserve.core.plan import Batch, StepOutput
+from streamserve.core.plan import Batch, StepOutput, WorkItem
 from streamserve.kv_rolling import KVPool
 from streamserve.pipelines.base import Pipeline
 
@@ -130,13 +130,17 @@ class VideoDiffusionPipeline(Pipeline):
     # ------------------------------------------------------------------ lifecycle
 
     def warmup(self) -> None:
-        """Run a few frames through a throwaway session (first-call allocations, kernel selection)."""
+        """Run a few frames through a throwaway session (first-call allocations, kernel selection).
+
+        On a GPU at the model's default resolution (kernels are picked per shape); on CPU, where only
+        first-call allocations are warmed, at no more than 256x256 so a big VAE starts quickly."""
         import numpy as np
 
-        from streamserve.core.plan import WorkItem
-
         sid = "__warmup__"
-        self.open_session(sid, VideoParams())
+        d = self.loaded.defaults
+        size = {} if self.dit.device.type != "cpu" else {
+            "width": max(d.min_size, min(d.width, 256)), "height": max(d.min_size, min(d.height, 256))}
+        self.open_session(sid, VideoParams(**size))
         try:
             st = self._sessions[sid]
             frame = np.zeros((st.height, st.width, 3), np.uint8)

@@ -20,9 +20,9 @@ STYLES: tuple[str, ...] = ("watercolor", "sketch", "cartoon", "sepia", "noir", "
 """Style names, in the order of the demo model's style-embedding table."""
 
 STYLE_PROMPTS: dict[str, str] = {
-    "watercolor": "a soft watercolor painting, smooth washes of colour",
+    "watercolor": "a soft watercolor painting on warm paper, smooth washes of colour",
     "sketch": "a pencil sketch on white paper, grey graphite strokes",
-    "cartoon": "a flat-shaded cartoon with bold black outlines",
+    "cartoon": "a vivid flat-shaded cartoon with bold black outlines",
     "sepia": "an old sepia photograph, warm brown tones",
     "noir": "a high-contrast black and white film noir still",
     "thermal": "a thermal camera image, inferno colour map",
@@ -42,7 +42,9 @@ def _cv2() -> Any:
 
 def _watercolor(rgb: np.ndarray) -> np.ndarray:
     cv2 = _cv2()
-    return np.asarray(cv2.stylization(rgb, sigma_s=60, sigma_r=0.45))
+    paint = np.asarray(cv2.stylization(rgb, sigma_s=60, sigma_r=0.45)).astype(np.float32)
+    paper = np.array([255.0, 248.0, 232.0], np.float32)  # washes of colour on warm paper
+    return np.clip(0.72 * paint + 0.28 * paper, 0, 255).astype(np.uint8)
 
 
 def _sketch(rgb: np.ndarray) -> np.ndarray:
@@ -53,13 +55,16 @@ def _sketch(rgb: np.ndarray) -> np.ndarray:
 
 def _cartoon(rgb: np.ndarray) -> np.ndarray:
     cv2 = _cv2()
-    smooth = cv2.edgePreservingFilter(rgb, flags=1, sigma_s=50, sigma_r=0.4)
-    levels = 6  # flat colour bands
-    quant = (np.floor(smooth.astype(np.float32) / 256.0 * levels) + 0.5) * (256.0 / levels)
-    gray = cv2.medianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), 5)
-    edges = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, 9, 4)
-    out = quant * (edges[:, :, None].astype(np.float32) / 255.0)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    smooth = cv2.edgePreservingFilter(rgb, flags=1, sigma_s=60, sigma_r=0.45)
+    hsv = cv2.cvtColor(smooth, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 1] = np.clip(hsv[..., 1] * 1.6 + 20, 0, 255)  # vivid flat colours
+    hsv[..., 2] = 75.0 + 58.0 * np.floor(hsv[..., 2] / 64.0)  # 4 bright bands: 75, 133, 191, 249
+    flat = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    grey = cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY)
+    edges = cv2.dilate(cv2.Canny(grey, 50, 120), np.ones((2, 2), np.uint8))  # bold outlines
+    out = flat.copy()
+    out[edges > 0] = (20, 20, 20)
+    return np.asarray(out)
 
 
 def _sepia(rgb: np.ndarray) -> np.ndarray:
