@@ -57,6 +57,16 @@ def _tint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
+def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random hue, saturation and brightness: more colours than a few photos hold (training only)."""
+    cv2 = _cv2()
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-25, 25)) % 180
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.6, 1.4), 0, 255)
+    hsv[..., 2] = np.clip(255.0 * (hsv[..., 2] / 255.0) ** rng.uniform(0.7, 1.5), 0, 255)
+    return np.asarray(cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB))
+
+
 def _camera_path(
     rng: np.random.Generator, frames: int, src_hw: tuple[int, int], out_hw: tuple[int, int], motion: Motion
 ) -> list[np.ndarray]:
@@ -113,11 +123,13 @@ def make_clip(
     motion: Motion = "mixed",
     shapes: int = 2,
     noise: float = 2.0,
+    jitter: bool = False,
 ) -> np.ndarray:
     """A synthetic camera clip ``[frames, H, W, 3]`` uint8 of ``image`` (a name or an RGB array).
 
     ``size`` is (height, width); ``motion`` picks the camera (``"static"`` keeps it still: only the
-    shapes move); ``noise`` is the sensor noise standard deviation in 8-bit levels.
+    shapes move); ``noise`` is the sensor noise standard deviation in 8-bit levels; ``jitter``
+    randomises the photo's hue, saturation and brightness.
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
@@ -125,6 +137,8 @@ def make_clip(
     rng = np.random.default_rng(seed)
     src = load_image(image) if isinstance(image, str) else np.asarray(image, dtype=np.uint8)
     src = _tint(src, rng)
+    if jitter:
+        src = _jitter(src, rng)
     oh, ow = size
     maps = _camera_path(rng, frames, src.shape[:2], (oh, ow), motion)
     palette = rng.integers(0, 256, size=(shapes, 3))

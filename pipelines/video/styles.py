@@ -57,14 +57,14 @@ def _cartoon(rgb: np.ndarray) -> np.ndarray:
     cv2 = _cv2()
     smooth = cv2.edgePreservingFilter(rgb, flags=1, sigma_s=60, sigma_r=0.45)
     hsv = cv2.cvtColor(smooth, cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 1] = np.clip(hsv[..., 1] * 1.6 + 20, 0, 255)  # vivid flat colours
-    hsv[..., 2] = 75.0 + 58.0 * np.floor(hsv[..., 2] / 64.0)  # 4 bright bands: 75, 133, 191, 249
-    flat = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    hsv[..., 1] = np.clip(hsv[..., 1] * 1.6 + 30, 0, 255)  # vivid colours
+    hsv[..., 2] = 255.0 * (hsv[..., 2] / 255.0) ** 0.55  # bright, lifted shadows
+    vivid = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    flat = (np.floor(vivid / 256.0 * 6) + 0.5) * (256.0 / 6)  # six flat levels per channel
     grey = cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY)
-    edges = cv2.dilate(cv2.Canny(grey, 50, 120), np.ones((2, 2), np.uint8))  # bold outlines
-    out = flat.copy()
-    out[edges > 0] = (20, 20, 20)
-    return np.asarray(out)
+    edges = cv2.Canny(grey, 60, 140) > 0  # black outlines
+    flat[edges] = 20.0
+    return np.clip(flat, 0, 255).astype(np.uint8)
 
 
 def _sepia(rgb: np.ndarray) -> np.ndarray:

@@ -74,7 +74,7 @@ def build_data(args: TrainArgs, cfg: DemoConfig) -> tuple[np.ndarray, np.ndarray
     for i in tqdm(range(n), desc="data (clips x styles)", unit="clip"):
         image = TRAIN_IMAGES[i % len(TRAIN_IMAGES)]
         clip = make_clip(image, FRAMES, (256, 256), seed=int(rng.integers(1 << 31)), motion=motions[i % 4],
-                         shapes=int(rng.integers(0, 4)), noise=float(rng.uniform(0, 3)))
+                         shapes=int(rng.integers(0, 4)), noise=float(rng.uniform(0, 3)), jitter=i % 3 != 0)
         inputs[i] = clip
         for j, style in enumerate(cfg.styles):
             targets[i, j] = np.stack([apply_style(style, f) for f in clip])
