@@ -123,7 +123,7 @@ def test_video_page_stylizes_the_camera_and_switches_style_live(
     target_db, input_db = compare(page, FIRST)
     record_property(f"{FIRST}_psnr_to_target_db", round(target_db, 2))
     record_property(f"{FIRST}_psnr_to_input_db", round(input_db, 2))
-    assert target_db > input_db + 3.0, f"{FIRST}: {target_db:.1f} dB to the target, {input_db:.1f} dB to the input"
+    assert target_db > input_db + 2.0, f"{FIRST}: {target_db:.1f} dB to the target, {input_db:.1f} dB to the input"
     if os.environ.get("STREAMSERVE_UPDATE_DOCS") == "1":
         page.screenshot(path=str(SCREENSHOT))
 
@@ -151,6 +151,6 @@ def test_video_page_stylizes_the_camera_and_switches_style_live(
     assert switched < 1000, f"the style change showed after {switched:.0f} ms"
 
     target_db, input_db = compare(page, SECOND, samples=2)
-    assert target_db > input_db + 3.0, f"{SECOND}: {target_db:.1f} dB to the target, {input_db:.1f} dB to the input"
+    assert target_db > input_db + 2.0, f"{SECOND}: {target_db:.1f} dB to the target, {input_db:.1f} dB to the input"
     errors = [line for line in console if line.startswith("error")]
     assert not errors, errors
