@@ -138,7 +138,7 @@ class VideoDiffusionPipeline(Pipeline):
 
         sid = "__warmup__"
         d = self.loaded.defaults
-        size = {} if self.dit.device.type != "cpu" else {
+        size: dict[str, Any] = {} if self.dit.device.type != "cpu" else {
             "width": max(d.min_size, min(d.width, 256)), "height": max(d.min_size, min(d.height, 256))}
         self.open_session(sid, VideoParams(**size))
         try:
