@@ -202,8 +202,8 @@ class CausalWanDiT(nn.Module):
             raise ValueError(f"stream input must be [N, C, 1, H, W], got {tuple(x.shape)}")
         temb, proj = self._time(timestep)
         # The prompt states are not read: the strategy serves cached cross-attention keys/values.
-        placeholder = torch.empty(x.shape[0], 0, self.dim, dtype=self.dtype, device=x.device)
-        return self._run(x, temb, proj, placeholder, strategy)
+        empty_context = torch.empty(x.shape[0], 0, self.dim, dtype=self.dtype, device=x.device)
+        return self._run(x, temb, proj, empty_context, strategy)
 
 
 def parameter_count(module: nn.Module) -> int:
