@@ -8,7 +8,7 @@ PORT   ?= 8000
 PIPELINE ?= video
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck-tree bench clean
+.PHONY: serve test lint typecheck-tree bench clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/streamserve bench transport
+
+# Wheels the device machine's image lacks, for benchmarks/gpu_check.sh (docs/gpu.md): cp312 x86-64,
+# no dependencies (the image has the rest). SERVING=1 adds the server's (PyAV alone is ~36 MB).
+GPU_PLATFORMS := manylinux2014_x86_64 manylinux1_x86_64 $(foreach n,17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39,manylinux_2_$(n)_x86_64)
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python benchmarks/gpu_wheels.py $(if $(SERVING),--serving) > .whl/requirements.txt
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(foreach p,$(GPU_PLATFORMS),--platform $(p)) -d .whl -r .whl/requirements.txt
+	@du -sh .whl
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache

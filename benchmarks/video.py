@@ -10,9 +10,12 @@ CPU (default): the embedded demo model at 256x256, one session.
   Served/bare compares delivered FPS with what the pipeline could deliver at that input rate,
   ``min(bare FPS, input FPS)``. The "noir" style keeps the black/white index cells readable.
 
-GPU (``--gpu``, needs CUDA): a Wan2.1-1.3B-shaped model with random weights (DiT, Wan VAE; a random
-prompt embedding stands in for UMT5) at 512x512, 1-4 steps with stream batch, dense vs SLA: FPS and
-time to first frame with frames arriving at 16 FPS, next to StreamDiffusionV2's one-H100 figures.
+GPU (``--gpu``, or ``--gpu-only`` without the CPU part; needs CUDA): a Wan2.1-1.3B-shaped model with
+random weights (DiT, Wan VAE; a random prompt embedding stands in for UMT5) at 512x512 in bf16, 1-4
+steps with stream batch, dense vs SLA: time to first frame (session opening included) with frames
+arriving at 16 FPS, then steady FPS with frames handed over back to back, next to StreamDiffusionV2's
+one-H100 figures. ``--dry-run`` runs that part on CPU with a tiny Wan-shaped model at 64x64 (the
+script's check in ``make test``; its figures mean nothing).
 
 Run ``python benchmarks/video.py`` (or ``streamserve bench video``); ``--help`` for options. Prints
 markdown tables (goals: served >= 15 FPS, served/bare >= 0.9, p99 <= 150 ms on CPU).
@@ -180,8 +183,17 @@ def cpu_tables(args: argparse.Namespace) -> str:
 
 # --- GPU: Wan2.1-1.3B shape ------------------------------------------------------------------------
 
-def wan_13b(device: str) -> Any:
-    """Random-weight Wan2.1-1.3B DiT + Wan VAE, with a fixed random prompt embedding."""
+WAN_13B = {"dim": 1536, "heads": 12, "layers": 30, "ffn": 8960, "text_dim": 4096, "text_tokens": 512,
+           "freq_dim": 256, "vae": "wan2.1"}
+# --dry-run: the same code on CPU with a small Wan-shaped DiT (head dim 64, which the SLA kernels take)
+# and a small Wan VAE (same 8x/4x compression, fewer channels).
+WAN_TINY = {"dim": 128, "heads": 2, "layers": 2, "ffn": 256, "text_dim": 64, "text_tokens": 16,
+            "freq_dim": 64, "vae": "tiny"}
+INPUT_FPS = 16.0  # Wan's frame rate: frames arrive at this rate until the first output
+
+
+def wan_model(device: str, dtype: Any, shape: dict[str, Any]) -> Any:
+    """Random-weight Wan DiT + Wan VAE built on ``device``, with a fixed random prompt embedding."""
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
@@ -191,59 +203,127 @@ def wan_13b(device: str) -> Any:
     from streamserve.pipelines.video.wan_vae import WanStreamingVAE
 
     class RandomPrompt(PromptEncoder):
-        text_dim = 4096
+        text_dim = int(shape["text_dim"])
 
-        def _encode(self, prompt: str) -> torch.Tensor:
-            return torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16)
+        def _encode(self, prompt: str) -> torch.Tensor:  # stands in for UMT5: [1, tokens, text_dim]
+            return torch.randn(1, shape["text_tokens"], self.text_dim, device=device, dtype=dtype)
 
     torch.manual_seed(0)
     wan: Any = WanTransformer3DModel
-    dit = wan(num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-                                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30)
-    causal = CausalWanDiT(dit.to(device, torch.bfloat16)).eval()
     vae_cls: Any = AutoencoderKLWan
-    vae = vae_cls().to(device, torch.bfloat16).eval()
-    return LoadedModel(causal, WanStreamingVAE(vae), RandomPrompt(), WAN_DEFAULTS, "random Wan2.1-1.3B shape")
+    with torch.device(device):  # parameters are created (and initialised) on the device: no CPU detour
+        dit = wan(num_attention_heads=shape["heads"], attention_head_dim=shape["dim"] // shape["heads"],
+                  in_channels=16, out_channels=16, text_dim=shape["text_dim"], freq_dim=shape["freq_dim"],
+                  ffn_dim=shape["ffn"], num_layers=shape["layers"])
+        if shape["vae"] == "tiny":
+            vae = vae_cls(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                          temperal_downsample=[False, True, True])
+        else:
+            vae = vae_cls()  # Wan2.1's VAE configuration
+    causal = CausalWanDiT(dit.to(device, dtype)).eval()
+    name = f"random Wan DiT {shape['layers']}x{shape['dim']} ({shape['heads']} heads)"
+    return LoadedModel(causal, WanStreamingVAE(vae.to(device, dtype).eval()), RandomPrompt(), WAN_DEFAULTS, name)
 
 
-def gpu_rows(steps_list: list[int], attentions: list[str], seconds: float) -> str:
-    import torch
-
+def stream_row(pipe: Any, steps: int, attention: str, size: int, seconds: float, sync: Any,
+               frame: np.ndarray) -> dict[str, Any]:
+    """One (steps, attention) measurement: time to first frame with frames arriving at 16 FPS (session
+    opening included), then steady FPS with frames handed over back to back for ``seconds``."""
     from streamserve.core.frames import VideoFrame
     from streamserve.core.plan import Batch, WorkItem
-    from streamserve.pipelines.video import VideoDiffusionPipeline, VideoParams
+    from streamserve.pipelines.video import VideoParams
 
-    pipe = VideoDiffusionPipeline.from_loaded(wan_13b("cuda"), "cuda")
-    frame = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
-    lines = ["| steps | attention | FPS | SDV2 FPS (H100) | time to first frame (s) | SDV2 (s) |",
-             "|---|---|---|---|---|---|"]
+    params = VideoParams(steps=steps, attention=attention, width=size, height=size)  # type: ignore[arg-type]
+
+    def step(sid: str, i: int) -> int:
+        (res,) = pipe.step(Batch("video", (WorkItem(sid, VideoFrame(frame, i, 0.0, 1e9)),)))
+        if res.error:
+            raise RuntimeError(res.error)
+        sync()
+        return len(res.media)
+
+    pipe.open_session("warm", params)  # first-call allocations, kernel selection and compilation,
+    for i in range(1 + pipe.vae.temporal_factor * (params.lag_blocks + 1)):  # decoding included
+        step("warm", i)
+    pipe.close_session("warm")
+    sync()
+
+    t0, ttff, i = time.perf_counter(), float("nan"), 0
+    pipe.open_session("bench", params)
+    try:
+        while ttff != ttff:  # nan until the first output frame
+            if (wait := t0 + i / INPUT_FPS - time.perf_counter()) > 0:
+                time.sleep(wait)  # frame i arrives at t0 + i / 16 s
+            if step("bench", i):
+                ttff = time.perf_counter() - t0
+            i += 1
+            if time.perf_counter() - t0 > 30:
+                raise RuntimeError(f"no output after {i} frames in 30 s")
+        start, produced, last, blocks = time.perf_counter(), 0, time.perf_counter(), 0
+        while last - start < seconds or blocks < 2:
+            n = step("bench", i)
+            i += 1
+            if n:
+                produced, last, blocks = produced + n, time.perf_counter(), blocks + 1
+    finally:
+        pipe.close_session("bench")
+    # Frames a block needs: 1 then vae.temporal_factor; outputs lag steps - 1 blocks (stream batch).
+    floor = pipe.vae.temporal_factor * params.lag_blocks / INPUT_FPS
+    return {"steps": steps, "attention": attention, "size": size, "fps": produced / (last - start),
+            "ttff_s": ttff, "ttff_input_floor_s": floor, "frames": produced,
+            "sdv2_fps": SDV2_FPS[steps], "sdv2_ttff_s": SDV2_TTFF_S}
+
+
+def gpu_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| steps | attention | FPS | SDV2 FPS (H100) | FPS / SDV2 | time to first frame (s) | input floor (s) "
+             "| SDV2 (s) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['steps']} | {r['attention']} | {r['fps']:.1f} | {r['sdv2_fps']} | "
+                     f"{r['fps'] / r['sdv2_fps']:.2f} | {r['ttff_s']:.2f} | {r['ttff_input_floor_s']:.2f} | "
+                     f"{r['sdv2_ttff_s']} |")
+    return "\n".join(lines)
+
+
+def gpu_rows(steps_list: list[int], attentions: list[str], seconds: float, dry_run: bool = False,
+             on_rows: Any = None) -> dict[str, Any]:
+    """The GPU benchmark (``dry_run``: the same on CPU with a tiny model at 64x64, fp32)."""
+    import torch
+
+    from streamserve.pipelines.video import VideoDiffusionPipeline
+
+    device = "cpu" if dry_run else "cuda"
+    dtype = torch.float32 if dry_run else torch.bfloat16
+    size = 64 if dry_run else 512
+    shape = WAN_TINY if dry_run else WAN_13B
+    if dry_run:
+        torch.set_num_threads(1)  # tiny tensors: more threads only add OpenMP contention
+    t = time.perf_counter()
+    loaded = wan_model(device, dtype, shape)
+    pipe = VideoDiffusionPipeline.from_loaded(loaded, device)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    name = torch.cuda.get_device_name() if device == "cuda" else machine()
+    result: dict[str, Any] = {"device": name, "model": loaded.source, "dtype": str(dtype).removeprefix("torch."),
+                              "size": size, "dry_run": dry_run, "build_s": time.perf_counter() - t, "rows": []}
+    frame = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     for attention in attentions:
         for steps in steps_list:
-            params = VideoParams(steps=steps, attention=attention, width=512, height=512)  # type: ignore[arg-type]
-            pipe.open_session("warm", params)
-            for i in range(9):
-                pipe.step(Batch("video", (WorkItem("warm", VideoFrame(frame, i, 0.0, 1e9)),)))
-            pipe.close_session("warm")
-            torch.cuda.synchronize()
-            # Time to first frame: frames arrive at 16 FPS (Wan's rate); the clock starts at the first.
-            pipe.open_session("b", params)
-            t0, first, i, produced = time.perf_counter(), None, 0, 0
-            while time.perf_counter() - t0 < seconds:
-                due = t0 + i / 16.0
-                if first is None and (wait := due - time.perf_counter()) > 0:
-                    time.sleep(wait)  # paced until the first output, then as fast as possible
-                (res,) = pipe.step(Batch("video", (WorkItem("b", VideoFrame(frame, i, 0.0, 1e9)),)))
-                torch.cuda.synchronize()
-                if res.media and first is None:
-                    first, t_steady, produced = time.perf_counter() - t0, time.perf_counter(), 0
-                elif res.media:
-                    produced += len(res.media)
-                i += 1
-            fps = produced / (time.perf_counter() - t_steady) if first is not None else 0.0
-            pipe.close_session("b")
-            lines.append(f"| {steps} | {attention} | {fps:.1f} | {SDV2_FPS[steps]} | {first or float('nan'):.2f} | "
-                         f"{SDV2_TTFF_S} |")
-    return f"Wan2.1-1.3B shape, random weights, 512x512, bf16, {torch.cuda.get_device_name()}.\n\n" + "\n".join(lines)
+            row = stream_row(pipe, steps, attention, size, seconds, sync, frame)
+            print(f"gpu: {row}", file=sys.stderr, flush=True)
+            result["rows"].append(row)
+            result["table"] = gpu_table(result["rows"])
+            if on_rows is not None:
+                on_rows(result)
+    result["table"] = gpu_table(result["rows"])
+    return result
+
+
+def gpu_text(result: dict[str, Any]) -> str:
+    return (f"{result['model']}, {result['size']}x{result['size']}, {result['dtype']}, {result['device']}"
+            f"{' (dry run)' if result['dry_run'] else ''}.\n\n{result['table']}")
 
 
 def machine() -> str:
@@ -267,28 +347,43 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads for the bare run (default: the pipeline's, all cores but one)")
     parser.add_argument("--gpu", action="store_true", help="also run the Wan2.1-1.3B GPU part (needs CUDA)")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU part")
-    parser.add_argument("--json", help="also write the tables to this file")
+    parser.add_argument("--gpu-steps", type=int, nargs="+", default=[1, 2, 3, 4], help="GPU part: steps")
+    parser.add_argument("--gpu-attention", nargs="+", choices=["dense", "sla"], default=["dense", "sla"],
+                        help="GPU part: attention backends")
+    parser.add_argument("--gpu-seconds", type=float, default=None,
+                        help="GPU part: seconds of steady streaming per row (default: --seconds)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the GPU part only, on CPU with a tiny Wan-shaped model at 64x64 (checks the script)")
+    parser.add_argument("--json", help="also write the results to this file (GPU rows: after each row)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.port)
         return 0
-    out: dict[str, str] = {}
-    if not args.gpu_only:
+    out: dict[str, Any] = {}
+
+    def save(gpu: dict[str, Any] | None = None) -> None:
+        if gpu is not None:
+            out["gpu"] = gpu
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2)
+
+    if not (args.gpu_only or args.dry_run):
         out["cpu"] = cpu_tables(args)
         print(out["cpu"] + f"\n\n{machine()}\n")
-    if args.gpu or args.gpu_only:
+        save()
+    if args.gpu or args.gpu_only or args.dry_run:
         import torch
 
-        if not torch.cuda.is_available():
+        if not args.dry_run and not torch.cuda.is_available():
             print("no CUDA device: GPU part skipped", file=sys.stderr)
         else:
-            out["gpu"] = gpu_rows([1, 2, 3, 4], ["dense", "sla"], seconds=args.seconds)
-            print(out["gpu"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+            seconds = args.gpu_seconds if args.gpu_seconds is not None else (0.3 if args.dry_run else args.seconds)
+            result = gpu_rows(args.gpu_steps, args.gpu_attention, seconds, args.dry_run, on_rows=save)
+            save(result)
+            print(gpu_text(result))
     return 0 if out else 1
 
 
