@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_summary.py env OUT/env.json   # versions, device, nvidia-smi, imports
     python benchmarks/gpu_summary.py summary OUT        # OUT/summary.md from whatever parts finished
+    python benchmarks/gpu_summary.py merge-junit OUT/tests.xml A.xml B.xml   # one file for the pytest runs
 
 The summary reads the parts' files (``parts.tsv``, ``env.json``, ``tests.xml``, ``attention.json``,
 ``video.json``, ``serving.json``), any of which may be missing when a part failed or ran out of time,
@@ -79,25 +80,42 @@ def _parts(out: Path) -> list[list[str]]:
         return []
 
 
-def _tests(path: Path) -> dict[str, Any] | None:
+def _suites(path: Path) -> list[dict[str, Any]]:
+    """Per junit test suite: name, passed, skipped and the failures (name: first line of the message)."""
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
-        return None
-    cases = root.iter("testcase")
-    res: dict[str, Any] = {"passed": 0, "failed": [], "skipped": 0}
-    for case in cases:
-        name = f"{case.get('classname', '')}::{case.get('name', '')}"
-        bad = case.find("failure")
-        if bad is None:
-            bad = case.find("error")
-        if bad is not None:
-            res["failed"].append(f"{name}: {(bad.get('message') or '').splitlines()[0][:200] if bad.get('message') else ''}")
-        elif case.find("skipped") is not None:
-            res["skipped"] += 1
-        else:
-            res["passed"] += 1
-    return res
+        return []
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    out = []
+    for suite in suites:
+        res: dict[str, Any] = {"name": suite.get("name", "pytest"), "passed": 0, "failed": [], "skipped": 0}
+        for case in suite.iter("testcase"):
+            bad = case.find("failure")
+            if bad is None:
+                bad = case.find("error")
+            if bad is not None:
+                message = (bad.get("message") or "").strip().splitlines()
+                res["failed"].append(f"{case.get('classname', '')}::{case.get('name', '')}: "
+                                     f"{message[0][:200] if message else ''}")
+            elif case.find("skipped") is not None:
+                res["skipped"] += 1
+            else:
+                res["passed"] += 1
+        out.append(res)
+    return out
+
+
+def merge_junit(target: Path, sources: list[Path]) -> None:
+    """One ``<testsuites>`` file holding every suite of ``sources`` (pytest writes one file per run)."""
+    merged = ET.Element("testsuites")
+    for src in sources:
+        try:
+            root = ET.parse(src).getroot()
+        except (OSError, ET.ParseError):
+            continue
+        merged.extend([root] if root.tag == "testsuite" else list(root))
+    ET.ElementTree(merged).write(target, encoding="unicode", xml_declaration=True)
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
@@ -146,7 +164,7 @@ def summary(out: Path) -> str:
     attention = _load(out / "attention.json")
     video = (_load(out / "video.json") or {}).get("gpu")
     serving = _load(out / "serving.json")
-    tests = _tests(out / "tests.xml")
+    suites = _suites(out / "tests.xml")
     dry = bool(env.get("triton_interpret")) or bool(video and video.get("dry_run"))
     device = env.get("device") or ("CPU (dry run)" if dry else "no CUDA device")
     imports = env.get("imports", {})
@@ -160,10 +178,14 @@ def summary(out: Path) -> str:
     md += ["## Parts", "", "| part | status | seconds | detail |", "|---|---|---|---|"]
     md += [f"| {' | '.join((p + ['', '', '', ''])[:4])} |" for p in _parts(out)]
     md += ["", "## Goals", "", *goals(attention, video, dry), ""]
-    if tests is not None:
-        md += ["## gpu-marked tests", "",
-               f"passed {tests['passed']}, failed {len(tests['failed'])}, skipped {tests['skipped']}", ""]
-        md += [f"- FAILED {f}" for f in tests["failed"]] + ([""] if tests["failed"] else [])
+    if suites:
+        md += ["## Tests on the device", ""]
+        for t in suites:
+            ran = t["passed"] + len(t["failed"]) + t["skipped"]
+            md.append(f"- {t['name']}: passed {t['passed']}, failed {len(t['failed'])}, skipped {t['skipped']}"
+                      + ("" if ran else " (none ran: collected only)"))
+            md += [f"  - FAILED {f}" for f in t["failed"]]
+        md.append("")
     if attention:
         md += ["## Attention: SLA vs flash SDPA (benchmarks/attention.py)", "",
                f"{attention[0]['device']}, {attention[0]['dtype']}, impl {attention[0]['impl']}; "
@@ -185,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("env", help="record the environment as JSON")
     e.add_argument("path", type=Path)
+    m = sub.add_parser("merge-junit", help="merge pytest junit files into one")
+    m.add_argument("target", type=Path)
+    m.add_argument("sources", type=Path, nargs="+")
     s = sub.add_parser("summary", help="write OUT/summary.md and print it")
     s.add_argument("out", type=Path)
     s.add_argument("--quiet", action="store_true", help="write the file only")
@@ -194,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         args.path.write_text(json.dumps(env, indent=2))
         print(json.dumps(env, indent=2))
         return 0 if not any(str(v).startswith("FAILED") for v in env["imports"].values()) else 1
+    if args.cmd == "merge-junit":
+        merge_junit(args.target, args.sources)
+        return 0
     text = summary(args.out)
     (args.out / "summary.md").write_text(text + "\n")
     if not args.quiet:

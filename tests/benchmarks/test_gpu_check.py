@@ -45,7 +45,7 @@ def test_dry_run_succeeds_with_at_most_eight_returnable_files(dry_run: tuple[sub
     assert len(files) <= 8 and all(RETURNED_NAME.match(f) for f in files), files
     assert {"summary.md", "log.txt", "parts.tsv", "env.json", "tests.xml", "attention.json", "video.json"} <= set(files)
     status = parts(out)
-    assert [status[p][0] for p in ("env", "tests", "attention", "video")] == ["ok"] * 4, status
+    assert [status[p][0] for p in ("env", "tests", "attention", "video", "kernels")] == ["ok"] * 5, status
     assert status["serving"][0] in ("ok", "skipped"), status
 
 
@@ -81,9 +81,13 @@ def test_dry_run_video_rows_cover_steps_and_backends(dry_run: tuple[subprocess.C
 def test_dry_run_collects_the_gpu_tests_and_summarises_the_goals(
         dry_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     done, out = dry_run
-    cases = list(ET.parse(out / "tests.xml").getroot().iter("testcase"))
+    suites = {s.get("name"): s for s in ET.parse(out / "tests.xml").getroot().iter("testsuite")}
+    assert set(suites) == {"gpu-marked", "kernel-suite"}
+    cases = list(suites["gpu-marked"].iter("testcase"))
     assert cases and all(c.find("skipped") is not None for c in cases)  # collected; no CUDA here
     summary = (out / "summary.md").read_text()
+    assert f"- gpu-marked: passed 0, failed 0, skipped {len(cases)}" in summary
+    assert "- kernel-suite: passed 0, failed 0, skipped 0 (none ran: collected only)" in summary
     assert summary in done.stdout  # printed at the end as well
     assert "DRY RUN" in summary
     for goal in (r"SLA forward speed-up .* \| [0-9.]+x .*\| >= 10x \| dry run",
@@ -109,6 +113,19 @@ def test_a_spent_budget_skips_parts_and_still_writes_a_summary(tmp_path: Path) -
     assert "env" not in status  # not asked for
     summary = (out / "summary.md").read_text()
     assert "| SLA forward speed-up" in summary and "not measured" in summary
+
+
+def test_the_gpu_runs_arguments_parse(tmp_path: Path) -> None:
+    """The non-dry commands of gpu_check.sh, as written there, are accepted by the scripts (no CUDA here:
+    the video script parses them, says the GPU part is skipped and exits 1)."""
+    script = SCRIPT.read_text()
+    line = next(x for x in script.splitlines() if "benchmarks/video.py --gpu-only" in x)
+    args = line.split("benchmarks/video.py", 1)[1].replace('"$OUT/video.json"', str(tmp_path / "v.json")).split()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "video.py"), *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                                                "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 1 and "no CUDA device: GPU part skipped" in done.stderr, done.stderr[-2000:]
+    assert 'benchmarks/attention.py --json "$OUT/attention.json"' in script  # all shapes, kh, both passes
 
 
 def test_wheel_list_carries_what_the_image_lacks_and_nothing_it_has() -> None:
