@@ -39,3 +39,28 @@ def test_kh_one_equals_flash_sdpa_bf16() -> None:
     q, k, v = _qkv(1, 12, 1560, 6 * 1560, 128, torch.bfloat16)
     out = sla_attention(q, k, v, kh=1.0, kl=0.0, impl="triton")
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=2e-2, rtol=2e-2)
+
+
+# Launch configurations at the edge of sm_90's 227 KB of shared memory per block (3 pipeline stages of
+# k and v tiles plus the q tile): fp32 at D=128 with 64-token blocks (~224 KB), and 128-token blocks in
+# bf16/fp16. Each must launch and match the reference, forward and backward. The CPU suites run only
+# under the interpreter, which has no shared-memory limit.
+@pytest.mark.parametrize(("dtype", "d", "block_q", "block_k"), [
+    (torch.float32, 128, 64, 64),
+    (torch.bfloat16, 128, 128, 128),
+    (torch.bfloat16, 128, 128, 64),
+    (torch.float16, 64, 128, 128),
+], ids=["fp32-D128-b64", "bf16-D128-b128", "bf16-D128-bq128", "fp16-D64-b128"])
+def test_launch_configurations_at_the_shared_memory_edge(dtype: torch.dtype, d: int, block_q: int,
+                                                         block_k: int) -> None:
+    q, k, v = _qkv(1, 2, 600, 1000, d, dtype)
+    out, bm = sla_attention(q, k, v, kh=0.2, kl=0.1, block_q=block_q, block_k=block_k, impl="triton",
+                            return_block_map=True, block_causal=200)
+    ref = sla_reference(q, k, v, bm)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    want = torch.autograd.grad(ref, (q, k, v), do)
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(out.float(), ref.float(), **tol)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), w.float(), **{name: 5 * x for name, x in tol.items()})
