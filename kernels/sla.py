@@ -218,18 +218,10 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int
                              f"call .contiguous() first")
 
 
-# Shared memory per pipeline stage holds one k and one v tile (forward, dQ) or one q and one dO tile
-# (dK/dV). Up to 32 KB a stage (bf16/fp16 at D=128 with 64-token blocks) three stages fit sm_90's 227 KB
-# per block next to the resident tiles; fp32 at D=128 or 128-token blocks double the tile, and three
-# stages would pass the limit (OutOfResources at launch), so they get two.
-_STAGE_BYTES_FOR_3 = 32 * 1024
-
-
-def _launch_opts(d: int, element_size: int, block_q: int, block_k: int) -> dict[str, Any]:
+def _launch_opts(d: int) -> dict[str, Any]:
     if interpreter_active():
         return {}
-    stage_bytes = 2 * max(block_q, block_k) * d * element_size
-    return {"num_warps": 4 if d == 64 else 8, "num_stages": 3 if stage_bytes <= _STAGE_BYTES_FOR_3 else 2}
+    return {"num_warps": 4 if d == 64 else 8, "num_stages": 3}
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -251,7 +243,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bm: BlockMap, sm_sca
         lut.stride(0), lut.stride(1), lut.stride(2),
         h, bm.nq, lq, lk, bm.mask.offset, bm.mask.frame, sm_scale * _LOG2E,
         BLOCK_Q=bm.block_q, BLOCK_K=bm.block_k, D=d, CAUSAL=bm.mask.causal, PRECISION=_precision(q.dtype),
-        **_launch_opts(d, q.element_size(), bm.block_q, bm.block_k),
+        **_launch_opts(d),
     )
     return o, lse
 
@@ -267,7 +259,7 @@ def _bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o:
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     common = dict(BLOCK_Q=bm.block_q, BLOCK_K=bm.block_k, D=d, CAUSAL=bm.mask.causal,
-                  PRECISION=_precision(q.dtype), **_launch_opts(d, q.element_size(), bm.block_q, bm.block_k))
+                  PRECISION=_precision(q.dtype), **_launch_opts(d))
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
     lut = bm.lut
