@@ -75,6 +75,7 @@ class Client:
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.stats: list[dict[str, Any]] = []
         self.session_id: str | None = None
+        self.session_secret = ""
         self._tasks: list[asyncio.Task[None]] = []
         self.pc.addTrack(self.video)
         if audio:
@@ -112,6 +113,7 @@ class Client:
         answer = reply.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         self.session_id = answer["session_id"]
+        self.session_secret = answer["session_secret"]
         return str(answer["session_id"])
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
