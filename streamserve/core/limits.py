@@ -22,7 +22,7 @@ class LimitsConfig:
     max_input_width: int = 1920
     max_input_height: int = 1920
     max_input_pixels: int = 1920 * 1080  # per frame, checked from the header before decoding
-    max_compression_ratio: float = 400.0  # decoded bytes / JPEG bytes, above 1 MB decoded
+    max_compression_ratio: float = 1000.0  # decoded bytes / JPEG bytes, for frames over 1 MB decoded
     decode_pixels_per_s: float = 1920 * 1080 * 60.0  # per-session decode budget (token bucket, 1 s burst)
 
     def __post_init__(self) -> None:

@@ -65,7 +65,7 @@ class Client:
     """One WebRTC client session against `base_url`: offer, answer, stamped media, control channel."""
 
     def __init__(self, base_url: str, *, width: int = 128, height: int = 128, fps: float = 30.0,
-                 audio: bool = False) -> None:
+                 audio: bool = False, token: str | None = None) -> None:
         self.base_url = base_url
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video = StampedVideoTrack(width, height, fps)
@@ -76,6 +76,7 @@ class Client:
         self.stats: list[dict[str, Any]] = []
         self.session_id: str | None = None
         self.session_secret = ""
+        self.token = token
         self._tasks: list[asyncio.Task[None]] = []
         self.pc.addTrack(self.video)
         if audio:
@@ -108,7 +109,8 @@ class Client:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "pipeline": pipeline, "params": params}
         async with httpx.AsyncClient(base_url=self.base_url, timeout=20) as http:
-            reply = await http.post("/v1/webrtc/offer", json=body)
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            reply = await http.post("/v1/webrtc/offer", json=body, headers=headers)
         reply.raise_for_status()
         answer = reply.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
