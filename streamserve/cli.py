@@ -100,8 +100,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_log_filter()
-    shown = {k: v for k, v in dataclasses.asdict(config).items() if k != "tokens"}
-    logging.getLogger("streamserve").info("starting with %s, %d token(s)", shown, len(config.tokens))
+    shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("tokens", "viewer_tokens")}
+    logging.getLogger("streamserve").info("starting with %s, %d token(s), %d viewer token(s)", shown,
+                                          len(config.tokens), len(config.viewer_tokens))
     print(f"streamserve {streamserve.__version__}: open http://{config.host}:{config.port}/", flush=True)
     return serve(create_app(config), config)
 

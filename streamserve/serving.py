@@ -41,13 +41,20 @@ def redact(text: str) -> str:
 
 
 class SafeLogFilter(logging.Filter):
-    """Rewrites each record's message through `redact` (on handlers: covers every logger)."""
+    """Runs each record through `redact` (put on handlers, it covers every logger that reaches them).
+
+    String arguments are redacted in place (uvicorn's access formatter reads `record.args` as a
+    tuple); whatever still formats to something unsafe is collapsed into one redacted message.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if record.name != "uvicorn.access":
+            message = record.getMessage()
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, None
         return True
 
 
