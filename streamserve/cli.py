@@ -12,6 +12,7 @@ from pathlib import Path
 
 import streamserve
 from streamserve.core.config import ServerConfig, SessionConfig
+from streamserve.core.limits import LimitsConfig
 
 
 def _tokens(args: argparse.Namespace) -> tuple[str, ...]:
@@ -27,6 +28,51 @@ def _tokens(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tokens))
 
 
+def _viewer_tokens(args: argparse.Namespace) -> tuple[str, ...]:
+    env = os.environ.get("STREAMSERVE_VIEWER_TOKENS", "")
+    tokens = [*(args.viewer_token or []), *(t.strip() for t in env.split(",") if t.strip())]
+    return tuple(dict.fromkeys(tokens))
+
+
+def _limits(args: argparse.Namespace) -> LimitsConfig:
+    """The LimitsConfig of the limit flags (each also STREAMSERVE_<FLAG> in the environment)."""
+    values = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name, None) is not None}
+    for name in LIMIT_FLAGS:
+        env = os.environ.get(f"STREAMSERVE_{name.upper()}")
+        if name not in values and env:
+            values[name] = env
+    out: dict[str, object] = {}
+    for name, value in values.items():
+        if name == "max_input":
+            continue
+        kind = type(getattr(LimitsConfig(), name))
+        try:
+            out[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+    if "max_input" in values:
+        width, _, height = str(values["max_input"]).lower().partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            raise ValueError(f"--max-input must be WIDTHxHEIGHT, got {values['max_input']!r}")
+        out.update(max_input_width=int(width), max_input_height=int(height),
+                   max_input_pixels=int(width) * int(height))
+    return LimitsConfig(**out)  # type: ignore[arg-type]
+
+
+# Limit flags: LimitsConfig field -> help. `max_input` (WxH) sets width, height and pixels at once.
+LIMIT_FLAGS = {
+    "max_body_bytes": "largest request body in bytes (default 262144); bigger ones get 413 as they stream",
+    "max_patch_bytes": "largest trickle-ICE PATCH body in bytes (default 16384)",
+    "max_json_depth": "deepest JSON nesting accepted in bodies and query values (default 16)",
+    "header_timeout_s": "seconds a connection may take to send a complete request head (default 10)",
+    "keep_alive_s": "seconds an idle keep-alive connection stays open (default 5)",
+    "max_connections": "open connections (HTTP and WebSocket) at most (default 1024)",
+    "max_input": "largest WebSocket video input, WIDTHxHEIGHT (default 1920x1080 pixels, 1920 a side)",
+    "max_compression_ratio": "largest decoded/JPEG size ratio of a WebSocket input frame (default 1000)",
+    "decode_pixels_per_s": "decode budget per WebSocket session, pixels/s (default 1920*1080*60)",
+}
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     try:
         session = SessionConfig(latency_budget_s=args.latency_budget_ms / 1000.0)
@@ -34,17 +80,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             host=args.host, port=args.port, pipeline=args.pipeline, device=args.device,
             log_level=args.log_level, max_sessions=args.max_sessions, max_batch=args.max_batch,
             tokens=_tokens(args), ice_servers=tuple(args.ice_server or ()), model=args.model,
-            session=session,
+            session=session, viewer_tokens=_viewer_tokens(args), limits=_limits(args),
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from streamserve.pipelines import registry
     from streamserve.server import create_app
+    from streamserve.serving import install_log_filter, serve
 
     config = config_from_args(args)
     if config.pipeline not in registry.available():
@@ -54,11 +99,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"streamserve serve: --model {config.model} does not exist")
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    shown = {k: v for k, v in dataclasses.asdict(config).items() if k != "tokens"}
-    logging.getLogger("streamserve").info("starting with %s, %d token(s)", shown, len(config.tokens))
+    install_log_filter()
+    shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("tokens", "viewer_tokens")}
+    logging.getLogger("streamserve").info("starting with %s, %d token(s), %d viewer token(s)", shown,
+                                          len(config.tokens), len(config.viewer_tokens))
     print(f"streamserve {streamserve.__version__}: open http://{config.host}:{config.port}/", flush=True)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level)
-    return 0
+    return serve(create_app(config), config)
 
 
 BENCHMARKS = ("transport", "video", "attention")
@@ -93,14 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--model", default=None, help="model folder for pipelines that load checkpoints")
-    serve.add_argument("--token", action="append", help="bearer token for ingest (repeatable); "
-                       "also STREAMSERVE_TOKENS=a,b")
-    serve.add_argument("--tokens-file", default=None, help="file with one bearer token per line")
+    serve.add_argument("--token", action="append", help="operator/ingest (admin) bearer token, repeatable; "
+                       "also STREAMSERVE_TOKENS=a,b. When set, opening a session needs one "
+                       "(docs/security.md)")
+    serve.add_argument("--tokens-file", default=None, help="file with one admin bearer token per line")
+    serve.add_argument("--viewer-token", action="append", help="require this token (repeatable; also "
+                       "STREAMSERVE_VIEWER_TOKENS=a,b) for WHEP, /view/NAME?token=... and stream stats")
     serve.add_argument("--ice-server", action="append", help="stun:/turn: URL announced to WHIP clients")
     serve.add_argument("--max-sessions", type=int, default=16)
     serve.add_argument("--max-batch", type=int, default=8)
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,
                        help="per-frame deadline after arrival (default 250)")
+    limits = serve.add_argument_group("limits", "each also STREAMSERVE_<NAME> (e.g. STREAMSERVE_HEADER_TIMEOUT_S)")
+    for name, text in LIMIT_FLAGS.items():
+        limits.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=text)
     serve.set_defaults(func=_serve)
 
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")

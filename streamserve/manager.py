@@ -12,7 +12,7 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from streamserve.core.clock import SYSTEM_CLOCK, Clock
@@ -38,6 +38,7 @@ class SessionManager:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._streams: dict[str, str] = {}  # stream name -> session id (also reserved while opening)
+        self._opening = 0  # slots reserved by opens still awaiting the engine (see _reserve_slot)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.engine = Engine(
@@ -85,10 +86,28 @@ class SessionManager:
                    stream: str | None = None) -> Session:
         name = pipeline or self.config.pipeline
         cls = registry.get_class(name)  # raises UnknownPipeline listing the available ones
-        if len(self._sessions) >= self.config.max_sessions:
-            raise SessionLimitReached(self.config.max_sessions)
         if stream is not None and stream in self._streams:
             raise StreamBusy(stream)
+        with self._reserve_slot():
+            return await self._open(name, cls, params, source=source, stream=stream)
+
+    @contextlib.contextmanager
+    def _reserve_slot(self) -> Iterator[None]:
+        """Take one of `max_sessions` slots before the first `await` of an open, give it back after.
+
+        Checking `len(self._sessions)` alone let concurrent opens all pass while each awaited the
+        engine; counting the opens in flight makes check-and-take atomic on the loop thread.
+        """
+        if len(self._sessions) + self._opening >= self.config.max_sessions:
+            raise SessionLimitReached(self.config.max_sessions)
+        self._opening += 1
+        try:
+            yield
+        finally:
+            self._opening -= 1
+
+    async def _open(self, name: str, cls: Any, params: Mapping[str, Any] | None, *, source: str,
+                    stream: str | None) -> Session:
         parsed: Any = parse_params(cls.Params, params)
         session = Session(
             name, cls.Params, parsed, inputs=cls.inputs, config=self.config.session, source=source,
@@ -153,15 +172,18 @@ class SessionManager:
             log.debug("closing %s on a stopped engine: %s", session_id, exc)
 
     # --- engine callbacks -----------------------------------------------------------------------
-    def _on_update(self, session: Session, params: Any) -> None:
+    async def _on_update(self, session: Session, params: Any) -> None:
+        """Apply `params` on the engine thread; the pipeline's ValueError becomes InvalidParams."""
         def apply() -> None:
             self.engine.pipeline(session.pipeline).update_params(session.id, params)
 
-        def report(fut: concurrent.futures.Future[None]) -> None:
-            if fut.exception() is not None:
-                log.error("update of %s failed: %s", session.id, fut.exception())
-
-        self.engine.call(apply).add_done_callback(report)
+        fut: concurrent.futures.Future[None] = self.engine.call(apply)
+        try:
+            await asyncio.wrap_future(fut)
+        except InvalidParams:
+            raise
+        except ValueError as exc:
+            raise InvalidParams(_field_of(exc, params), str(exc)) from None
 
     def _deliver_threadsafe(self, outputs: Sequence[StepOutput], expired: Sequence[WorkItem]) -> None:
         loop = self._loop
@@ -194,3 +216,12 @@ class SessionManager:
             for session in list(self._sessions.values()):
                 if now - session.last_seen > timeout:
                     await self.close(session.id, f"idle: no media or control for {timeout:g} s")
+
+
+def _field_of(exc: ValueError, params: Any) -> str:
+    """The parameter a pipeline's ValueError is about: the field its message starts with, else `params`."""
+    import dataclasses
+
+    words = str(exc).replace(":", " ").split()
+    names = {f.name for f in dataclasses.fields(params)} if dataclasses.is_dataclass(params) else set()
+    return words[0] if words and words[0] in names else "params"

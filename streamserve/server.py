@@ -11,9 +11,9 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
-from fastapi import Body, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -25,6 +25,8 @@ from streamserve.core.ports import SessionFactory
 from streamserve.manager import SessionManager
 from streamserve.metrics import CONTENT_TYPE, Metrics
 from streamserve.pipelines import registry
+from streamserve.transport import auth, jsonlimits
+from streamserve.transport.bodylimit import BodyLimit
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,10 @@ def create_app(config: ServerConfig | None = None,
 
     @app.exception_handler(StreamserveError)
     async def _streamserve_error(request: Request, exc: StreamserveError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+        headers = {"WWW-Authenticate": 'Bearer realm="streamserve"'} if exc.status == 401 else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
+    app.add_middleware(BodyLimit, limits=config.limits)  # 413 while the body streams in, before buffering
     for transport in built:
         app.include_router(transport.router)
 
@@ -116,24 +120,34 @@ def create_app(config: ServerConfig | None = None,
         return listed
 
     @app.get("/v1/sessions", tags=["sessions"])
-    async def list_sessions() -> list[dict[str, Any]]:
-        return [s.stats() for s in manager.list()]
+    async def list_sessions(request: Request) -> list[dict[str, Any]]:
+        """Every session for an admin token; otherwise only the session whose secret is presented."""
+        token = auth.request_token(request.headers)
+        return [s.stats() for s in manager.list() if auth.owns(token, s, config)]
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"])
-    async def get_session(session_id: str) -> dict[str, Any]:
-        return manager.get(session_id).stats()
+    async def get_session(session_id: str, request: Request) -> dict[str, Any]:
+        return _owned(session_id, request).stats()
 
     @app.patch("/v1/sessions/{session_id}", tags=["sessions"])
-    async def patch_session(session_id: str, params: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
-        """Change parameters live; the body is a JSON object of the pipeline's params to change."""
-        session = manager.get(session_id)
-        return {"session_id": session_id, "params": session.update(params)}
+    async def patch_session(session_id: str, request: Request) -> dict[str, Any]:
+        """Change parameters live; the body is a JSON object of the pipeline's params to change. The
+        pipeline checks them before the answer: 422 naming the field if it cannot run them."""
+        session = _owned(session_id, request)
+        params = jsonlimits.loads_object(await request.body(), config.limits.max_json_depth)
+        return {"session_id": session_id, "params": await session.update(params)}
 
     @app.delete("/v1/sessions/{session_id}", tags=["sessions"])
-    async def delete_session(session_id: str) -> dict[str, Any]:
-        session = manager.get(session_id)
+    async def delete_session(session_id: str, request: Request) -> dict[str, Any]:
+        session = _owned(session_id, request)
         stats = session.stats()
         await manager.close(session_id, "ended by API request")
         return {"session_id": session_id, "ended": True, "stats": stats}
+
+    def _owned(session_id: str, request: Request) -> Any:
+        """The session (404 if unknown), if the request carries its secret or an admin token (else 401)."""
+        session = manager.get(session_id)
+        auth.require_owner(auth.request_token(request.headers), session, config)
+        return session
 
     return app

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from streamserve.core.clock import SYSTEM_CLOCK, Clock
@@ -189,10 +190,11 @@ class Session:
         clock: Clock = SYSTEM_CLOCK,
         observer: SessionObserver | None = None,
         on_input: Callable[[], None] = lambda: None,
-        on_update: Callable[[Session, Any], None] = lambda s, p: None,
+        on_update: Callable[[Session, Any], Awaitable[None] | None] = lambda s, p: None,
         session_id: str | None = None,
     ) -> None:
         self._id = session_id or uuid.uuid4().hex[:12]
+        self.secret = secrets.token_urlsafe(24)  # the creator's credential for this session (never in stats)
         self._pipeline = pipeline
         self._params_cls = params_cls
         self.params = params
@@ -285,14 +287,21 @@ class Session:
             sub.offer(media)
 
     # --- control --------------------------------------------------------------------------------
-    def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    async def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate `params`, have the pipeline apply them, then report the params now in effect.
+
+        `on_update` (the engine) may refuse them (InvalidParams naming the field); `self.params`
+        changes only once the pipeline has accepted, so stats never show params not in effect.
+        """
         if self.closed:
             from streamserve.core.errors import SessionClosed
 
             raise SessionClosed(f"session {self._id} has ended ({self.close_reason})")
         new = parse_params(self._params_cls, params, base=self.params)
+        applied = self._on_update(self, new)
+        if applied is not None:
+            await applied
         self.params = new
-        self._on_update(self, new)
         return self.params_dict()
 
     def params_dict(self) -> dict[str, Any]:

@@ -200,11 +200,14 @@ class Peer:
     def _on_control_message(self, message: str | bytes) -> None:
         self._mark_alive()
         self.handle.touch()
-        reply = self.handle_control(message)
+        self._spawn(self._answer_control(message), "control")
+
+    async def _answer_control(self, message: str | bytes) -> None:
+        reply = await self.handle_control(message)
         if reply is not None:
             self._send(reply)
 
-    def handle_control(self, message: str | bytes) -> dict[str, Any] | None:
+    async def handle_control(self, message: str | bytes) -> dict[str, Any] | None:
         """The reply to one control message (a JSON object with a `type`)."""
         try:
             msg = json.loads(message)
@@ -219,7 +222,7 @@ class Peer:
             if not isinstance(params, dict):
                 return {"type": "error", **ref, **BadRequest("update needs a `params` object").to_dict()}
             try:
-                return {"type": "params", **ref, "params": self.handle.update(params)}
+                return {"type": "params", **ref, "params": await self.handle.update(params)}
             except StreamserveError as exc:
                 return {"type": "error", **ref, **exc.to_dict()}
         if kind == "ping":

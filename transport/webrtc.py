@@ -1,7 +1,8 @@
 """`POST /v1/webrtc/offer`: the browser's way in. One JSON offer in, one JSON answer out (no trickle ICE).
 
 Request ``{"sdp": ..., "type": "offer", "pipeline": "video", "params": {...}}`` (pipeline and params
-optional); answer ``{"sdp": ..., "type": "answer", "session_id": ...}``. Errors are JSON
+optional); answer ``{"sdp": ..., "type": "answer", "session_id": ..., "session_secret": ...}`` (the secret guards
+the session's GET|PATCH|DELETE; docs/security.md). Errors are JSON
 ``{"error": code, "message": ...}``: a malformed SDP is 400 with the parser's reason, an unknown
 pipeline 400 listing the available ones, invalid params 422 naming the field, a full server 503.
 """
@@ -12,13 +13,14 @@ import asyncio
 import logging
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from streamserve.core.config import ServerConfig
 from streamserve.core.errors import BadRequest, StreamserveError
 from streamserve.core.ports import SessionFactory
+from streamserve.transport.auth import request_token, require_open
 from streamserve.transport.peer import Peer, PeerOptions
 from streamserve.transport.sdp import parse_offer
 
@@ -36,6 +38,8 @@ class OfferAnswer(BaseModel):
     sdp: str
     type: Literal["answer"] = "answer"
     session_id: str = Field(description="For GET|PATCH|DELETE /v1/sessions/{id}.")
+    session_secret: str = Field(description="This session's own credential: send it as `Authorization: "
+                                "Bearer <secret>` to GET|PATCH|DELETE /v1/sessions/{id}. Returned only here.")
 
 
 _ERROR = {"content": {"application/json": {"example": {"error": "bad_request", "message": "..."}}}}
@@ -54,16 +58,19 @@ class WebRTCTransport:
         self.router.add_api_route(
             "/v1/webrtc/offer", self.offer, methods=["POST"], response_model=OfferAnswer,
             summary="Start a session from a WebRTC offer",
-            responses={400: _ERROR, 422: _ERROR, 503: _ERROR},
+            responses={400: _ERROR, 401: _ERROR, 422: _ERROR, 503: _ERROR},
         )
 
-    async def offer(self, body: OfferRequest) -> OfferAnswer | JSONResponse:
-        """Open a session running `pipeline` and answer the offer with its output."""
+    async def offer(self, body: OfferRequest, request: Request) -> OfferAnswer | JSONResponse:
+        """Open a session running `pipeline` and answer the offer with its output. With admin tokens
+        configured the request needs one (`Authorization: Bearer <token>`)."""
         try:
+            require_open(request_token(request.headers), self._config)
             return await self._answer(body)
         except StreamserveError as exc:
             log.info("webrtc offer rejected: %s", exc)
-            return JSONResponse(exc.to_dict(), status_code=exc.status)
+            headers = {"WWW-Authenticate": 'Bearer realm="streamserve"'} if exc.status == 401 else None
+            return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
     async def _answer(self, request: OfferRequest) -> OfferAnswer:
         offer = parse_offer(request.sdp)
@@ -80,7 +87,7 @@ class WebRTCTransport:
             await peer.close("offer rejected")
             raise
         log.info("session %s: webrtc peer answered (pipeline %s)", handle.id, handle.pipeline)
-        return OfferAnswer(sdp=answer.sdp, session_id=handle.id)
+        return OfferAnswer(sdp=answer.sdp, session_id=handle.id, session_secret=handle.secret)
 
     async def aclose(self) -> None:
         """Close every peer (and its session); the server calls this on shutdown."""

@@ -14,14 +14,20 @@ Routes (see docs/obs.md for the OBS side):
   (what the OBS script sends, since OBS knows the stream name, not the session id); `GET
   /v1/streams` lists the live streams (the demo page links to it and to `/view?stream=NAME`).
 
-Bearer tokens (ServerConfig.tokens) guard ingest and control: WHIP POST/PATCH/DELETE and the stream
-PATCH. Egress (WHEP, the view page) is open, as OBS's Browser Source cannot send a header.
+Who may do what (transport.auth, docs/security.md): WHIP POST needs an admin (ingest) token when
+tokens are configured; the 201 carries the session's secret (`Streamserve-Session-Secret`), and the
+resource's PATCH/DELETE take that secret or an admin token (with no tokens configured, the
+unguessable Location URL itself is the credential). The stream PATCH takes the stream session's
+secret or an admin token. Egress (WHEP, the view page, the stream stats) is open unless viewer tokens
+are configured; OBS's Browser Source cannot send a header, so `/view/NAME?token=...` carries one.
+Stream names are `[A-Za-z0-9._-]{1,64}` (400 otherwise), so no name can forge a log line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import urllib.parse
 from collections.abc import Mapping
@@ -33,7 +39,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from streamserve.core.config import ServerConfig
 from streamserve.core.errors import BadRequest, InvalidParams, StreamserveError
 from streamserve.core.paths import web_demo_dir
-from streamserve.core.ports import SessionFactory
+from streamserve.core.ports import SessionFactory, SessionHandle
+from streamserve.transport import auth, jsonlimits
 from streamserve.transport.peer import Peer, PeerOptions
 from streamserve.transport.sdp import parse_offer
 from streamserve.transport.whep import WhepEndpoint
@@ -55,10 +62,18 @@ from streamserve.transport.whip_http import (
 
 log = logging.getLogger(__name__)
 
-RESERVED_QUERY = frozenset({"pipeline"})
+RESERVED_QUERY = frozenset({"pipeline", "token"})
+STREAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SECRET_HEADER = "Streamserve-Session-Secret"
 
 
-def params_from_query(query: Mapping[str, str]) -> tuple[str | None, dict[str, Any]]:
+def check_stream_name(stream: str) -> None:
+    """Raise BadRequest for a stream name outside `[A-Za-z0-9._-]{1,64}`."""
+    if not STREAM_NAME.fullmatch(stream):
+        raise BadRequest(f"stream name {stream[:80]!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
+
+
+def params_from_query(query: Mapping[str, str], max_depth: int = 16) -> tuple[str | None, dict[str, Any]]:
     """`?pipeline=video&style=sketch&steps=2` -> ("video", {"style": "sketch", "steps": 2}).
 
     Values are JSON when they parse as JSON (numbers, true/false, lists), strings otherwise; `open`
@@ -69,9 +84,11 @@ def params_from_query(query: Mapping[str, str]) -> tuple[str | None, dict[str, A
     for name, raw in query.items():
         if name in RESERVED_QUERY:
             continue
+        if jsonlimits.nesting_depth(raw) > max_depth:
+            raise BadRequest(f"query parameter {name!r} is nested more than {max_depth} levels deep")
         try:
             params[name] = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             params[name] = raw
     return pipeline, params
 
@@ -120,12 +137,13 @@ class WhipTransport:
     # --- WHIP -----------------------------------------------------------------------------------
     async def whip_post(self, stream: str, request: Request) -> Response:
         try:
+            check_stream_name(stream)
             check_token(request, self.config.tokens)
             sdp = await read_sdp(request)
             offer = parse_offer(sdp)
             if not any(m.client_sends for m in offer.media if m.kind in ("audio", "video")):
                 raise BadRequest("unsupported SDP offer: a WHIP offer must send audio or video (sendonly)")
-            pipeline, params = params_from_query(request.query_params)
+            pipeline, params = params_from_query(request.query_params, self.config.limits.max_json_depth)
             handle = await self._open(pipeline, params, request.query_params, stream)
         except StreamserveError as exc:
             return error_response(exc)
@@ -142,11 +160,15 @@ class WhipTransport:
         resource = self._register("whip", stream, peer)
         log.info("WHIP %s: session %s (%s) from %s", stream, handle.id, handle.pipeline,
                  request.client.host if request.client else "?")
-        return self.created(resource, answer.sdp)
+        response = self.created(resource, answer.sdp)
+        response.headers[SECRET_HEADER] = handle.secret
+        return response
 
     # --- WHEP -----------------------------------------------------------------------------------
     async def whep_post(self, stream: str, request: Request) -> Response:
         try:
+            check_stream_name(stream)
+            auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
             offer = parse_offer(await read_sdp(request))
             peer, answer = await self.whep.accept(stream, offer)
         except StreamserveError as exc:
@@ -190,12 +212,17 @@ class WhipTransport:
             raise NotFound(f"no {kind.upper()} resource {rid!r} for stream {stream!r}")
         return resource
 
+    def _check_resource_owner(self, found: Resource, request: Request) -> None:
+        """A WHIP resource on a server with tokens takes its session's secret or an admin token; with
+        none configured (and for WHEP viewers) the unguessable resource URL is the credential."""
+        if found.kind == "whip" and self.config.tokens:
+            auth.require_owner(auth.request_token(request.headers), found.peer.handle, self.config)
+
     async def resource_delete(self, stream: str, resource: str, request: Request) -> Response:
         kind = request.url.path.split("/")[1]
         try:
-            if kind == "whip":
-                check_token(request, self.config.tokens)
             found = self._find(kind, stream, resource)
+            self._check_resource_owner(found, request)
         except StreamserveError as exc:
             return error_response(exc)
         self.resources.pop(found.id, None)
@@ -206,9 +233,8 @@ class WhipTransport:
         """Trickle ICE (RFC 8840 fragments): 204. ICE restarts are not supported: 422 (RFC 9725 4.3.1)."""
         kind = request.url.path.split("/")[1]
         try:
-            if kind == "whip":
-                check_token(request, self.config.tokens)
             found = self._find(kind, stream, resource)
+            self._check_resource_owner(found, request)
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != TRICKLE:
                 return error_response(UnsupportedMediaType(f"PATCH takes {TRICKLE}, got {ctype or 'no content type'}"),
@@ -239,7 +265,12 @@ class WhipTransport:
         return Response(status_code=405, headers={**CORS_HEADERS, "Allow": "DELETE, PATCH, OPTIONS"})
 
     # --- viewer page and stream control ---------------------------------------------------------
-    async def view(self, stream: str) -> Response:
+    async def view(self, stream: str, request: Request) -> Response:
+        try:
+            check_stream_name(stream)
+            auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
+        except StreamserveError as exc:
+            return error_response(exc)
         return FileResponse(web_demo_dir() / "view.html", media_type="text/html",
                             headers={"Cache-Control": "no-cache"})
 
@@ -249,7 +280,11 @@ class WhipTransport:
             return error_response(BadRequest("name the stream: /view/{stream} or /view?stream=NAME"))
         return RedirectResponse(f"/view/{urllib.parse.quote(stream.strip(), safe='')}", status_code=303)
 
-    async def stream_list(self) -> Response:
+    async def stream_list(self, request: Request) -> Response:
+        try:
+            auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
+        except StreamserveError as exc:
+            return error_response(exc)
         streams = []
         for resource in list(self.resources.values()):
             if resource.kind != "whip" or resource.peer.handle.closed:
@@ -260,7 +295,12 @@ class WhipTransport:
                             "view": f"/view/{urllib.parse.quote(name, safe='')}"})
         return JSONResponse(sorted(streams, key=lambda s: s["stream"]), headers=CORS_HEADERS)
 
-    async def stream_get(self, stream: str) -> Response:
+    async def stream_get(self, stream: str, request: Request) -> Response:
+        try:
+            check_stream_name(stream)
+            auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
+        except StreamserveError as exc:
+            return error_response(exc)
         handle = self.sessions.by_stream(stream)
         if handle is None:
             return error_response(NotFound(f"stream {stream!r} is not live"))
@@ -269,17 +309,13 @@ class WhipTransport:
     async def stream_patch(self, stream: str, request: Request) -> Response:
         """Body: a JSON object of parameters to change, e.g. `{"prompt": "a watercolor fox"}`."""
         try:
-            check_token(request, self.config.tokens)
-            handle = self.sessions.by_stream(stream)
+            check_stream_name(stream)
+            handle: SessionHandle | None = self.sessions.by_stream(stream)
             if handle is None:
                 raise NotFound(f"stream {stream!r} is not live")
-            try:
-                body = json.loads(await request.body())
-            except ValueError as exc:
-                raise BadRequest(f"the body must be a JSON object of parameters: {exc}") from None
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object of parameters")
-            params = handle.update(body)
+            auth.require_owner(auth.request_token(request.headers), handle, self.config)
+            body = jsonlimits.loads_object(await request.body(), self.config.limits.max_json_depth)
+            params = await handle.update(body)
         except StreamserveError as exc:
             return error_response(exc)
         return JSONResponse({"stream": stream, "session_id": handle.id, "params": params}, headers=CORS_HEADERS)

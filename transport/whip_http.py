@@ -11,9 +11,9 @@ from aiortc.sdp import candidate_from_sdp
 from fastapi import Request, Response
 
 from streamserve.core.errors import BadRequest, StreamserveError
+from streamserve.transport.auth import Unauthorized, bearer_token, token_ok
 from streamserve.transport.peer import Peer
 from streamserve.transport.sdp import MAX_SDP_BYTES
-from streamserve.transport.ws import bearer_token, token_ok
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
@@ -22,13 +22,9 @@ CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-    "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Patch, Accept-Post, WWW-Authenticate",
+    "Access-Control-Expose-Headers": ("Location, Link, ETag, Accept-Patch, Accept-Post, WWW-Authenticate, "
+                                      "Streamserve-Session-Secret"),
 }
-
-
-class Unauthorized(StreamserveError):
-    status = 401
-    code = "unauthorized"
 
 
 class NotFound(StreamserveError):

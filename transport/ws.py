@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from typing import Any
 
@@ -25,6 +24,8 @@ from streamserve.core.errors import StreamserveError
 from streamserve.core.frames import MediaKind
 from streamserve.core.ports import OutputSubscription, SessionFactory, SessionHandle
 from streamserve.transport import wsproto as wp
+from streamserve.transport.auth import bearer_token, token_ok
+from streamserve.transport.inputguard import DecodeBudget, check_video
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +35,6 @@ START_TIMEOUT_S = 60.0  # from hello to start, and between messages while no ses
 
 class _Closed(Exception):
     """The socket is gone or closing: stop reading."""
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header value, if any."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def token_ok(token: str | None, tokens: tuple[str, ...]) -> bool:
-    """Whether `token` is one of `tokens` (constant-time); any token will do when `tokens` is empty."""
-    if not tokens:
-        return True
-    if token is None:
-        return False
-    return any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)
 
 
 class WebSocketTransport:
@@ -92,7 +76,13 @@ class _Connection:
         self._subs: list[OutputSubscription] = []
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self.counts = {"messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0}
+        self.counts = {"messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0,
+                       "video_refused": 0, "video_dropped_undecoded": 0, "video_dropped_budget": 0}
+        # Video input waiting to be decoded: only the freshest frame (see transport.inputguard).
+        self._undecoded: tuple[wp.MediaHeader, bytes, float, float] | None = None
+        self._undecoded_ready = asyncio.Event()
+        self._decoder: asyncio.Task[None] | None = None
+        self._budget = DecodeBudget(transport.config.limits.decode_pixels_per_s, transport.clock.now())
         self._seq_out = {MediaKind.VIDEO: 0, MediaKind.AUDIO: 0}
 
     # --- life -----------------------------------------------------------------------------------
@@ -112,7 +102,7 @@ class _Connection:
 
     async def _cleanup(self, reason: str) -> None:
         self.closing = True
-        for task in [*self._pumps, *([self._watcher] if self._watcher else [])]:
+        for task in [*self._pumps, *(t for t in (self._watcher, self._decoder) if t is not None)]:
             task.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)  # _pump logs its own failures
         for sub in self._subs:
@@ -203,12 +193,45 @@ class _Connection:
             raise wp.ProtocolError("not_started", "media before `start`: send `start` first")
         arrival = self.t.clock.now()
         deadline = arrival + self.t.config.session.latency_budget_s
-        if header.format is wp.Format.JPEG or header.format is wp.Format.I420:
-            media = await asyncio.to_thread(self.codec_in.decode, header, payload, arrival=arrival,
-                                            deadline=deadline)
-        else:
-            media = self.codec_in.decode(header, payload, arrival=arrival, deadline=deadline)
-        self.handle.push(media)
+        if header.kind is wp.Kind.VIDEO:
+            try:
+                check_video(header, payload, self.t.config.limits)  # before any decoding
+            except wp.ProtocolError as exc:
+                if exc.fatal:
+                    raise
+                self.counts["video_refused"] += 1
+                await self._send_text(wp.error_message(exc, fatal=False))
+                return
+            if header.format is not wp.Format.RGB24:  # decoded off the read path, freshest first
+                if self._undecoded is not None:
+                    self.counts["video_dropped_undecoded"] += 1
+                self._undecoded = (header, bytes(payload), arrival, deadline)
+                self._undecoded_ready.set()
+                return
+        self.handle.push(self.codec_in.decode(header, payload, arrival=arrival, deadline=deadline))
+
+    async def _decode_loop(self) -> None:
+        """Decode the freshest waiting video frame, within the session's decode budget."""
+        while True:
+            await self._undecoded_ready.wait()
+            self._undecoded_ready.clear()
+            item, self._undecoded = self._undecoded, None
+            if item is None or self.handle is None:
+                continue
+            header, payload, arrival, deadline = item
+            if not self._budget.take(header.width * header.height, self.t.clock.now()):
+                self.counts["video_dropped_budget"] += 1
+                continue
+            try:
+                media = await asyncio.to_thread(self.codec_in.decode, header, memoryview(payload),
+                                                arrival=arrival, deadline=deadline)
+            except wp.ProtocolError as exc:
+                await self._finish(wp.error_message(exc, fatal=True), exc.close_code)
+                if self._reader is not None:
+                    self._reader.cancel()
+                return
+            if not self.closing:
+                self.handle.push(media)
 
     async def _on_control(self, msg: wp.Control) -> None:
         if not self.greeted:
@@ -231,7 +254,7 @@ class _Connection:
             return
         if msg.type == "update":
             try:
-                params = self.handle.update(msg.body["params"])
+                params = await self.handle.update(msg.body["params"])
             except StreamserveError as exc:
                 await self._refuse(msg, exc)
                 return
@@ -280,6 +303,9 @@ class _Connection:
                 "max_message_bytes": wp.MAX_MESSAGE_BYTES,
                 "max_control_bytes": wp.MAX_CONTROL_BYTES,
                 "max_dimension": wp.MAX_DIMENSION,
+                "max_input": {"width": self.t.config.limits.max_input_width,
+                              "height": self.t.config.limits.max_input_height,
+                              "pixels": self.t.config.limits.max_input_pixels},
                 "flow_control": "freshest-wins",
                 "latency_budget_ms": round(self.t.config.session.latency_budget_s * 1000, 3),
                 "idle_timeout_s": self.t.config.idle_timeout_s,
@@ -305,8 +331,10 @@ class _Connection:
             self._subs.append(sub)
             self._pumps.append(asyncio.create_task(self._pump(sub, kind), name=f"ws-pump-{kind}"))
         self._watcher = asyncio.create_task(self._watch(handle), name="ws-session-watch")
+        self._decoder = asyncio.create_task(self._decode_loop(), name="ws-decoder")
         stats = handle.stats()
         await self._send_text(self._reply(msg, {"type": "started", "session_id": handle.id,
+                                                "session_secret": handle.secret,
                                                 "pipeline": handle.pipeline, "params": stats.get("params", {}),
                                                 "output": output.to_dict()}))
 

@@ -15,6 +15,7 @@ const state = {
   channel: null,
   stream: null,
   sessionId: null,
+  sessionSecret: null,
   serverStats: null,
   clientStats: {},
   prevReport: null,
@@ -213,7 +214,7 @@ async function start(event) {
     await iceGathered(pc);
     const res = await fetch("/v1/webrtc/offer", {
       method: "POST",
-      headers: {"Content-Type": "application/json"},
+      headers: {"Content-Type": "application/json", ...operatorAuth()},
       body: JSON.stringify({sdp: pc.localDescription.sdp, type: "offer", pipeline, params: changedParams()}),
     });
     const body = await res.json();
@@ -222,6 +223,7 @@ async function start(event) {
       throw new Error(`${res.status}: ${body.message || JSON.stringify(body.detail || body)}`);
     }
     state.sessionId = body.session_id;
+    state.sessionSecret = body.session_secret; // this session's credential for /v1/sessions/{id}
     await pc.setRemoteDescription({type: body.type, sdp: body.sdp});
     $("stop").disabled = false;
     $("stats").hidden = false;
@@ -230,6 +232,12 @@ async function start(event) {
   } catch (err) {
     stop(`Could not start: ${err.message || err}`, "error");
   }
+}
+
+// On a server started with --token, open the page as /#token=... (a URL fragment never reaches the server).
+function operatorAuth() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  return token ? {Authorization: `Bearer ${token}`} : {};
 }
 
 function openControl(pc) {
@@ -249,13 +257,16 @@ function openControl(pc) {
 function stop(message = "Stopped.", kind = "idle", {endSession = false} = {}) {
   // Closing the peer connection ends the session on the server (DTLS close); while the page unloads
   // that may not get out, so pagehide also asks for it explicitly.
-  const {pc, stream, sessionId} = state;
+  const {pc, stream, sessionId, sessionSecret} = state;
   state.pc = state.channel = state.stream = null;
   clearInterval(state.statsTimer);
   pc?.close();
   for (const track of stream?.getTracks() || []) track.stop();
-  if (endSession && sessionId) fetch(`/v1/sessions/${sessionId}`, {method: "DELETE", keepalive: true}).catch(() => {});
-  state.sessionId = state.serverStats = state.prevReport = state.shown.last = null;
+  if (endSession && sessionId) {
+    fetch(`/v1/sessions/${sessionId}`, {method: "DELETE", keepalive: true,
+                                        headers: {Authorization: `Bearer ${sessionSecret}`}}).catch(() => {});
+  }
+  state.sessionId = state.sessionSecret = state.serverStats = state.prevReport = state.shown.last = null;
   $("local").srcObject = null;
   $("output").srcObject = null;
   $("stats").hidden = true;

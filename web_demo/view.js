@@ -8,6 +8,8 @@
   const parts = location.pathname.split("/").filter(Boolean); // ["view", "<stream>"]
   const stream = decodeURIComponent(parts[parts.length - 1] || "");
   const wantAudio = query.get("audio") === "1";
+  // A viewer token (servers started with --viewer-token) comes in the URL: /view/NAME?token=...
+  const auth = query.get("token") ? { Authorization: "Bearer " + query.get("token") } : {};
   if (query.get("fit") === "cover") video.style.objectFit = "cover";
   if (wantAudio) video.muted = false;
 
@@ -58,7 +60,7 @@
     // The live session of the stream, or null: browsers take 5-30 s to notice a peer that went away,
     // so the page also asks the server every 2 s whether the stream it plays is still the live one.
     try {
-      const reply = await fetch("/v1/streams/" + encodeURIComponent(stream), { cache: "no-store" });
+      const reply = await fetch("/v1/streams/" + encodeURIComponent(stream), { cache: "no-store", headers: auth });
       return reply.ok ? (await reply.json()).session_id : null;
     } catch (e) {
       return null;
@@ -121,7 +123,7 @@
       await gathered(peer, 2000);
       const reply = await fetch("/whep/" + encodeURIComponent(stream), {
         method: "POST",
-        headers: { "Content-Type": "application/sdp" },
+        headers: Object.assign({ "Content-Type": "application/sdp" }, auth),
         body: peer.localDescription.sdp,
       });
       if (pc !== peer) return;

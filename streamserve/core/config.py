@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from streamserve.core.limits import LimitsConfig
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -38,10 +40,12 @@ class ServerConfig:
     max_sessions: int = 16
     max_batch: int = 8
     idle_timeout_s: float = 5.0  # a peer gone this long is ended
-    tokens: tuple[str, ...] = ()  # bearer tokens for ingest (WHIP); empty = open
+    tokens: tuple[str, ...] = ()  # operator/ingest (admin) bearer tokens; empty = anyone may open sessions
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs, announced in WHIP Link headers
     model: str | None = None  # a model folder for pipelines that load checkpoints
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)
+    viewer_tokens: tuple[str, ...] = ()  # required by WHEP and /view when set (admin tokens also work)
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

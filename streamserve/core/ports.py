@@ -38,14 +38,20 @@ class SessionHandle(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def secret(self) -> str:
+        """The session's own credential, returned only to its creator (see transport.auth)."""
+        ...
+
     def push(self, media: Media) -> None:
         """Hand an input unit to the session (event-loop thread). Never blocks; drops stale units."""
         ...
 
     def subscribe(self, kind: MediaKind) -> OutputSubscription: ...
 
-    def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and apply a live parameter change; returns the full new params. Raises InvalidParams."""
+    async def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and apply a live parameter change (the pipeline checks it before this returns);
+        returns the full params now in effect. Raises InvalidParams naming the field."""
         ...
 
     def stats(self) -> dict[str, Any]: ...

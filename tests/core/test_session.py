@@ -89,17 +89,27 @@ async def test_close_ends_subscribers_and_rejects_updates() -> None:
     assert await s.wait_closed() == "bye"
     assert await s.subscribe(MediaKind.VIDEO).get() is None
     with pytest.raises(SessionClosed, match="has ended"):
-        s.update({"mirror": True})
+        await s.update({"mirror": True})
 
 
-def test_update_validates_and_notifies() -> None:
+async def test_update_validates_and_notifies() -> None:
     seen = []
     s = make_session(FakeClock(), on_update=lambda sess, p: seen.append(p))
-    assert s.update({"mirror": True}) == {"mirror": True}
+    assert await s.update({"mirror": True}) == {"mirror": True}
     assert seen == [PassthroughParams(mirror=True)]
     with pytest.raises(InvalidParams, match="mirror: expected true or false"):
-        s.update({"mirror": "yes"})
+        await s.update({"mirror": "yes"})
     assert s.params == PassthroughParams(mirror=True)
+
+
+async def test_update_refused_by_the_pipeline_leaves_params_unchanged() -> None:
+    async def refuse(sess: Session, params: PassthroughParams) -> None:
+        raise InvalidParams("mirror", "this pipeline cannot mirror")
+
+    s = make_session(FakeClock(), on_update=refuse)
+    with pytest.raises(InvalidParams, match="cannot mirror"):
+        await s.update({"mirror": True})
+    assert s.params == PassthroughParams(mirror=False) and s.stats()["params"] == {"mirror": False}
 
 
 def test_latency_window_percentiles() -> None:

@@ -9,10 +9,12 @@ import httpx
 from tests.conftest import LiveServer
 
 
-def open_session(server: LiveServer, params: dict | None = None) -> str:
+def open_session(server: LiveServer, params: dict | None = None) -> tuple[str, str]:
+    """(id, secret) of a new passthrough session."""
     loop = server.manager._loop
     fut = asyncio.run_coroutine_threadsafe(server.manager.open("passthrough", params, source="test"), loop)
-    return fut.result(10).id
+    session = fut.result(10)
+    return session.id, session.secret
 
 
 def test_health_metrics_pipelines(server_factory) -> None:
@@ -32,8 +34,9 @@ def test_health_metrics_pipelines(server_factory) -> None:
 
 def test_session_api(server_factory) -> None:
     server = server_factory(transports=[])
-    sid = open_session(server)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    sid, secret = open_session(server)
+    owner = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=server.url, timeout=10, headers=owner) as http:
         listed = http.get("/v1/sessions").json()
         assert [s["session_id"] for s in listed] == [sid]
         assert http.get(f"/v1/sessions/{sid}").json()["params"] == {"mirror": False}

@@ -65,7 +65,7 @@ class Client:
     """One WebRTC client session against `base_url`: offer, answer, stamped media, control channel."""
 
     def __init__(self, base_url: str, *, width: int = 128, height: int = 128, fps: float = 30.0,
-                 audio: bool = False) -> None:
+                 audio: bool = False, token: str | None = None) -> None:
         self.base_url = base_url
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video = StampedVideoTrack(width, height, fps)
@@ -75,6 +75,8 @@ class Client:
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.stats: list[dict[str, Any]] = []
         self.session_id: str | None = None
+        self.session_secret = ""
+        self.token = token
         self._tasks: list[asyncio.Task[None]] = []
         self.pc.addTrack(self.video)
         if audio:
@@ -107,11 +109,13 @@ class Client:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "pipeline": pipeline, "params": params}
         async with httpx.AsyncClient(base_url=self.base_url, timeout=20) as http:
-            reply = await http.post("/v1/webrtc/offer", json=body)
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            reply = await http.post("/v1/webrtc/offer", json=body, headers=headers)
         reply.raise_for_status()
         answer = reply.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         self.session_id = answer["session_id"]
+        self.session_secret = answer["session_secret"]
         return str(answer["session_id"])
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:

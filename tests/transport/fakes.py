@@ -87,7 +87,11 @@ class FakeHandle:
         self.subscriptions.append((kind, sub))
         return sub
 
-    def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    @property
+    def secret(self) -> str:
+        return f"secret-{self._id}"
+
+    async def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
         for name, value in params.items():
             if name not in self.params:
                 raise InvalidParams(name, f"unknown parameter; known: {', '.join(self.params)}")

@@ -75,19 +75,19 @@ async def open_peer(sessions: FakeSessions, **options: object) -> Peer:
 async def test_control_messages() -> None:
     sessions = FakeSessions()
     peer = await open_peer(sessions)
-    reply = peer.handle_control(json.dumps({"type": "update", "id": 7, "params": {"mirror": True}}))
+    reply = await peer.handle_control(json.dumps({"type": "update", "id": 7, "params": {"mirror": True}}))
     assert reply == {"type": "params", "id": 7, "params": {"mirror": True}}
-    reply = peer.handle_control(json.dumps({"type": "update", "params": {"mirror": "yes"}}))
+    reply = await peer.handle_control(json.dumps({"type": "update", "params": {"mirror": "yes"}}))
     assert reply is not None and reply["type"] == "error" and reply["error"] == "invalid_params"
     assert reply["field"] == "mirror" and "mirror" in reply["message"]
-    reply = peer.handle_control(json.dumps({"type": "update", "params": {"nope": 1}}))
+    reply = await peer.handle_control(json.dumps({"type": "update", "params": {"nope": 1}}))
     assert reply is not None and reply["field"] == "nope"
-    reply = peer.handle_control("{not json")
+    reply = await peer.handle_control("{not json")
     assert reply is not None and reply["error"] == "bad_request"
-    reply = peer.handle_control(json.dumps({"type": "launch"}))
+    reply = await peer.handle_control(json.dumps({"type": "launch"}))
     assert reply is not None and "unknown control message type 'launch'" in reply["message"]
-    assert peer.handle_control(json.dumps({"type": "ping", "t": 12.5})) == {"type": "pong", "t": 12.5}
-    stats = peer.handle_control(json.dumps({"type": "stats"}))
+    assert await peer.handle_control(json.dumps({"type": "ping", "t": 12.5})) == {"type": "pong", "t": 12.5}
+    stats = await peer.handle_control(json.dumps({"type": "stats"}))
     assert stats is not None and stats["type"] == "stats" and stats["params"] == {"mirror": True}
     await peer.close("test over")
     assert sessions.closed == [("s1", "test over")]

@@ -100,7 +100,8 @@ async def test_frames_round_trip_in_order(server: LiveServer) -> None:
         before = client.reader.unreadable
         async with asyncio.timeout(5):
             await client.until(lambda: client.reader.unreadable > before + 5)
-        async with httpx.AsyncClient(base_url=server.url) as http:
+        owner = {"Authorization": f"Bearer {client.session_secret}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=owner) as http:
             assert (await http.get(f"/v1/sessions/{sid}")).json()["params"] == {"mirror": True}
     finally:
         await client.close()
@@ -150,9 +151,9 @@ def test_vanished_client_is_gone_within_5_s(webrtc: tuple[LiveServer, WebRTCTran
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        sid = proc.stdout.readline().strip()
+        sid, _, secret = proc.stdout.readline().strip().partition(" ")
         assert sid, "the client did not connect"
-        with httpx.Client(base_url=server.url, timeout=5) as http:
+        with httpx.Client(base_url=server.url, timeout=5, headers={"Authorization": f"Bearer {secret}"}) as http:
             deadline = time.monotonic() + 10
             while http.get(f"/v1/sessions/{sid}").json()["frames_in"] < 10:
                 assert time.monotonic() < deadline, "no frames reached the session"

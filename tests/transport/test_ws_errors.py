@@ -167,8 +167,10 @@ def test_refused_start_and_update_are_not_fatal(server: LiveServer) -> None:
 def test_session_ended_by_the_server_is_announced(server: LiveServer) -> None:
     ws = open_ws(server)
     ws.send(json.dumps({"type": "start"}))
-    sid = json.loads(ws.recv(timeout=5))["session_id"]
-    reply = httpx.delete(f"{server.url}/v1/sessions/{sid}", timeout=5)
+    started = json.loads(ws.recv(timeout=5))
+    sid = started["session_id"]
+    owner = {"Authorization": f"Bearer {started['session_secret']}"}
+    reply = httpx.delete(f"{server.url}/v1/sessions/{sid}", timeout=5, headers=owner)
     assert reply.status_code == 200
     msg = json.loads(ws.recv(timeout=5))
     assert msg == {"type": "ended", "reason": "ended by API request", "session_id": sid}

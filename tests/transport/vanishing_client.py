@@ -15,7 +15,7 @@ from tests.transport.client import Client
 async def main(url: str) -> None:
     client = Client(url, width=64, height=64)
     session_id = await client.connect()
-    print(session_id, flush=True)
+    print(session_id, client.session_secret, flush=True)
     await asyncio.Event().wait()  # stream until killed
 
 
