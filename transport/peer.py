@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -41,8 +42,9 @@ from streamserve.core.errors import BadRequest, StreamserveError
 from streamserve.core.frames import MediaKind
 from streamserve.core.ports import SessionFactory, SessionHandle
 from streamserve.transport import jitter
+from streamserve.transport.recovery import DEFAULT_KEYFRAME_INTERVAL_S, keyframe_interval
 from streamserve.transport.sdp import Offer, parse_offer
-from streamserve.transport.tracks import InboundPump, SessionOutputTrack, drain
+from streamserve.transport.tracks import InboundPump, PtsPacer, SessionOutputTrack, drain
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ class PeerOptions:
     send: bool = True  # play the session's output to a client that receives
     owns_session: bool = True  # ending the peer ends the session (False for viewers)
     low_latency_receive: bool = True  # decode a video frame at its last packet (see transport.jitter)
+    keyframe_interval_s: float = DEFAULT_KEYFRAME_INTERVAL_S  # periodic keyframes (see transport.recovery)
+    loss_recovery: bool = True  # False: aiortc's own loss handling only (for comparisons)
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.keyframe_interval_s <= 600:
+            raise ValueError(f"keyframe_interval_s must be in [0.1, 600], got {self.keyframe_interval_s}")
 
     @classmethod
     def from_config(cls, config: ServerConfig, **overrides: Any) -> PeerOptions:
@@ -161,11 +169,14 @@ class Peer:
         await pc.setLocalDescription(answer)  # gathers candidates: the answer is complete (no trickle)
         self._spawn(self._follow_session(), "follow-session")
         self._spawn(self._watchdog(), "watchdog")
+        if self.options.loss_recovery and any(t.kind == "video" for t in self._out_tracks):
+            self._spawn(keyframe_interval(pc, self.options.keyframe_interval_s), "keyframes")
         local = pc.localDescription
         return RTCSessionDescription(sdp=local.sdp, type=local.type)
 
     def _add_output(self, kind: MediaKind) -> None:
-        track = SessionOutputTrack(self.handle.subscribe(kind), kind, clock=self._clock)
+        pacer = PtsPacer() if self.options.loss_recovery else PtsPacer(window_s=math.inf)
+        track = SessionOutputTrack(self.handle.subscribe(kind), kind, pacer=pacer, clock=self._clock)
         self._out_tracks.append(track)
         self.pc.addTrack(track)
 
@@ -174,7 +185,7 @@ class Peer:
         if track.kind == "video" and self.options.low_latency_receive:
             receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
             if receiver is not None:
-                jitter.install(receiver)
+                jitter.install(receiver, recover=self.options.loss_recovery)
         first_of_kind = not any(p.kind == track.kind for p in self._pumps)
         if not (self.options.receive and first_of_kind and track.kind in ("video", "audio")):
             self._spawn(drain(track), f"drain-{track.kind}")  # keep aiortc's queue empty
