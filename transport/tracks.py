@@ -129,7 +129,7 @@ class SessionOutputTrack(MediaStreamTrack):
         self._pacer = pacer or PtsPacer()
         self._clock = clock
         self._pts = _MonotonicPts()
-        self._reformatter = VideoReformatter()  # RGB -> YUV 4:2:0 for the encoder, context kept
+        self._reformatter: VideoReformatter | None = VideoReformatter()  # RGB -> YUV 4:2:0, context kept
         self.sent = 0
 
     @property
@@ -150,6 +150,8 @@ class SessionOutputTrack(MediaStreamTrack):
             hold = self._pacer.hold(float(media.pts * time_base), self._clock.now())
             if hold > 0.0:
                 await asyncio.sleep(hold)
+            if self.readyState != "live":  # stopped while holding
+                raise MediaStreamError
             self.sent += 1
             if isinstance(media, VideoFrame):
                 return video_from_core(media, pts=self._pts(media.pts), reformatter=self._reformatter)
@@ -161,6 +163,7 @@ class SessionOutputTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self._subscription.close()
+        self._reformatter = None  # its swscale context goes now, not whenever the track is collected
 
 
 class InboundPump:
@@ -192,7 +195,7 @@ class InboundPump:
         self._on_media = on_media
         self._clock = clock
         self._latest: tuple[av.VideoFrame | av.AudioFrame, float] | None = None
-        self._reformatter = VideoReformatter()  # decoded YUV -> RGB, swscale context kept
+        self._reformatter: VideoReformatter | None = VideoReformatter()  # YUV -> RGB, swscale context kept
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.done = asyncio.Event()
@@ -214,6 +217,8 @@ class InboundPump:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.track.stop()
+        self._latest = None
+        self._reformatter = None  # its swscale context goes now, not whenever the pump is collected
         self.done.set()
 
     def stats(self) -> dict[str, int]:
@@ -254,7 +259,7 @@ class InboundPump:
                 self._push(*latest)
 
     def _push(self, frame: av.VideoFrame | av.AudioFrame, arrival: float) -> None:
-        if self._handle.closed:
+        if self._handle.closed or self._reformatter is None:
             return
         deadline = arrival + self._budget
         try:
