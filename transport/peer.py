@@ -22,11 +22,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiortc import (
     RTCConfiguration,
+    RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
@@ -41,8 +43,10 @@ from streamserve.core.errors import BadRequest, StreamserveError
 from streamserve.core.frames import MediaKind
 from streamserve.core.ports import SessionFactory, SessionHandle
 from streamserve.transport import jitter
+from streamserve.transport.ice_budget import CandidateBudget, CandidateLimits
+from streamserve.transport.recovery import DEFAULT_KEYFRAME_INTERVAL_S, keyframe_interval
 from streamserve.transport.sdp import Offer, parse_offer
-from streamserve.transport.tracks import InboundPump, SessionOutputTrack, drain
+from streamserve.transport.tracks import InboundPump, PtsPacer, SessionOutputTrack, drain
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,13 @@ class PeerOptions:
     send: bool = True  # play the session's output to a client that receives
     owns_session: bool = True  # ending the peer ends the session (False for viewers)
     low_latency_receive: bool = True  # decode a video frame at its last packet (see transport.jitter)
+    keyframe_interval_s: float = DEFAULT_KEYFRAME_INTERVAL_S  # periodic keyframes (see transport.recovery)
+    loss_recovery: bool = True  # False: aiortc's own loss handling only (for comparisons)
+    candidate_limits: CandidateLimits = CandidateLimits()  # remote ICE candidates (transport.ice_budget)
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.keyframe_interval_s <= 600:
+            raise ValueError(f"keyframe_interval_s must be in [0.1, 600], got {self.keyframe_interval_s}")
 
     @classmethod
     def from_config(cls, config: ServerConfig, **overrides: Any) -> PeerOptions:
@@ -108,6 +119,7 @@ class Peer:
         self._wake = asyncio.Event()  # the watchdog re-plans on connection changes
         self._closing = False
         self._closed = asyncio.Event()
+        self.candidates = CandidateBudget(options.candidate_limits)
         self._on_closed: list[Callable[[Peer], object]] = []
         self.reason: str | None = None
 
@@ -132,6 +144,7 @@ class Peer:
     async def accept(self, offer: str | Offer) -> RTCSessionDescription:
         """Answer an SDP offer. Raises BadRequest (with aiortc's reason) for an offer it rejects."""
         parsed = offer if isinstance(offer, Offer) else parse_offer(offer)
+        sdp = self.candidates.filter_offer(parsed.sdp)  # at most max_candidates remote addresses
         pc = self.pc
         video = parsed.first("video")
         if video is not None:
@@ -144,7 +157,7 @@ class Peer:
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=parsed.sdp, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, TypeError, AssertionError) as exc:
             raise BadRequest(f"malformed SDP: {exc or type(exc).__name__}") from exc
         except Exception as exc:  # aiortc's OperationError etc.: an offer we cannot serve
@@ -157,15 +170,32 @@ class Peer:
                     and section.client_receives:
                 self._add_output(MediaKind.AUDIO)
 
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)  # gathers candidates: the answer is complete (no trickle)
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)  # gathers candidates: the answer is complete (no trickle)
+        except Exception as exc:  # an offer aiortc took but cannot answer: the client's problem, not a 500
+            log.warning("session %s: cannot answer the offer", self.id, exc_info=True)
+            raise BadRequest(f"unusable SDP offer: cannot answer it: {exc or type(exc).__name__}") from exc
         self._spawn(self._follow_session(), "follow-session")
         self._spawn(self._watchdog(), "watchdog")
+        if self.options.loss_recovery and any(t.kind == "video" for t in self._out_tracks):
+            self._spawn(keyframe_interval(pc, self.options.keyframe_interval_s), "keyframes")
         local = pc.localDescription
         return RTCSessionDescription(sdp=local.sdp, type=local.type)
 
+    async def add_remote_candidate(self, candidate: RTCIceCandidate) -> bool:
+        """Add a trickled candidate within the peer's budget: False if ignored (past the cap).
+        Raises TooManyCandidates (429) past the rate limit."""
+        if not self.candidates.admit(candidate):
+            log.info("session %s: ignoring trickled candidate %s:%s (limit %d addresses)", self.id,
+                     candidate.ip, candidate.port, self.candidates.limits.max_candidates)
+            return False
+        await self.pc.addIceCandidate(candidate)
+        return True
+
     def _add_output(self, kind: MediaKind) -> None:
-        track = SessionOutputTrack(self.handle.subscribe(kind), kind, clock=self._clock)
+        pacer = PtsPacer() if self.options.loss_recovery else PtsPacer(window_s=math.inf)
+        track = SessionOutputTrack(self.handle.subscribe(kind), kind, pacer=pacer, clock=self._clock)
         self._out_tracks.append(track)
         self.pc.addTrack(track)
 
@@ -174,7 +204,7 @@ class Peer:
         if track.kind == "video" and self.options.low_latency_receive:
             receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
             if receiver is not None:
-                jitter.install(receiver)
+                jitter.install(receiver, recover=self.options.loss_recovery)
         first_of_kind = not any(p.kind == track.kind for p in self._pumps)
         if not (self.options.receive and first_of_kind and track.kind in ("video", "audio")):
             self._spawn(drain(track), f"drain-{track.kind}")  # keep aiortc's queue empty

@@ -3,11 +3,17 @@
 aiortc's parser accepts almost anything (`"hello"` parses as an offer with no media) and rejects the
 rest with a bare AssertionError, so the checks aiortc would make later (ICE credentials, RTCP mux,
 a codec in common) run here first, each with a reason a client can act on. Everything raises
-`BadRequest` (HTTP 400).
+`BadRequest` (HTTP 400), or `OfferTooLarge` (413) past the size limit.
+
+Before any of that, `offer_limits.check_offer_text` bounds the offer's size and complexity on the raw
+text, and a media section without a direction gets RFC 4566's default written in. `read_offer` is
+the entry point for request handlers: the limits are checked at once and the parse runs in a worker
+thread, so the event loop never waits on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 
@@ -16,9 +22,10 @@ from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.sdp import SessionDescription
 
 from streamserve.core.errors import BadRequest
+from streamserve.transport.offer_limits import DEFAULT_LIMITS, OfferLimits, check_offer_text, with_directions
 
 _LINE = re.compile(r"^[a-z]=")
-MAX_SDP_BYTES = 64 * 1024
+MAX_SDP_BYTES = DEFAULT_LIMITS.max_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +57,19 @@ class Offer:
         return next((m for m in self.media if m.kind == kind), None)
 
 
-def parse_offer(sdp: object) -> Offer:
-    """Parse and check an SDP offer. Raises BadRequest naming what is wrong."""
+async def read_offer(sdp: object, limits: OfferLimits = DEFAULT_LIMITS) -> Offer:
+    """`parse_offer` for request handlers: limits checked here, the parse in a worker thread."""
+    if isinstance(sdp, str):
+        check_offer_text(sdp, limits)
+    return await asyncio.to_thread(parse_offer, sdp, limits)
+
+
+def parse_offer(sdp: object, limits: OfferLimits = DEFAULT_LIMITS) -> Offer:
+    """Parse and check an SDP offer. Raises BadRequest (or OfferTooLarge) naming what is wrong."""
     if not isinstance(sdp, str) or not sdp.strip():
         raise BadRequest("malformed SDP: empty")
-    if len(sdp) > MAX_SDP_BYTES:
-        raise BadRequest(f"malformed SDP: {len(sdp)} bytes, more than {MAX_SDP_BYTES}")
+    check_offer_text(sdp, limits)
+    sdp = with_directions(sdp)
     lines = [line for line in sdp.splitlines() if line.strip()]
     if not lines[0].startswith("v="):
         raise BadRequest(f"malformed SDP: must start with a v= line, got {lines[0][:40]!r}")
@@ -70,8 +84,15 @@ def parse_offer(sdp: object) -> Offer:
         raise BadRequest("malformed SDP: no media sections (m= lines)")
 
     sections = []
+    mids: set[str] = set()
     for index, media in enumerate(description.media):
         where = f"m-line {index} ({media.kind})"
+        mid = media.rtp.muxId
+        if not mid:
+            raise BadRequest(f"malformed SDP: {where}: no a=mid (every m-line needs one, RFC 8843)")
+        if mid in mids:
+            raise BadRequest(f"malformed SDP: {where}: a=mid:{mid} is used by another m-line")
+        mids.add(mid)
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise BadRequest(f"malformed SDP: {where}: ICE username fragment or password is missing")
         if not media.dtls or not media.dtls.fingerprints:
@@ -90,4 +111,9 @@ def parse_offer(sdp: object) -> Offer:
         elif media.kind != "application":
             raise BadRequest(f"unsupported SDP offer: {where}: unknown media kind")
         sections.append(MediaSection(index, media.kind, media.direction or "sendrecv", codecs))
+    for group in description.group:
+        unknown = [item for item in group.items if item not in mids]
+        if unknown:
+            raise BadRequest(f"malformed SDP: a=group:{group.semantic} names mid {unknown[0]!r}, "
+                             f"which no m-line has (mids: {', '.join(sorted(mids))})")
     return Offer(sdp=sdp, media=tuple(sections))

@@ -40,14 +40,21 @@ class PtsPacer:
     it (this spreads out bursts, e.g. a pipeline that emits several frames per step), while the offset
     creeps down by `decay_s` per early unit so a slow first frame does not add latency forever. A unit
     later than `max_lag_s` re-anchors (sent now, no catch-up burst); so does a hold longer than
-    `max_hold_s` (a jump in pts). Pure arithmetic: the caller owns the clock and the sleeping.
+    `max_hold_s` (a jump in pts). When every one of `window` units in a row had to wait more than
+    `max_lag_s`, the anchor is too late (it was set by a straggler, e.g. a frame recovered late after
+    packet loss) and the unit re-anchors (sent now); a bursty source never triggers this
+    because the first unit of each burst goes out at once. Pure arithmetic: the caller owns the clock
+    and the sleeping.
     """
 
     max_lag_s: float = 0.05
     max_hold_s: float = 1.0
     decay_s: float = 0.001
+    window_s: float = 0.3
     reanchors: int = 0
     _offset: float | None = None
+    _early_run: int = 0  # units in a row that had to wait more than max_lag_s
+    _early_since: float = 0.0
 
     def hold(self, media_s: float, now: float) -> float:
         """Seconds to wait before sending (0.0: send now)."""
@@ -56,6 +63,15 @@ class PtsPacer:
             self._anchor(natural)
             return 0.0
         hold = self._offset - natural
+        if hold <= self.max_lag_s:
+            self._early_run = 0
+        else:
+            if self._early_run == 0:
+                self._early_since = now
+            self._early_run += 1
+            if self._early_run >= 3 and now - self._early_since >= self.window_s:  # a late anchor
+                self._anchor(natural)
+                return 0.0
         if hold <= 0.0:
             return 0.0  # a little late: send now, keep the anchor
         if hold > self.max_hold_s:
@@ -68,6 +84,7 @@ class PtsPacer:
         if self._offset is not None:
             self.reanchors += 1
         self._offset = offset
+        self._early_run = 0
 
 
 class _MonotonicPts:
@@ -112,7 +129,7 @@ class SessionOutputTrack(MediaStreamTrack):
         self._pacer = pacer or PtsPacer()
         self._clock = clock
         self._pts = _MonotonicPts()
-        self._reformatter = VideoReformatter()  # RGB -> YUV 4:2:0 for the encoder, context kept
+        self._reformatter: VideoReformatter | None = VideoReformatter()  # RGB -> YUV 4:2:0, context kept
         self.sent = 0
 
     @property
@@ -133,6 +150,8 @@ class SessionOutputTrack(MediaStreamTrack):
             hold = self._pacer.hold(float(media.pts * time_base), self._clock.now())
             if hold > 0.0:
                 await asyncio.sleep(hold)
+            if self.readyState != "live":  # stopped while holding
+                raise MediaStreamError
             self.sent += 1
             if isinstance(media, VideoFrame):
                 return video_from_core(media, pts=self._pts(media.pts), reformatter=self._reformatter)
@@ -144,6 +163,7 @@ class SessionOutputTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self._subscription.close()
+        self._reformatter = None  # its swscale context goes now, not whenever the track is collected
 
 
 class InboundPump:
@@ -175,7 +195,7 @@ class InboundPump:
         self._on_media = on_media
         self._clock = clock
         self._latest: tuple[av.VideoFrame | av.AudioFrame, float] | None = None
-        self._reformatter = VideoReformatter()  # decoded YUV -> RGB, swscale context kept
+        self._reformatter: VideoReformatter | None = VideoReformatter()  # YUV -> RGB, swscale context kept
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.done = asyncio.Event()
@@ -197,6 +217,8 @@ class InboundPump:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.track.stop()
+        self._latest = None
+        self._reformatter = None  # its swscale context goes now, not whenever the pump is collected
         self.done.set()
 
     def stats(self) -> dict[str, int]:
@@ -237,7 +259,7 @@ class InboundPump:
                 self._push(*latest)
 
     def _push(self, frame: av.VideoFrame | av.AudioFrame, arrival: float) -> None:
-        if self._handle.closed:
+        if self._handle.closed or self._reformatter is None:
             return
         deadline = arrival + self._budget
         try:

@@ -3,7 +3,8 @@
 Request ``{"sdp": ..., "type": "offer", "pipeline": "video", "params": {...}}`` (pipeline and params
 optional); answer ``{"sdp": ..., "type": "answer", "session_id": ..., "session_secret": ...}`` (the secret guards
 the session's GET|PATCH|DELETE; docs/security.md). Errors are JSON
-``{"error": code, "message": ...}``: a malformed SDP is 400 with the parser's reason, an unknown
+``{"error": code, "message": ...}``: a malformed SDP is 400 with the parser's reason, an offer past
+a complexity limit 400 (413 past the size limit) naming it (see transport.offer_limits), an unknown
 pipeline 400 listing the available ones, invalid params 422 naming the field, a full server 503.
 """
 
@@ -22,7 +23,7 @@ from streamserve.core.errors import BadRequest, StreamserveError
 from streamserve.core.ports import SessionFactory
 from streamserve.transport.auth import request_token, require_open
 from streamserve.transport.peer import Peer, PeerOptions
-from streamserve.transport.sdp import parse_offer
+from streamserve.transport.sdp import read_offer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class WebRTCTransport:
         self.router.add_api_route(
             "/v1/webrtc/offer", self.offer, methods=["POST"], response_model=OfferAnswer,
             summary="Start a session from a WebRTC offer",
-            responses={400: _ERROR, 401: _ERROR, 422: _ERROR, 503: _ERROR},
+            responses={400: _ERROR, 401: _ERROR, 413: _ERROR, 422: _ERROR, 503: _ERROR},
         )
 
     async def offer(self, body: OfferRequest, request: Request) -> OfferAnswer | JSONResponse:
@@ -73,7 +74,7 @@ class WebRTCTransport:
             return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
     async def _answer(self, request: OfferRequest) -> OfferAnswer:
-        offer = parse_offer(request.sdp)
+        offer = await read_offer(request.sdp)
         video = offer.first("video")
         if video is None or not video.client_sends:
             raise BadRequest("the offer must send a video track (m=video, sendrecv or sendonly)")

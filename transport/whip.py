@@ -42,7 +42,7 @@ from streamserve.core.paths import web_demo_dir
 from streamserve.core.ports import SessionFactory, SessionHandle
 from streamserve.transport import auth, jsonlimits
 from streamserve.transport.peer import Peer, PeerOptions
-from streamserve.transport.sdp import parse_offer
+from streamserve.transport.sdp import read_offer
 from streamserve.transport.whep import WhepEndpoint
 from streamserve.transport.whip_http import (
     CORS_HEADERS,
@@ -140,7 +140,7 @@ class WhipTransport:
             check_stream_name(stream)
             check_token(request, self.config.tokens)
             sdp = await read_sdp(request)
-            offer = parse_offer(sdp)
+            offer = await read_offer(sdp)
             if not any(m.client_sends for m in offer.media if m.kind in ("audio", "video")):
                 raise BadRequest("unsupported SDP offer: a WHIP offer must send audio or video (sendonly)")
             pipeline, params = params_from_query(request.query_params, self.config.limits.max_json_depth)
@@ -169,7 +169,7 @@ class WhipTransport:
         try:
             check_stream_name(stream)
             auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
-            offer = parse_offer(await read_sdp(request))
+            offer = await read_offer(await read_sdp(request))
             peer, answer = await self.whep.accept(stream, offer)
         except StreamserveError as exc:
             return error_response(exc)
@@ -249,7 +249,7 @@ class WhipTransport:
             if frag.ufrag is not None and remote is not None and f"a=ice-ufrag:{frag.ufrag}" not in remote.sdp:
                 return error_response(IceRestartUnsupported("ICE restarts are not supported; start a new session"))
             for candidate in frag.candidates:
-                await found.peer.pc.addIceCandidate(candidate)
+                await found.peer.add_remote_candidate(candidate)  # capped and rate-limited
             if frag.end:
                 await found.peer.pc.addIceCandidate(None)
         except StreamserveError as exc:

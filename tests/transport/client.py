@@ -17,6 +17,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamserve.transport.probe import StampedVideoTrack, StampReader
+from tests.transport.lossy_relay import LossyRelay, relay_answer, relay_offer
 
 
 class ToneTrack(MediaStreamTrack):
@@ -65,8 +66,11 @@ class Client:
     """One WebRTC client session against `base_url`: offer, answer, stamped media, control channel."""
 
     def __init__(self, base_url: str, *, width: int = 128, height: int = 128, fps: float = 30.0,
-                 audio: bool = False, token: str | None = None) -> None:
+                 audio: bool = False, token: str | None = None, relay: LossyRelay | None = None,
+                 http_transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url
+        self.relay = relay  # media goes through this relay when given
+        self._http_transport = http_transport  # e.g. httpx.ASGITransport for an in-process app
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video = StampedVideoTrack(width, height, fps)
         self.updated = asyncio.Event()  # set on every frame or message received
@@ -107,13 +111,17 @@ class Client:
 
     async def connect(self, pipeline: str | None = "passthrough", params: dict[str, Any] | None = None) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "pipeline": pipeline, "params": params}
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=20) as http:
+        offer = self.pc.localDescription.sdp
+        if self.relay is not None:
+            offer = relay_offer(self.relay, offer)
+        body = {"sdp": offer, "type": "offer", "pipeline": pipeline, "params": params}
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=20, transport=self._http_transport) as http:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
             reply = await http.post("/v1/webrtc/offer", json=body, headers=headers)
         reply.raise_for_status()
         answer = reply.json()
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        sdp = answer["sdp"] if self.relay is None else relay_answer(self.relay, answer["sdp"])
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp, answer["type"]))
         self.session_id = answer["session_id"]
         self.session_secret = answer["session_secret"]
         return str(answer["session_id"])

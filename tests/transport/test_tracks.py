@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from fractions import Fraction
 
@@ -61,6 +62,48 @@ def test_pacer_decays_a_slow_first_frame() -> None:
     holds = [pacer.hold(i * FRAME, 1.0 + i * FRAME) for i in range(1, 80)]
     assert holds[0] == pytest.approx(0.039, abs=1e-6)
     assert holds[-1] == 0.0  # the added latency has decayed away
+
+
+def sent_times(pacer: PtsPacer, units: list[tuple[float, float]], queue: int = 4) -> dict[int, float]:
+    """Send time of each (media_s, arrival) unit that goes out, as SessionOutputTrack sends: one at a
+    time, sleeping the pacer's hold, from a subscription of `queue` units that drops its oldest."""
+    now, out, i = 0.0, {}, 0
+    while i < len(units):
+        now = max(now, units[i][1])
+        waiting = [j for j in range(i, len(units)) if units[j][1] <= now]
+        i = waiting[-queue] if len(waiting) > queue else i  # the oldest were dropped
+        now += pacer.hold(units[i][0], now)
+        out[i] = now
+        i += 1
+    return out
+
+
+def test_pacer_recovers_from_a_late_straggler() -> None:
+    # After a loss burst, frames from before it arrive 0.5 s late, then the stream is on time again.
+    # Before: every later frame was held 0.5 s and freshest-wins dropped the rest (~2 fps for good).
+    pacer = PtsPacer()
+    units = [(i * FRAME, 10.0 + i * FRAME) for i in range(30)]
+    units += [((30 + i) * FRAME, 10.0 + 45 * FRAME) for i in range(3)]  # the stragglers
+    units += [(i * FRAME, 10.0 + i * FRAME + 0.001) for i in range(46, 150)]
+    out = sent_times(pacer, units)
+    late = {i: t - units[i][1] for i, t in out.items()}
+    settled = [i for i, (_, arrival) in enumerate(units) if arrival > 10.0 + 45 * FRAME + 0.9]
+    # From window_s + one hold after the stragglers: every frame goes out (none dropped), the delay
+    # left is the subscription's backlog (a few frames), and it decays away.
+    assert all(i in late for i in settled)
+    assert max(late[i] for i in settled) < 5 * FRAME
+    assert max(late[i] for i in settled[-20:]) < 2 * FRAME
+    assert pacer.reanchors == 2  # the stragglers' anchor, then the correction
+    assert len(late) > 0.85 * len(units)
+
+
+def test_pacer_keeps_spreading_a_bursty_source() -> None:
+    # A pipeline that emits 4 frames every 4 frame intervals: the first of each burst goes out at
+    # once, so the late-anchor correction never fires.
+    units = [(i * FRAME, 2.0 + (i // 4) * 4 * FRAME) for i in range(120)]
+    sent = sent_times(PtsPacer(), units)
+    assert sent == sent_times(PtsPacer(window_s=math.inf), units)  # exactly as without the correction
+    assert len(sent) == 120
 
 
 def test_monotonic_pts_survive_a_reset() -> None:
