@@ -40,7 +40,7 @@ from streamserve.core.config import ServerConfig
 from streamserve.core.errors import BadRequest, StreamserveError
 from streamserve.core.frames import MediaKind
 from streamserve.core.ports import SessionFactory, SessionHandle
-from streamserve.transport import jitter
+from streamserve.transport import dtls, jitter
 from streamserve.transport.sdp import Offer, parse_offer
 from streamserve.transport.tracks import InboundPump, SessionOutputTrack, drain
 
@@ -98,6 +98,7 @@ class Peer:
         self._clock = clock
         servers = [RTCIceServer(urls=url) for url in options.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # [] also avoids Google STUN
+        dtls.allow_rsa_peers(self.pc)  # GStreamer's webrtcbin has an RSA certificate
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pumps: list[InboundPump] = []
         self._out_tracks: list[SessionOutputTrack] = []
