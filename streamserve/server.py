@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 import streamserve
+from streamserve import api_docs
 from streamserve.core.config import ServerConfig
 from streamserve.core.errors import StreamserveError
 from streamserve.core.paths import web_demo_dir
@@ -136,4 +137,5 @@ def create_app(config: ServerConfig | None = None,
         await manager.close(session_id, "ended by API request")
         return {"session_id": session_id, "ended": True, "stats": stats}
 
+    api_docs.install(app)  # /openapi.json completed for WHIP/WHEP and /v1/ws; /asyncapi.json
     return app
