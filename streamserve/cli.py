@@ -71,16 +71,28 @@ LIMIT_FLAGS = {
     "max_compression_ratio": "largest decoded/JPEG size ratio of a WebSocket input frame (default 1000)",
     "decode_pixels_per_s": "decode budget per WebSocket session, pixels/s (default 1920*1080*60)",
 }
+def _turn(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """TURN username and credential: flags, else STREAMSERVE_TURN_USERNAME / _CREDENTIAL, or a file."""
+    username = args.turn_username or os.environ.get("STREAMSERVE_TURN_USERNAME") or None
+    credential = args.turn_credential or os.environ.get("STREAMSERVE_TURN_CREDENTIAL") or None
+    if args.turn_credential_file:
+        path = Path(args.turn_credential_file)
+        if not path.is_file():
+            raise SystemExit(f"--turn-credential-file: {path} does not exist")
+        credential = path.read_text().strip() or None
+    return username, credential
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     try:
         session = SessionConfig(latency_budget_s=args.latency_budget_ms / 1000.0)
+        turn_username, turn_credential = _turn(args)
         return ServerConfig(
             host=args.host, port=args.port, pipeline=args.pipeline, device=args.device,
             log_level=args.log_level, max_sessions=args.max_sessions, max_batch=args.max_batch,
             tokens=_tokens(args), ice_servers=tuple(args.ice_server or ()), model=args.model,
             session=session, viewer_tokens=_viewer_tokens(args), limits=_limits(args),
+            turn_username=turn_username, turn_credential=turn_credential,
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
@@ -100,7 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_log_filter()
-    shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("tokens", "viewer_tokens")}
+    shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("tokens", "viewer_tokens", "turn_credential")}
     logging.getLogger("streamserve").info("starting with %s, %d token(s), %d viewer token(s)", shown,
                                           len(config.tokens), len(config.viewer_tokens))
     print(f"streamserve {streamserve.__version__}: open http://{config.host}:{config.port}/", flush=True)
@@ -146,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--viewer-token", action="append", help="require this token (repeatable; also "
                        "STREAMSERVE_VIEWER_TOKENS=a,b) for WHEP, /view/NAME?token=... and stream stats")
     serve.add_argument("--ice-server", action="append", help="stun:/turn: URL announced to WHIP clients")
+    serve.add_argument("--turn-username", default=None,
+                       help="username for the turn:/turns: servers (or STREAMSERVE_TURN_USERNAME)")
+    serve.add_argument("--turn-credential", default=None,
+                       help="credential for the turn:/turns: servers (or STREAMSERVE_TURN_CREDENTIAL)")
+    serve.add_argument("--turn-credential-file", default=None, help="file holding the TURN credential")
     serve.add_argument("--max-sessions", type=int, default=16)
     serve.add_argument("--max-batch", type=int, default=8)
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,

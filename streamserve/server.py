@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 import streamserve
+from streamserve import api_docs
 from streamserve.core.config import ServerConfig
 from streamserve.core.errors import StreamserveError
 from streamserve.core.paths import web_demo_dir
@@ -150,4 +151,5 @@ def create_app(config: ServerConfig | None = None,
         auth.require_owner(auth.request_token(request.headers), session, config)
         return session
 
+    api_docs.install(app)  # /openapi.json completed for WHIP/WHEP and /v1/ws; /asyncapi.json
     return app

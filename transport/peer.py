@@ -42,7 +42,7 @@ from streamserve.core.config import ServerConfig
 from streamserve.core.errors import BadRequest, StreamserveError
 from streamserve.core.frames import MediaKind
 from streamserve.core.ports import SessionFactory, SessionHandle
-from streamserve.transport import jitter
+from streamserve.transport import dtls, jitter
 from streamserve.transport.ice_budget import CandidateBudget, CandidateLimits
 from streamserve.transport.recovery import DEFAULT_KEYFRAME_INTERVAL_S, keyframe_interval
 from streamserve.transport.sdp import Offer, parse_offer
@@ -62,7 +62,9 @@ class PeerOptions:
     silence_s: float = 3.0  # no inbound media or control for this long: the client is gone
     connect_timeout_s: float = 15.0  # offer answered but never connected
     stats_interval_s: float = 1.0  # `stats` messages on the control channel
-    ice_servers: tuple[str, ...] = ()  # STUN URLs for the server's own candidates
+    ice_servers: tuple[str, ...] = ()  # STUN (and TURN, with credentials) URLs for the server's candidates
+    turn_username: str | None = None  # for the turn:/turns: URLs
+    turn_credential: str | None = None
     receive: bool = True  # push the client's media into the session
     send: bool = True  # play the session's output to a client that receives
     owns_session: bool = True  # ending the peer ends the session (False for viewers)
@@ -80,7 +82,9 @@ class PeerOptions:
         base = cls(
             latency_budget_s=config.session.latency_budget_s,
             silence_s=config.idle_timeout_s * SILENCE_FRACTION,
-            ice_servers=tuple(u for u in config.ice_servers if u.startswith("stun:")),
+            ice_servers=tuple(u for u in config.ice_servers  # aiortc needs credentials for TURN
+                              if u.startswith("stun:") or config.turn_credential is not None),
+            turn_username=config.turn_username, turn_credential=config.turn_credential,
         )
         return dataclasses.replace(base, **overrides)
 
@@ -107,8 +111,11 @@ class Peer:
         self._sessions = sessions
         self.options = options
         self._clock = clock
-        servers = [RTCIceServer(urls=url) for url in options.ice_servers]
+        servers = [RTCIceServer(urls=url) if url.startswith("stun:") else
+                   RTCIceServer(urls=url, username=options.turn_username, credential=options.turn_credential)
+                   for url in options.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # [] also avoids Google STUN
+        dtls.allow_rsa_peers(self.pc)  # GStreamer's webrtcbin has an RSA certificate
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pumps: list[InboundPump] = []
         self._out_tracks: list[SessionOutputTrack] = []

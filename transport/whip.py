@@ -46,11 +46,15 @@ from streamserve.transport.sdp import read_offer
 from streamserve.transport.whep import WhepEndpoint
 from streamserve.transport.whip_http import (
     CORS_HEADERS,
+    ENDED_GRACE_S,
+    ENDPOINT_METHODS,
+    RESOURCE_METHODS,
     SDP,
     TRICKLE,
     IceRestartUnsupported,
     NotFound,
     PreconditionFailed,
+    RecentlyEnded,
     Resource,
     UnsupportedMediaType,
     check_token,
@@ -100,6 +104,7 @@ class WhipTransport:
         self.sessions = sessions
         self.config = config
         self.resources: dict[str, Resource] = {}
+        self.ended = RecentlyEnded(ENDED_GRACE_S)  # resources whose peer closed before their DELETE
         self.whep = WhepEndpoint(sessions, config, self.resources)
         r = self.router = APIRouter(tags=["whip/whep"])
         r.add_api_route("/whip/{stream}", self.whip_post, methods=["POST"], status_code=201,
@@ -193,17 +198,25 @@ class WhipTransport:
         rid = secrets.token_urlsafe(12)
         resource = Resource(rid, kind, stream, peer, etag=f'"{secrets.token_hex(8)}"')
         self.resources[rid] = resource
-        peer.on_closed(lambda p: self.resources.pop(rid, None))
+
+        def closed(_peer: Peer) -> None:
+            if self.resources.pop(rid, None) is not None:
+                self.ended.add(resource)
+
+        peer.on_closed(closed)
         return resource
 
     def created(self, resource: Resource, sdp: str) -> Response:
         location = f"/{resource.kind}/{urllib.parse.quote(resource.stream, safe='')}/{resource.id}"
         headers = {**CORS_HEADERS, "Location": location, "ETag": resource.etag, "Accept-Patch": TRICKLE}
-        links = ice_link_headers(self.config.ice_servers)
         response = Response(sdp, status_code=201, media_type=SDP, headers=headers)
-        for link in links:
-            response.headers.append("Link", link)
+        self._add_links(response)
         return response
+
+    def _add_links(self, response: Response) -> None:
+        for link in ice_link_headers(self.config.ice_servers, self.config.turn_username,
+                                     self.config.turn_credential):
+            response.headers.append("Link", link)
 
     # --- resources (WHIP sessions and WHEP viewers) ---------------------------------------------
     def _find(self, kind: str, stream: str, rid: str) -> Resource:
@@ -221,6 +234,8 @@ class WhipTransport:
     async def resource_delete(self, stream: str, resource: str, request: Request) -> Response:
         kind = request.url.path.split("/")[1]
         try:
+            if resource not in self.resources and self.ended.recent(kind, stream, resource):
+                return Response(status_code=200, headers=CORS_HEADERS)  # the client closed first
             found = self._find(kind, stream, resource)
             self._check_resource_owner(found, request)
         except StreamserveError as exc:
@@ -257,12 +272,17 @@ class WhipTransport:
         return Response(status_code=204, headers={**CORS_HEADERS, "ETag": found.etag})
 
     async def options(self, request: Request) -> Response:
-        """CORS preflight; `Accept-Post` on the endpoints, `Accept-Patch` on resources."""
-        extra = {"Accept-Post": SDP} if request.url.path.count("/") == 2 else {"Accept-Patch": TRICKLE}
-        return Response(status_code=204, headers={**CORS_HEADERS, **extra})
+        """CORS preflight and discovery: `Allow`, and `Accept-Post` + the ICE servers' `Link` headers
+        on the endpoints (RFC 9725 4.6), `Accept-Patch` on resources."""
+        if request.url.path.count("/") == 2:
+            response = Response(status_code=204, headers={**CORS_HEADERS, "Allow": ENDPOINT_METHODS,
+                                                          "Accept-Post": SDP})
+            self._add_links(response)
+            return response
+        return Response(status_code=204, headers={**CORS_HEADERS, "Allow": RESOURCE_METHODS, "Accept-Patch": TRICKLE})
 
     async def not_allowed(self) -> Response:
-        return Response(status_code=405, headers={**CORS_HEADERS, "Allow": "DELETE, PATCH, OPTIONS"})
+        return Response(status_code=405, headers={**CORS_HEADERS, "Allow": RESOURCE_METHODS})
 
     # --- viewer page and stream control ---------------------------------------------------------
     async def view(self, stream: str, request: Request) -> Response:

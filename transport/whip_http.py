@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
@@ -18,12 +19,18 @@ from streamserve.transport.sdp import MAX_SDP_BYTES
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
 ACCEPT_PATCH = TRICKLE
+ENDPOINT_METHODS = "POST, OPTIONS"  # /whip/{stream}, /whep/{stream}
+RESOURCE_METHODS = "PATCH, DELETE, OPTIONS"  # what their Location names
+ENDED_GRACE_S = 60.0  # DELETE on a resource that ended this recently (the client closed first): 200
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-    "Access-Control-Expose-Headers": ("Location, Link, ETag, Accept-Patch, Accept-Post, WWW-Authenticate, "
-                                      "Streamserve-Session-Secret"),
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match, ETag",
+    # Browsers hide every response header but a few from scripts unless listed here; WHIP/WHEP
+    # clients read the resource URL, the ICE servers, the ICE session tag and whether trickle works.
+    "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Patch, Accept-Post, Allow, "
+                                     "Content-Type, WWW-Authenticate, Retry-After, Streamserve-Session-Secret",
+    "Access-Control-Max-Age": "86400",
 }
 
 
@@ -68,6 +75,34 @@ class Resource:
     etag: str
 
 
+class RecentlyEnded:
+    """Resources that ended without a DELETE (the client closed its peer first), kept `grace_s` so a
+    late DELETE still answers 200. Bounded: entries past their grace, or beyond `limit`, are dropped."""
+
+    def __init__(self, grace_s: float, limit: int = 10_000) -> None:
+        self.grace_s, self.limit = grace_s, limit
+        self._ended: dict[str, tuple[str, str, float]] = {}  # id -> (kind, stream, monotonic end)
+
+    def add(self, resource: Resource) -> None:
+        self._prune()
+        self._ended[resource.id] = (resource.kind, resource.stream, time.monotonic())
+        while len(self._ended) > self.limit:
+            self._ended.pop(next(iter(self._ended)))
+
+    def recent(self, kind: str, stream: str, rid: str) -> bool:
+        self._prune()
+        entry = self._ended.get(rid)
+        return entry is not None and entry[:2] == (kind, stream)
+
+    def _prune(self) -> None:
+        cutoff = time.monotonic() - self.grace_s
+        while self._ended:
+            rid, (_, _, ended) = next(iter(self._ended.items()))
+            if ended >= cutoff:
+                break
+            del self._ended[rid]
+
+
 def check_token(request: Request, tokens: tuple[str, ...]) -> None:
     """Raise Unauthorized unless `Authorization: Bearer <one of tokens>` (no tokens: open server)."""
     if tokens and not token_ok(bearer_token(request.headers.get("authorization")), tokens):
@@ -98,9 +133,17 @@ async def read_sdp(request: Request) -> str:
         raise BadRequest(f"malformed SDP: not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
-def ice_link_headers(urls: tuple[str, ...]) -> list[str]:
-    """`Link: <stun:host:port>; rel="ice-server"` values (RFC 9725 section 4.6), one per server."""
-    return [f'<{url}>; rel="ice-server"' for url in urls]
+def ice_link_headers(urls: tuple[str, ...], username: str | None = None,
+                     credential: str | None = None) -> list[str]:
+    """`Link: <stun:host:port>; rel="ice-server"` values (RFC 9725 section 4.6), one per server; a
+    turn:/turns: server carries the `username` and `credential` attributes when they are configured."""
+    links = []
+    for url in urls:
+        link = f'<{url}>; rel="ice-server"'
+        if url.startswith(("turn:", "turns:")) and username is not None and credential is not None:
+            link += f'; username="{username}"; credential="{credential}"; credential-type="password"'
+        links.append(link)
+    return links
 
 
 @dataclasses.dataclass

@@ -280,8 +280,9 @@ class _Connection:
         return {**body, "id": msg.id} if msg.id is not None else body
 
     def _connection_stats(self) -> dict[str, Any]:
-        dropped = {f"{sub_kind}_dropped_out": sub.dropped
-                   for sub_kind, sub in zip(self.output.kinds, self._subs, strict=False)}
+        dropped = {"video_dropped_out": 0, "audio_dropped_out": 0}  # both always present (0: not sent)
+        dropped.update({f"{sub_kind}_dropped_out": sub.dropped
+                        for sub_kind, sub in zip(self.output.kinds, self._subs, strict=False)})
         return {**self.counts, **dropped}
 
     async def _hello(self, msg: wp.Control) -> None:

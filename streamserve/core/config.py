@@ -42,6 +42,8 @@ class ServerConfig:
     idle_timeout_s: float = 5.0  # a peer gone this long is ended
     tokens: tuple[str, ...] = ()  # operator/ingest (admin) bearer tokens; empty = anyone may open sessions
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs, announced in WHIP Link headers
+    turn_username: str | None = None  # for every turn:/turns: URL (Link attributes, the server's peer)
+    turn_credential: str | None = None
     model: str | None = None  # a model folder for pipelines that load checkpoints
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)
     viewer_tokens: tuple[str, ...] = ()  # required by WHEP and /view when set (admin tokens also work)
@@ -63,3 +65,10 @@ class ServerConfig:
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ValueError(f"ice server URLs start with stun:, turn: or turns:, got {url!r}")
+        if (self.turn_username is None) != (self.turn_credential is None):
+            raise ValueError("turn_username and turn_credential go together; got only "
+                             + ("turn_username" if self.turn_credential is None else "turn_credential"))
+        for name in ("turn_username", "turn_credential"):
+            value = getattr(self, name)
+            if value is not None and (not value or '"' in value or "\\" in value or not value.isprintable()):
+                raise ValueError(f"{name} must be non-empty printable text without quotes or backslashes")
