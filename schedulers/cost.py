@@ -8,7 +8,9 @@ of the same pipeline, scaled by the ratio of their `work` (pixels x steps, or au
 diffusion cost grows roughly with both.
 
 Seeded by a warm-up profile (`seed`, or `from_dict` of a saved profile), then learned online from
-every step the engine measures (`observe`). Each observation first scores the prediction it replaces:
+every step the engine measures (`observe`): a per-pipeline *speed factor* follows the machine getting
+slower or faster (a noisy neighbour, thermal throttling) within a few steps, for every batch size
+and shape at once, while the tables learn the shape of the cost curve slowly, in the factor's units. Each observation first scores the prediction it replaces:
 `errors()` gives the running mean absolute relative error per pipeline, which /metrics reports.
 """
 
@@ -66,10 +68,13 @@ class WorkShape:
 class CostModel:
     """Predicted seconds per batch of a pipeline; thread-compatible (one writer, the engine thread)."""
 
-    def __init__(self, alpha: float = 0.2, error_alpha: float = 0.05) -> None:
-        if not 0.0 < error_alpha <= 1.0:
-            raise ValueError(f"error_alpha must be in (0, 1], got {error_alpha}")
+    def __init__(self, alpha: float = 0.05, factor_alpha: float = 0.2, error_alpha: float = 0.05) -> None:
+        for name, value in (("factor_alpha", factor_alpha), ("error_alpha", error_alpha)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
         self._table = LatencyModel(alpha)
+        self._factor: dict[str, float] = {}
+        self._factor_alpha = factor_alpha
         self._shapes: dict[str, dict[str, WorkShape]] = {}  # pipeline -> shape key -> shape
         self._error_alpha = error_alpha
         self._error: dict[str, float] = {}
@@ -81,8 +86,10 @@ class CostModel:
 
     # --- learning -------------------------------------------------------------------------------
     def seed(self, pipeline: str, shape: WorkShape, seconds_by_batch: Mapping[int, float]) -> None:
-        """Set measured (warm-up) step times for batch sizes of one shape, replacing what was there."""
+        """Set measured (warm-up) step times for batch sizes of one shape, replacing what was there
+        (and resetting the pipeline's speed factor)."""
         self._shapes.setdefault(pipeline, {})[shape.key] = shape
+        self._factor.pop(pipeline, None)
         name = self._name(pipeline, shape)
         for n, seconds in seconds_by_batch.items():
             self._table.reset(name, int(n), float(seconds))
@@ -97,13 +104,20 @@ class CostModel:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
         known = pipeline in self._shapes
         predicted = self.batch_cost(pipeline, [s for s, n in groups.items() for _ in range(n)]) if known else None
+        # The speed factor moves fast (the machine got slower or faster: every size and shape of
+        # this pipeline at once); the tables learn the rest, in the factor's units, more slowly.
+        factor = self._factor.get(pipeline, 1.0)
+        if predicted:
+            ratio = seconds / (predicted / factor)
+            factor += self._factor_alpha * (ratio - factor)
+            self._factor[pipeline] = factor
         # Attribute the measured time to each shape in proportion to its predicted share.
         shares = {s: self.predict(pipeline, s, n) or 0.0 for s, n in groups.items()}
         total = sum(shares.values())
         for shape, n in groups.items():
             part = seconds * (shares[shape] / total) if total > 0 else seconds / len(groups)
             self._shapes.setdefault(pipeline, {})[shape.key] = shape
-            self._table.observe(self._name(pipeline, shape), n, part)
+            self._table.observe(self._name(pipeline, shape), n, part / factor)
         self._observations[pipeline] = self._observations.get(pipeline, 0) + 1
         if predicted is None or seconds <= 0:
             return None
@@ -120,11 +134,13 @@ class CostModel:
         shapes = self._shapes.get(pipeline)
         if not shapes:
             return None
+        factor = self._factor.get(pipeline, 1.0)
         if shape.key in shapes:
-            return self._table.predict(self._name(pipeline, shape), batch_size)
+            base = self._table.predict(self._name(pipeline, shape), batch_size)
+            return None if base is None else base * factor
         ref = min(shapes.values(), key=lambda s: abs(math.log(s.work / shape.work)))
         base = self._table.predict(self._name(pipeline, ref), batch_size)
-        return None if base is None else base * shape.work / ref.work
+        return None if base is None else base * factor * shape.work / ref.work
 
     def cost(self, pipeline: str, shape: WorkShape, batch_size: int) -> float:
         """`predict`, with a default guess for a pipeline never measured."""
@@ -139,6 +155,10 @@ class CostModel:
     def errors(self) -> dict[str, float]:
         """Per pipeline: running mean absolute relative error of the predictions."""
         return dict(self._error)
+
+    def speed_factor(self, pipeline: str) -> float:
+        """Measured over profiled step time, recently (1.0: as profiled; 2.0: twice as slow)."""
+        return self._factor.get(pipeline, 1.0)
 
     def observations(self, pipeline: str) -> int:
         return self._observations.get(pipeline, 0)

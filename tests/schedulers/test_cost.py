@@ -33,15 +33,21 @@ def test_unseen_shape_scales_with_pixels_and_steps() -> None:
 
 
 def test_online_learning_reports_relative_error() -> None:
-    cost = CostModel(alpha=0.5, error_alpha=1.0)
-    cost.seed("video", S256, {1: 0.010})
+    cost = CostModel(alpha=0.5, factor_alpha=1.0, error_alpha=1.0)
+    cost.seed("video", S256, {1: 0.010, 4: 0.025})
     err = cost.observe("video", [S256], 0.020)  # predicted 10 ms, took 20 ms
     assert err == pytest.approx(0.5)
-    assert cost.predict("video", S256, 1) == pytest.approx(0.015)  # EWMA moved halfway
+    # The machine is twice as slow now: every batch size follows at once, not only the one measured.
+    assert cost.speed_factor("video") == pytest.approx(2.0)
+    assert cost.predict("video", S256, 1) == pytest.approx(0.020)
+    assert cost.predict("video", S256, 4) == pytest.approx(0.050)
+    assert cost.predict("video", S128, 1) == pytest.approx(0.005)
     assert cost.errors() == {"video": pytest.approx(0.5)}
-    assert cost.observe("video", [S256], 0.015) == pytest.approx(0.0)
+    assert cost.observe("video", [S256] * 4, 0.050) == pytest.approx(0.0)
     assert cost.errors()["video"] == pytest.approx(0.0)
     assert cost.observations("video") == 2
+    cost.observe("video", [S256], 0.010)  # and back
+    assert cost.predict("video", S256, 4) == pytest.approx(0.025)
     with pytest.raises(ValueError, match="at least one item"):
         cost.observe("video", [], 0.1)
 
