@@ -17,7 +17,7 @@
    waits for them (`wake_at`): one batch of n costs far less than n batches of one. Voice never holds.
 5. **Chores** (stall-free joins, Sarathi-Serve style): the pieces of opening a session (prompt
    encoding, cache allocation, first encode) run after the batches only while their predicted cost
-   fits the slack of every live session (its budget minus two rounds of batches, and the time until
+   fits the slack of every live session (its budget minus a round of batches, and the time until
    its inbox would overflow, which would drop a frame as surely as lateness); a join waiting
    longer than `join_timeout_s` gets one piece regardless, so it always finishes.
 
@@ -111,9 +111,9 @@ class SloScheduler:
         self.policy.joined(session_id)
 
     def remove(self, session_id: str) -> None:
-        if self._live.pop(session_id, None) is not None:
-            self.admission.release(session_id)
-            self.policy.left(session_id)
+        self._live.pop(session_id, None)
+        self.admission.release(session_id)
+        self.policy.left(session_id)
         for join in self._joins:
             if join.session_id == session_id:
                 join.failed = True
@@ -296,7 +296,7 @@ class SloScheduler:
         if not self._live:
             return float("inf")
         round_cost = self.admission.load().worst_latency_s
-        budget = min(lv.spec.budget_s for lv in self._live.values()) - 2 * round_cost
+        budget = min(lv.spec.budget_s for lv in self._live.values()) - round_cost
         for live in self._live.values():
             head = live.inbox.peek()
             if head is not None:

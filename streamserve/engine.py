@@ -80,6 +80,10 @@ class Engine:
                 log.error("engine thread did not stop within %.1f s", timeout)
 
     @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

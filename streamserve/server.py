@@ -80,7 +80,7 @@ def create_app(config: ServerConfig | None = None,
 
     @app.exception_handler(StreamserveError)
     async def _streamserve_error(request: Request, exc: StreamserveError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers())
 
     for transport in built:
         app.include_router(transport.router)

@@ -63,7 +63,7 @@ class WebRTCTransport:
             return await self._answer(body)
         except StreamserveError as exc:
             log.info("webrtc offer rejected: %s", exc)
-            return JSONResponse(exc.to_dict(), status_code=exc.status)
+            return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers())
 
     async def _answer(self, request: OfferRequest) -> OfferAnswer:
         offer = parse_offer(request.sdp)
