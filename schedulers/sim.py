@@ -126,8 +126,10 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
     inbox_size: int = 2,
     audio_inbox_size: int = 16,
     warmup: float = 0.0,
+    admit_all: bool = False,
 ) -> SimResult:
-    """Run `duration` simulated seconds; units arriving before `warmup` are not counted."""
+    """Run `duration` simulated seconds; units arriving before `warmup` are not counted.
+    `admit_all`: skip admission (what a server without it does: everyone in, at tier 0)."""
     results = [SessionResult(f"s{i}", admitted=False) for i in range(len(sessions))]
     inboxes: dict[str, SimInbox] = {}
     arrivals: list[tuple[float, int, int]] = []  # (time, session index, pts)
@@ -146,10 +148,14 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
 
     def start_session(i: int) -> None:
         sim, res = sessions[i], results[i]
-        decision = scheduler.admission.check(res.session_id, sim.spec)
-        res.admitted, res.reason = decision.admitted, decision.reason
-        if not decision.admitted:
-            return
+        if admit_all:
+            scheduler.admission.ensure(res.session_id, sim.spec)
+            res.admitted, res.reason = True, "admitted without a check"
+        else:
+            decision = scheduler.admission.check(res.session_id, sim.spec)
+            res.admitted, res.reason = decision.admitted, decision.reason
+            if not decision.admitted:
+                return
         inboxes[res.session_id] = SimInbox(audio_inbox_size if sim.spec.lane == "voice" else inbox_size)
         heapq.heappush(arrivals, (sim.start + sim.phase, i, 0))
         pieces = sim.join_pieces if scheduler.stall_free else (

@@ -30,6 +30,7 @@ from streamserve.core.frames import AudioChunk, Media, VideoFrame
 from streamserve.core.plan import Batch, WorkItem
 from streamserve.engine import Engine
 from streamserve.metrics import Metrics
+from streamserve.pipelines.base import Pipeline
 from streamserve.qos import Qos, build_spec, params_for_tier
 from streamserve.schedulers import Join, SessionSpec, SloScheduler, Tier
 from streamserve.session import Session
@@ -45,40 +46,19 @@ class SloGate:
         self.metrics = metrics
         self._specs: dict[str, SessionSpec] = {}
         self._profiles: dict[str, concurrent.futures.Future[Any]] = {}
+        self._default_specs: dict[str, SessionSpec] = {}
 
     # --- the warm-up profile --------------------------------------------------------------------
     def profile(self, name: str, sizes: tuple[int, ...] = (1, 2, 4, 8), reps: int = 3) -> dict[int, float]:
-        """Engine thread: measure the pipeline's step time at its default shape for a few batch
-        sizes (throwaway sessions, synthetic input; median of `reps` after one warm step) and seed
-        the cost model with it. Runs at server start for the default pipeline and before the first
-        session of any other. Returns seconds by batch size."""
+        """Engine thread: measure the pipeline's step time at its default shape (`measure_profile`)
+        and seed the cost model with it. Runs at server start for the default pipeline and before
+        the first session of any other. Returns seconds by batch size."""
         pipe = self.engine.pipeline(name)
         params = type(pipe).Params()
         spec = build_spec(pipe, name, params, Qos(), SessionConfig())
-        cap = self.scheduler.max_batch
-        wanted = sorted({min(n, cap) for n in sizes})
-        ids: list[str] = []
-        try:
-            for i in range(max(wanted)):
-                sid = f"__profile{i}__"
-                try:
-                    pipe.open_session(sid, params)
-                except ValueError:  # the pipeline holds fewer sessions: profile what fits
-                    break
-                ids.append(sid)
-            seconds: dict[int, float] = {}
-            for n in (n for n in wanted if n <= len(ids)):
-                times = []
-                for r in range(reps + 1):
-                    units = [synthetic_unit(spec, r) for _ in range(n)]
-                    batch = Batch(name, tuple(WorkItem(sid, u) for sid, u in zip(ids, units, strict=False)))
-                    t0 = time.perf_counter()
-                    pipe.step(batch)
-                    times.append(time.perf_counter() - t0)
-                seconds[n] = statistics.median(times[1:])
-        finally:
-            for sid in ids:
-                pipe.close_session(sid)
+        sizes = tuple(sorted({min(n, self.scheduler.max_batch) for n in sizes}))
+        self._default_specs[name] = spec
+        seconds = measure_profile(pipe, name, params, spec, sizes, reps)
         if seconds:
             self.scheduler.cost.seed(name, spec.shape, seconds)
             log.info("cost profile of %s at %s: %s", name, spec.shape.key,
@@ -156,6 +136,18 @@ class SloGate:
             return params
         return params_for_tier(params, spec, self.admission.tier(session.id))
 
+    def capacity(self) -> dict[str, Any]:
+        """Headroom for one more default session of each profiled pipeline, tiers, the cost profile."""
+        load = self.admission.load()
+        headroom = {}
+        for name, spec in self._default_specs.items():
+            room = self.admission.headroom(spec)
+            headroom[name] = {"more_sessions": room.more_sessions, "spec": {"fps": spec.fps, **spec.shape.to_dict()}}
+        return {"scheduler": "slo", "admission": True, "utilization": round(load.utilization, 4),
+                "max_utilization": self.admission.config.max_utilization, "headroom": headroom,
+                "sessions": {sid: self.scheduler.tier_info(sid) for sid in self.admission.levels()},
+                "cost_model_error": self.scheduler.cost.errors(), "profile": self.scheduler.cost.to_dict()}
+
     def info(self, session_id: str, admitted: str) -> dict[str, Any] | None:
         """The session's tier and why, for its stats (and the demo page's overlay)."""
         tier = self.scheduler.tier_info(session_id)
@@ -170,3 +162,32 @@ def synthetic_unit(spec: SessionSpec, i: int) -> Media:
     w, h = spec.shape.width or 64, spec.shape.height or 64
     pixels = np.full((h, w, 3), 128, np.uint8)  # [H, W, 3]
     return VideoFrame(pixels, i * 3000, 0.0, 1e9)
+
+
+def measure_profile(pipe: Pipeline, name: str, params: Any, spec: SessionSpec, sizes: tuple[int, ...],
+                    reps: int = 3) -> dict[int, float]:
+    """Step time of `pipe` for each batch size in `sizes`: throwaway sessions, synthetic input,
+    the median of `reps` steps after one warm step. Sizes beyond the sessions the pipeline can
+    hold are left out."""
+    ids: list[str] = []
+    seconds: dict[int, float] = {}
+    try:
+        for i in range(max(sizes)):
+            sid = f"__profile{i}__"
+            try:
+                pipe.open_session(sid, params)
+            except ValueError:  # the pipeline holds fewer sessions: profile what fits
+                break
+            ids.append(sid)
+        for n in (n for n in sizes if n <= len(ids)):
+            times = []
+            for r in range(reps + 1):
+                batch = Batch(name, tuple(WorkItem(sid, synthetic_unit(spec, r)) for sid in ids[:n]))
+                t0 = time.perf_counter()
+                pipe.step(batch)
+                times.append(time.perf_counter() - t0)
+            seconds[n] = statistics.median(times[1:])
+    finally:
+        for sid in ids:
+            pipe.close_session(sid)
+    return seconds

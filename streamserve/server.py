@@ -7,6 +7,7 @@ One port serves the demo page, health and metrics, the session API, and every tr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -114,6 +115,16 @@ def create_app(config: ServerConfig | None = None,
             except Exception:
                 log.exception("pipeline %r cannot be described; leaving it out of /v1/pipelines", name)
         return listed
+
+    @app.get("/v1/capacity", tags=["ops"])
+    async def capacity() -> dict[str, Any]:
+        """What this engine still holds (docs/serving.md): predicted utilization, headroom in sessions
+        of the default pipeline at its defaults, each session's tier, and the learned cost profile
+        (`streamserve plan --profile` reads it)."""
+        gate = manager.gate
+        if gate is None:
+            return {"scheduler": config.scheduler, "admission": False}
+        return await asyncio.to_thread(gate.capacity)
 
     @app.get("/v1/sessions", tags=["sessions"])
     async def list_sessions() -> list[dict[str, Any]]:

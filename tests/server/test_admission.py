@@ -93,6 +93,10 @@ async def test_the_n_plus_first_session_is_refused_and_the_first_n_keep_their_ra
             resp = await http.post("/v1/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer",
                                                              "pipeline": "slowpass", "params": QOS})
             metrics = (await http.get("/metrics")).text
+            capacity = (await http.get("/v1/capacity")).json()
+        assert capacity["utilization"] == pytest.approx(0.85, abs=0.05)
+        assert capacity["headroom"]["slowpass"]["more_sessions"] == 0
+        assert len(capacity["sessions"]) == 3 and "slowpass" in capacity["profile"]
         await pc.close()
         assert resp.status_code == 503 and resp.headers["retry-after"] == "5"
         body: dict[str, Any] = resp.json()
