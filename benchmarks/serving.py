@@ -12,6 +12,8 @@ server runs in a subprocess (its own torch threads), the clients in this one.
 - **P3 overload** at 150% of capacity: a FIFO server that never drops (StreamDiffusionV2's demo
   policy; inbox 64 frames) vs ours: p99 ratio (goal >= 10x), ours <= deadline, every admitted session
   at its tier's frame rate, refused ones told why.
+- **joins**: 2 sessions stream at 10 fps while 5 more open, stall-free (ours) vs opened in one
+  blocking call: the live sessions' frames not delivered on time.
 - **planner**: `streamserve plan`'s capacity and p99 from the server's own cost profile, against
   the capacity and p99 measured by adding sessions (admission off) until < 99% of frames are on time.
 
@@ -89,6 +91,8 @@ def serve(args: argparse.Namespace) -> None:
         gate.admission.config = type(gate.admission.config)(max_utilization=1.0, restore_utilization=0.5,
                                                             max_batch=args.max_batch)
         gate.admission.check = lambda sid, spec, _a=gate.admission: _admit_all(_a, sid, spec)
+    if args.blocking_joins:  # open sessions in one piece, at once (a server without stall-free joins)
+        app.state.manager.scheduler.stall_free = False
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
@@ -107,11 +111,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(gpu: bool, scheduler: str = "slo", max_batch: int = 8, no_admission: bool = False,
-                   inbox_size: int = 2) -> Iterator[str]:
+                   inbox_size: int = 2, blocking_joins: bool = False) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--port", str(port), "--scheduler", scheduler,
            "--max-batch", str(max_batch), "--inbox-size", str(inbox_size)]
-    cmd += ["--gpu"] * gpu + ["--no-admission"] * no_admission
+    cmd += ["--gpu"] * gpu + ["--no-admission"] * no_admission + ["--blocking-joins"] * blocking_joins
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -236,6 +240,25 @@ def measure(url: str, n: int, size: int, seconds: float, params: dict[str, Any] 
     return asyncio.run(clients(url, n, size, 30.0, seconds, params=params))
 
 
+def joins(url: str, size: int, seconds: float, live: int = 2, joining: int = 5, fps: float = 10.0) -> dict[str, Any]:
+    """`live` sessions stream while `joining` more open one after another (0.5 s apart) during the
+    measured window: the live sessions' frames not delivered on time are the joins' stall."""
+    params = {"width": size, "height": size, "degrade": [], "fps": fps}
+
+    async def go() -> list[dict[str, Any]]:
+        warmup = 3.0
+        return list(await asyncio.gather(
+            *(one_client(url, size, fps, seconds, 0.0, warmup, params) for _ in range(live)),
+            *(one_client(url, size, fps, max(1.0, seconds - 0.5 * i - 1.0), warmup + 0.5 + 0.5 * i, 0.0, params)
+              for i in range(joining))))
+
+    got = asyncio.run(go())
+    old = got[:live]
+    return {"live_sent": sum(r["sent"] for r in old), "live_missed": sum(r["sent"] - r["on_time"] for r in old),
+            "live_p99_ms": 1000 * percentile([v for r in old for v in r["latencies"]], 99),
+            "joined": sum(1 for r in got[live:] if r["admitted"])}
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -258,6 +281,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if sweep[n]["goodput"] < 0.99 and n >= 2:
                 break
         res["sweep"] = sweep
+    for blocking in (False, True):
+        with running_server(gpu, no_admission=True, blocking_joins=blocking) as url:
+            print(f"joins: 2 live sessions at 10 fps while 5 join ({'blocking' if blocking else 'stall-free'}) ...",
+                  flush=True)
+            res["joins_blocking" if blocking else "joins_ours"] = joins(url, size, secs)
     with running_server(gpu) as url:
         print("P2: 4 sessions, ours ...", flush=True)
         res["p2_ours"] = measure(url, 4, size, secs, {"width": size, "height": size})
@@ -325,6 +353,10 @@ def table(res: dict[str, Any]) -> str:
                          f"{s['on_time'] / max(1, s['received']):.1%} of outputs on time; {s['reason']}")
         else:
             lines.append(f"- session {i}: refused ({s['code']}, limit {s['limit']}): {s['reason']}")
+    jo, jb = res["joins_ours"], res["joins_blocking"]
+    lines += ["", "| 5 sessions join 2 live ones (10 fps each) | live frames missed | live p99 |", "|---|---|---|",
+              f"| stall-free (ours) | {jo['live_missed']} of {jo['live_sent']} | {jo['live_p99_ms']:.0f} ms |",
+              f"| opened in one blocking call | {jb['live_missed']} of {jb['live_sent']} | {jb['live_p99_ms']:.0f} ms |"]
     plan = res["plan"]
     sweep = res["sweep"]
     cap = res["measured_capacity"]
@@ -357,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-utilization", type=float, default=0.9, help=argparse.SUPPRESS)
     parser.add_argument("--inbox-size", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--no-admission", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--blocking-joins", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args)

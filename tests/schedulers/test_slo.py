@@ -140,3 +140,22 @@ def test_holding_a_batch_forms_full_batches_from_staggered_clients() -> None:
     assert held.latency_percentile(99) == pytest.approx(0.024 + 0.030, abs=0.002)
     greedy = simulate(sessions, fake, scheduler(seeded(fake), hold=False), duration=4.0, warmup=1.0)
     assert greedy.on_time_fps() < held.on_time_fps()
+
+
+def test_priority_decides_who_keeps_quality_under_overload() -> None:
+    """5 sessions let in over capacity (U = 30 * 0.035 = 1.05): the policy lowers priority-0
+    sessions one rung at a time, spread (never the same one twice while another is untouched), and
+    stops as soon as it fits: two at 15 fps give 15 * 0.035 + 15 * 0.025 = 0.9. The priority-5
+    session never moves and never misses."""
+    fake = Affine(0.010, 0.005)
+    sched = scheduler(seeded(fake))
+    priorities = [0, 5, 0, 0, 0]
+    sessions = [SimSession(SessionSpec("video", S256, priority=p), phase=i * 0.006) for i, p in enumerate(priorities)]
+    result = simulate(sessions, fake, sched, duration=12.0, admit_all=True)
+    vip = result.sessions[1]
+    assert levels(result, "s1") == [0] and vip.expired == vip.late == 0
+    lowered = [sched.admission.tier(f"s{i}").level for i in (0, 2, 3, 4)]
+    assert sorted(lowered) == [0, 0, 1, 1]
+    assert sched.admission.load().fits(0.9)
+    tail = simulate(sessions, fake, scheduler(seeded(fake)), duration=12.0, admit_all=True, warmup=6.0)
+    assert tail.goodput() >= 0.99  # once settled, >= 99% of the offered frames on time
