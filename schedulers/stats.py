@@ -34,6 +34,13 @@ class SloStats:
         self.tier_changes[(pipeline, direction)] += 1
 
     def snapshot(self) -> dict[str, Any]:
-        return {"units": dict(self.units), "late": dict(self.late), "expired": dict(self.expired),
-                "queue_s": dict(self.queue_s), "compute_s": dict(self.compute_s),
-                "tier_changes": dict(self.tier_changes), "cost_error": dict(self.cost_error)}
+        """Copies of every counter. Called from another thread: a copy that races with the engine
+        thread adding a key (a new pipeline) is retried."""
+        for _ in range(10):
+            try:
+                return {"units": dict(self.units), "late": dict(self.late), "expired": dict(self.expired),
+                        "queue_s": dict(self.queue_s), "compute_s": dict(self.compute_s),
+                        "tier_changes": dict(self.tier_changes), "cost_error": dict(self.cost_error)}
+            except RuntimeError:  # dictionary changed size during iteration
+                continue
+        return {k: {} for k in ("units", "late", "expired", "queue_s", "compute_s", "tier_changes", "cost_error")}

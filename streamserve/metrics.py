@@ -97,7 +97,7 @@ class SchedulerCollector(Collector):
         self._scheduler = scheduler
 
     def collect(self) -> Iterator[Metric]:
-        snap = self._scheduler.stats.snapshot()
+        snap = self._scheduler.stats.snapshot()  # copies; the engine thread may add a key meanwhile
         tiers = CounterMetricFamily("streamserve_tier_changes", "Session tier changes by the degradation "
                                     "policy", labels=["pipeline", "direction"])
         for (pipeline, direction), n in snap["tier_changes"].items():
