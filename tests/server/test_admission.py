@@ -92,6 +92,8 @@ async def test_the_n_plus_first_session_is_refused_and_the_first_n_keep_their_ra
         async with httpx.AsyncClient(base_url=slow_server.url, timeout=20) as http:
             resp = await http.post("/v1/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer",
                                                              "pipeline": "slowpass", "params": QOS})
+            whip = await http.post("/whip/cam1?pipeline=slowpass&fps=10&degrade=none",
+                                   content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"})
             metrics = (await http.get("/metrics")).text
             capacity = (await http.get("/v1/capacity")).json()
         assert capacity["utilization"] == pytest.approx(0.85, abs=0.05)
@@ -102,7 +104,9 @@ async def test_the_n_plus_first_session_is_refused_and_the_first_n_keep_their_ra
         body: dict[str, Any] = resp.json()
         assert body["error"] == "over_capacity" and body["limit"] == "utilization"
         assert "predicted device utilization" in body["reason"] and "3 live session(s)" in body["reason"]
-        assert 'streamserve_admission_refusals_total{limit="utilization",pipeline="slowpass"} 2.0' in metrics
+        assert whip.status_code == 503 and whip.headers["retry-after"] == "5"
+        assert whip.json()["error"] == "over_capacity"
+        assert 'streamserve_admission_refusals_total{limit="utilization",pipeline="slowpass"} 3.0' in metrics
         # The admitted three keep their rate: every frame sent comes back (10 fps each).
         results = await asyncio.gather(*(stream(c, 3.0) for c in clients))
         for sent, got in results:
