@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from streamserve.core.frames import MediaKind
@@ -61,6 +62,18 @@ class Pipeline(abc.ABC):
 
     def warmup(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Load weights and run a first forward so the first session does not pay for it."""
+
+    def work_shape(self, params: Any) -> dict[str, Any]:
+        """What one step of a session with `params` asks of the device, for the cost model and the
+        degradation tiers: any of ``width``, ``height`` (the resolution it renders, defaults
+        resolved), ``steps``, ``stream_batch``, ``audio_ms``, and ``min_size``/``size_multiple``
+        (the smallest resolution and the multiple a lower tier may use). Empty: no such knobs."""
+        return {}
+
+    def open_pieces(self, session_id: str, params: Any) -> list[tuple[str, Callable[[], None]]]:
+        """Opening a session as named pieces the scheduler runs between other sessions' steps (each
+        short; same names = same cost class). Default: one piece, `open_session`."""
+        return [("open", lambda: self.open_session(session_id, params))]
 
     @abc.abstractmethod
     def open_session(self, session_id: str, params: Any) -> None:

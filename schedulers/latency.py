@@ -24,6 +24,12 @@ class LatencyModel:
         old = table.get(batch_size)
         table[batch_size] = seconds if old is None else old + self.alpha * (seconds - old)
 
+    def reset(self, pipeline: str, batch_size: int, seconds: float) -> None:
+        """Set the mean for a batch size outright (a warm-up profile), forgetting earlier samples."""
+        if batch_size < 1 or seconds < 0:
+            raise ValueError(f"need batch_size >= 1 and seconds >= 0, got {batch_size} and {seconds}")
+        self._mean.setdefault(pipeline, {})[batch_size] = seconds
+
     def predict(self, pipeline: str, batch_size: int) -> float | None:
         """Estimated seconds for a batch, or None before anything was measured for `pipeline`."""
         table = self._mean.get(pipeline)

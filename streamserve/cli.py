@@ -1,4 +1,4 @@
-"""Command line: `streamserve serve`, `streamserve bench`, `streamserve client`."""
+"""Command line: `streamserve serve`, `streamserve bench`, `streamserve client`, `streamserve plan`."""
 
 from __future__ import annotations
 
@@ -93,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             tokens=_tokens(args), ice_servers=tuple(args.ice_server or ()), model=args.model,
             session=session, viewer_tokens=_viewer_tokens(args), limits=_limits(args),
             turn_username=turn_username, turn_credential=turn_credential,
+            scheduler=args.scheduler, max_utilization=args.max_utilization,
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
@@ -119,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(create_app(config), config)
 
 
-BENCHMARKS = ("transport", "video", "attention")
+BENCHMARKS = ("transport", "video", "attention", "serving")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -136,6 +137,12 @@ def _client(args: argparse.Namespace) -> int:
     from streamserve.client import main_client
 
     return main_client(args)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from streamserve.planner import main_plan
+
+    return main_plan(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,10 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=8)
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,
                        help="per-frame deadline after arrival (default 250)")
+    serve.add_argument("--scheduler", default="slo", choices=["slo", "edf", "fifo"],
+                       help="slo: admission + degradation tiers (docs/serving.md); edf, fifo: baselines")
+    serve.add_argument("--max-utilization", type=float, default=0.9,
+                       help="admit sessions while the device's predicted busy fraction stays under this")
     limits = serve.add_argument_group("limits", "each also STREAMSERVE_<NAME> (e.g. STREAMSERVE_HEADER_TIMEOUT_S)")
     for name, text in LIMIT_FLAGS.items():
         limits.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=text)
     serve.set_defaults(func=_serve)
+
+    from streamserve.planner import add_plan_arguments
+
+    plan = sub.add_parser("plan", help="capacity planner: sessions per device, p99, behaviour at 150%% load")
+    add_plan_arguments(plan)
+    plan.set_defaults(func=_plan)
 
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
     bench.add_argument("name", choices=BENCHMARKS)

@@ -80,6 +80,10 @@ class Engine:
                 log.error("engine thread did not stop within %.1f s", timeout)
 
     @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -123,8 +127,9 @@ class Engine:
         try:
             while not self._stopping.is_set():
                 self._run_calls()
-                if not self._step_once():
-                    self._wake.wait(self._idle_wait_s)
+                idle_for = self._step_once()
+                if idle_for is not None:
+                    self._wake.wait(idle_for)
                     self._wake.clear()
         except Exception:
             log.exception("engine loop crashed")
@@ -148,11 +153,11 @@ class Engine:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(RuntimeError("the engine has stopped"))
 
-    def _step_once(self) -> bool:
-        """Run one plan. Returns False when there was nothing to do."""
+    def _step_once(self) -> float | None:
+        """Run one plan. Returns None if it did work, else how long to sleep (new input wakes sooner)."""
         plan = self.scheduler.schedule(self._clock.now())
-        if plan.empty and not plan.expired:
-            return False
+        if plan.empty and not plan.expired and not plan.skipped and not plan.chores:
+            return self._idle_for(plan.wake_at)
         outputs: list[StepOutput] = []
         elapsed: dict[str, float] = {}
         for batch in plan.batches:
@@ -161,10 +166,27 @@ class Engine:
             elapsed[batch.pipeline] = time.perf_counter() - t0
             if self._observer:
                 self._observer.step_done(batch.pipeline, batch.size, elapsed[batch.pipeline])
+        for chore in plan.chores:
+            t0 = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                chore.run()
+            except Exception as exc:  # handed to the chore's owner (e.g. a session open that failed)
+                error = exc
+            elapsed[chore.key] = elapsed.get(chore.key, 0.0) + time.perf_counter() - t0
+            try:
+                chore.done(error)
+            except Exception:
+                log.exception("chore callback for %s failed", chore.session_id)
         self.scheduler.update(plan, outputs, elapsed)
         self.steps += 1
-        self._deliver(outputs, plan.expired)
-        return not plan.empty
+        self._deliver(outputs, plan.expired + plan.skipped)
+        return None if (plan.batches or plan.chores) else self._idle_for(plan.wake_at)
+
+    def _idle_for(self, wake_at: float | None) -> float:
+        if wake_at is None:
+            return self._idle_wait_s
+        return min(self._idle_wait_s, max(0.0, wake_at - self._clock.now()))
 
     def _run_batch(self, batch: Batch) -> list[StepOutput]:
         """Run a batch; if it raises, run its items one by one so only the failing session ends."""

@@ -21,13 +21,36 @@ from streamserve.core.errors import InvalidParams, SessionLimitReached, SessionN
 from streamserve.core.params import parse_params
 from streamserve.core.plan import StepOutput, WorkItem
 from streamserve.engine import Engine
+from streamserve.gate import SloGate
 from streamserve.metrics import Metrics
 from streamserve.pipelines import registry
 from streamserve.pipelines.base import Pipeline
-from streamserve.schedulers import EDFScheduler
+from streamserve.qos import split_qos
+from streamserve.schedulers import (
+    Admission,
+    AdmissionConfig,
+    CostModel,
+    EDFScheduler,
+    FifoScheduler,
+    Scheduler,
+    SloScheduler,
+)
 from streamserve.session import Session
 
 log = logging.getLogger(__name__)
+
+
+def make_scheduler(config: ServerConfig) -> Scheduler:
+    """The server's scheduler: `slo` (docs/serving.md), or a baseline (`edf`, `fifo`: no admission)."""
+    if config.scheduler == "edf":
+        return EDFScheduler(max_batch=config.max_batch)
+    if config.scheduler == "fifo":
+        return FifoScheduler(max_batch=config.max_batch)
+    cost = CostModel()
+    admission = Admission(cost, AdmissionConfig(max_utilization=config.max_utilization,
+                                                restore_utilization=0.7 * config.max_utilization / 0.9,
+                                                max_batch=config.max_batch, retry_after_s=config.retry_after_s))
+    return SloScheduler(cost, admission, max_batch=config.max_batch, inbox_size=config.session.inbox_size)
 
 
 class SessionManager:
@@ -41,14 +64,19 @@ class SessionManager:
         self._opening = 0  # slots reserved by opens still awaiting the engine (see _reserve_slot)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self.scheduler = make_scheduler(config)
         self.engine = Engine(
-            EDFScheduler(max_batch=config.max_batch),
+            self.scheduler,
             self._create_pipeline,
             self._deliver_threadsafe,
             device=config.device,
             clock=clock,
             observer=self.metrics,
         )
+        self.gate = SloGate(self.engine, self.scheduler, self.metrics) \
+            if isinstance(self.scheduler, SloScheduler) else None
+        if isinstance(self.scheduler, SloScheduler):
+            self.metrics.watch_scheduler(self.scheduler)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self, warm: bool = True) -> None:
@@ -58,6 +86,8 @@ class SessionManager:
         if warm:
             fut = self.engine.call(lambda: self.engine.pipeline(self.config.pipeline).warmup())
             fut.add_done_callback(self._log_warmup)
+        if warm and self.gate is not None:  # seed the cost model before the first session asks
+            self.gate.ensure_profile(self.config.pipeline).add_done_callback(self._log_warmup)
 
     def _log_warmup(self, fut: Any) -> None:
         if fut.exception() is not None:
@@ -108,6 +138,7 @@ class SessionManager:
 
     async def _open(self, name: str, cls: Any, params: Mapping[str, Any] | None, *, source: str,
                     stream: str | None) -> Session:
+        qos, params = split_qos(params)
         parsed: Any = parse_params(cls.Params, params)
         session = Session(
             name, cls.Params, parsed, inputs=cls.inputs, config=self.config.session, source=source,
@@ -117,7 +148,10 @@ class SessionManager:
         if stream is not None:
             self._streams[stream] = session.id
         try:
-            await asyncio.wrap_future(self.engine.call(lambda: self._open_on_engine(session)))
+            if self.gate is not None:
+                await self.gate.open(session, qos)  # admission (503 OverCapacity) + a stall-free join
+            else:
+                await asyncio.wrap_future(self.engine.call(lambda: self._open_on_engine(session)))
         except ValueError as exc:
             self._release_stream(session)
             if isinstance(exc, InvalidParams):
@@ -161,6 +195,8 @@ class SessionManager:
         self._release_stream(session)
         session.close(reason)
         self.metrics.active_sessions.labels(session.pipeline).dec()
+        if self.gate is not None:
+            self.gate.forget(session_id)
 
         def _close_on_engine() -> None:
             self.engine.scheduler.remove(session_id)
@@ -175,7 +211,8 @@ class SessionManager:
     async def _on_update(self, session: Session, params: Any) -> None:
         """Apply `params` on the engine thread; the pipeline's ValueError becomes InvalidParams."""
         def apply() -> None:
-            self.engine.pipeline(session.pipeline).update_params(session.id, params)
+            tiered = self.gate.pipeline_params(session, params) if self.gate is not None else params
+            self.engine.pipeline(session.pipeline).update_params(session.id, tiered)
 
         fut: concurrent.futures.Future[None] = self.engine.call(apply)
         try:
@@ -195,7 +232,7 @@ class SessionManager:
         for item in expired:
             session = self._sessions.get(item.session_id)
             if session is not None:
-                session.count_dropped("expired")
+                session.count_dropped(item.media.meta.get("dropped", "expired"))  # "tier": a lower frame rate
         for out in outputs:
             session = self._sessions.get(out.session_id)
             if session is None:

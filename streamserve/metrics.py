@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from streamserve.core.frames import MediaKind
+from streamserve.schedulers import SloScheduler
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -38,10 +43,23 @@ class Metrics:
                                       registry=r)
         self.session_errors = Counter("streamserve_session_errors", "Sessions ended by an error",
                                       ["pipeline"], registry=r)
+        self.admissions = Counter("streamserve_admissions", "Sessions admitted, by how (none: at the "
+                                  "requested tier; degraded; preempted)", ["pipeline", "how"], registry=r)
+        self.admission_refusals = Counter("streamserve_admission_refusals", "Sessions refused for capacity, "
+                                          "by the limit that bound", ["pipeline", "limit"], registry=r)
+        self.frames_on_time = Counter("streamserve_frames_on_time", "Outputs delivered by their deadline",
+                                      ["pipeline", "kind"], registry=r)
+        self.goodput = Gauge("streamserve_goodput", "Units on time / units offered (received), since start",
+                             ["pipeline", "kind"], registry=r)
+        self._offered: dict[tuple[str, str], int] = {}
+        self._on_time: dict[tuple[str, str], int] = {}
 
     # SessionObserver
     def media_in(self, pipeline: str, kind: MediaKind) -> None:
         self.frames_in.labels(pipeline, str(kind)).inc()
+        key = (pipeline, str(kind))
+        self._offered[key] = self._offered.get(key, 0) + 1
+        self.goodput.labels(*key).set(self._on_time.get(key, 0) / self._offered[key])
 
     def media_dropped(self, pipeline: str, reason: str, count: int = 1) -> None:
         self.dropped.labels(pipeline, reason).inc(count)
@@ -52,12 +70,56 @@ class Metrics:
             self.latency.labels(pipeline).observe(latency_s)
         if missed:
             self.deadline_misses.labels(pipeline).inc()
+        else:
+            key = (pipeline, str(kind))
+            self.frames_on_time.labels(*key).inc()
+            self._on_time[key] = self._on_time.get(key, 0) + 1
+            self.goodput.labels(*key).set(self._on_time[key] / max(1, self._offered.get(key, 0)))
 
     # EngineObserver
     def step_done(self, pipeline: str, batch_size: int, seconds: float) -> None:
         self.step_latency.labels(pipeline).observe(seconds)
         self.batch_size.labels(pipeline).observe(batch_size)
 
+    def watch_scheduler(self, scheduler: SloScheduler) -> None:
+        """Report the SLO scheduler's own figures (read when /metrics is scraped)."""
+        self.registry.register(SchedulerCollector(scheduler))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+
+
+class SchedulerCollector(Collector):
+    """Tier changes, cost-model error, queueing delay vs compute, units late, predicted utilization."""
+
+    def __init__(self, scheduler: SloScheduler) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._scheduler.stats.snapshot()  # copies; the engine thread may add a key meanwhile
+        tiers = CounterMetricFamily("streamserve_tier_changes", "Session tier changes by the degradation "
+                                    "policy", labels=["pipeline", "direction"])
+        for (pipeline, direction), n in snap["tier_changes"].items():
+            tiers.add_metric([pipeline, direction], n)
+        yield tiers
+        err = GaugeMetricFamily("streamserve_cost_model_error", "Mean absolute relative error of the cost "
+                                "model's step-time predictions (running)", labels=["pipeline"])
+        for pipeline, e in snap["cost_error"].items():
+            err.add_metric([pipeline], e)
+        yield err
+        for name, key, doc in (
+            ("streamserve_queue_delay_seconds", "queue_s", "Total seconds units waited before their batch began"),
+            ("streamserve_compute_seconds", "compute_s", "Total seconds of the batches units ran in, per unit"),
+            ("streamserve_units_scheduled", "units", "Units run by the scheduler"),
+            ("streamserve_units_late", "late", "Units run that finished after their deadline"),
+            ("streamserve_units_expired", "expired", "Units dropped because they could no longer make it"),
+        ):
+            fam = CounterMetricFamily(name, doc, labels=["pipeline"])
+            for pipeline, v in snap[key].items():
+                fam.add_metric([pipeline], v)
+            yield fam
+        util = GaugeMetricFamily("streamserve_predicted_utilization", "The cost model's predicted busy "
+                                 "fraction of the device at the sessions' current tiers")
+        util.add_metric([], self._scheduler.admission.load().utilization)
+        yield util

@@ -7,6 +7,7 @@ One port serves the demo page, health and metrics, the session API, and every tr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -83,8 +84,7 @@ def create_app(config: ServerConfig | None = None,
 
     @app.exception_handler(StreamserveError)
     async def _streamserve_error(request: Request, exc: StreamserveError) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'Bearer realm="streamserve"'} if exc.status == 401 else None
-        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers())
 
     app.add_middleware(BodyLimit, limits=config.limits)  # 413 while the body streams in, before buffering
     for transport in built:
@@ -119,6 +119,16 @@ def create_app(config: ServerConfig | None = None,
             except Exception:
                 log.exception("pipeline %r cannot be described; leaving it out of /v1/pipelines", name)
         return listed
+
+    @app.get("/v1/capacity", tags=["ops"])
+    async def capacity() -> dict[str, Any]:
+        """What this engine still holds (docs/serving.md): predicted utilization, headroom in sessions
+        of the default pipeline at its defaults, each session's tier, and the learned cost profile
+        (`streamserve plan --profile` reads it)."""
+        gate = manager.gate
+        if gate is None:
+            return {"scheduler": config.scheduler, "admission": False}
+        return await asyncio.to_thread(gate.capacity)
 
     @app.get("/v1/sessions", tags=["sessions"])
     async def list_sessions(request: Request) -> list[dict[str, Any]]:

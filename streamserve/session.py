@@ -214,6 +214,7 @@ class Session:
         self.latency = LatencyWindow()
         self.close_reason: str | None = None
         self._closed_event = asyncio.Event()
+        self.slo_info: Callable[[], dict[str, Any] | None] | None = None  # tier and why (SLO scheduler)
 
     # --- identity -------------------------------------------------------------------------------
     @property
@@ -334,6 +335,8 @@ class Session:
             "latency_ms": {"p50": ms(self.latency.percentile(50)), "p95": ms(self.latency.percentile(95)),
                            "p99": ms(self.latency.percentile(99))},
             "params": self.params_dict(),
+            "dropped_tier": c["dropped_tier"],
+            "slo": self.slo_info() if self.slo_info is not None else None,
         }
 
     def close(self, reason: str) -> bool:

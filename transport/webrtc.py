@@ -70,8 +70,7 @@ class WebRTCTransport:
             return await self._answer(body)
         except StreamserveError as exc:
             log.info("webrtc offer rejected: %s", exc)
-            headers = {"WWW-Authenticate": 'Bearer realm="streamserve"'} if exc.status == 401 else None
-            return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+            return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers())
 
     async def _answer(self, request: OfferRequest) -> OfferAnswer:
         offer = await read_offer(request.sdp)

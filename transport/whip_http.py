@@ -112,7 +112,7 @@ def check_token(request: Request, tokens: tuple[str, ...]) -> None:
 
 def error_response(exc: StreamserveError, extra: dict[str, str] | None = None) -> Response:
     """The error as JSON (`{"error": code, "message": ...}`) with the right status and headers."""
-    headers = {**CORS_HEADERS, **(extra or {})}
+    headers = {**CORS_HEADERS, **exc.headers(), **(extra or {})}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="streamserve"'
     return Response(json.dumps(exc.to_dict()), status_code=exc.status, media_type="application/json",

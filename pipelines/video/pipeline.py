@@ -149,6 +149,29 @@ class VideoDiffusionPipeline(Pipeline):
         finally:
             self.close_session(sid)
 
+    def work_shape(self, params: Any) -> dict[str, Any]:
+        d, p = self.loaded.defaults, params
+        return {"width": p.width or d.width, "height": p.height or d.height, "steps": p.num_steps,
+                "stream_batch": p.stream_batch, "min_size": d.min_size, "size_multiple": PATCH_PIXELS}
+
+    def open_pieces(self, session_id: str, params: Any) -> list[tuple[str, Callable[[], None]]]:
+        """Two pieces the scheduler runs between other sessions' steps: check + prompt encoding (a
+        real text encoder is the expensive part), then the session's KV slot and noise."""
+        ready: dict[str, Any] = {}
+
+        def encode() -> None:
+            if session_id in self._sessions:
+                raise ValueError(f"session {session_id!r} is already open")
+            checked = self._check(params)
+            prompt = PromptBlend(self.dit, self.loaded.prompts.encode(self._prompt_for(checked)))
+            prompt.text = checked.prompt_text()
+            ready.update(params=checked, prompt=prompt)
+
+        def allocate() -> None:
+            self._sessions[session_id] = self._new_state(session_id, ready["params"], prompt=ready["prompt"])
+
+        return [("prompt", encode), ("state", allocate)]
+
     def open_session(self, session_id: str, params: Any) -> None:
         if session_id in self._sessions:
             raise ValueError(f"session {session_id!r} is already open")

@@ -4,6 +4,7 @@ from streamserve.core.clock import Clock, FakeClock, MonotonicClock
 from streamserve.core.errors import (
     BadRequest,
     InvalidParams,
+    OverCapacity,
     SessionClosed,
     SessionLimitReached,
     SessionNotFound,
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidParams",
     "MediaKind",
     "MonotonicClock",
+    "OverCapacity",
     "SessionClosed",
     "SessionLimitReached",
     "SessionNotFound",

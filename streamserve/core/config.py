@@ -48,6 +48,9 @@ class ServerConfig:
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)
     viewer_tokens: tuple[str, ...] = ()  # required by WHEP and /view when set (admin tokens also work)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+    scheduler: str = "slo"  # slo (admission, tiers: docs/serving.md) | edf | fifo (baselines, no admission)
+    max_utilization: float = 0.9  # admission: the predicted busy fraction a device may be loaded to
+    retry_after_s: float = 5.0  # told to clients refused for capacity
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -62,6 +65,12 @@ class ServerConfig:
             raise ValueError(f"idle_timeout_s must be in [0.1, 600], got {self.idle_timeout_s}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.scheduler not in ("slo", "edf", "fifo"):
+            raise ValueError(f"scheduler must be slo, edf or fifo, got {self.scheduler!r}")
+        if not 0.05 <= self.max_utilization <= 1.0:
+            raise ValueError(f"max_utilization must be in [0.05, 1], got {self.max_utilization}")
+        if not 0 < self.retry_after_s <= 3600:
+            raise ValueError(f"retry_after_s must be in (0, 3600], got {self.retry_after_s}")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ValueError(f"ice server URLs start with stun:, turn: or turns:, got {url!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class StreamserveError(Exception):
     """Base class. `status` is the HTTP status, `code` the WebSocket/JSON error code."""
@@ -11,6 +13,10 @@ class StreamserveError(Exception):
 
     def to_dict(self) -> dict[str, object]:
         return {"error": self.code, "message": str(self)}
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers for the error response (e.g. Retry-After)."""
+        return {}
 
 
 class UnknownPipeline(StreamserveError, ValueError):
@@ -66,6 +72,28 @@ class SessionLimitReached(StreamserveError):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         super().__init__(f"the server is at its limit of {limit} concurrent sessions")
+
+
+class OverCapacity(StreamserveError):
+    """Admission refused a session: serving it would make sessions miss their deadlines.
+    `limit` names the bound (utilization, latency, voice_slack); `utilization` is the prediction."""
+
+    status = 503
+    code = "over_capacity"
+
+    def __init__(self, reason: str, limit: str, retry_after_s: float, utilization: float) -> None:
+        self.reason = reason
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.utilization = utilization
+        super().__init__(f"over capacity: {reason}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "limit": self.limit, "reason": self.reason,
+                "retry_after_s": self.retry_after_s, "predicted_utilization": round(self.utilization, 4)}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class SessionClosed(StreamserveError):

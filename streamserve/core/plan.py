@@ -8,6 +8,7 @@ scheduler state; it sees only the batch it is handed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from streamserve.core.frames import Media
 
@@ -45,13 +46,31 @@ class Batch:
         return tuple(item.session_id for item in self.items)
 
 
+@dataclasses.dataclass(eq=False, slots=True)
+class Chore:
+    """A piece of non-batch work on the engine thread (a slice of opening a session, a tier change),
+    planned by the scheduler between batches under a time budget. `run` does the piece; the engine
+    then calls `done(None)`, or `done(exc)` if it raised. The engine reports its seconds under `key`."""
+
+    session_id: str
+    key: str  # cost-model name, e.g. "video#join"
+    run: Callable[[], None]
+    done: Callable[[BaseException | None], None] = lambda exc: None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StepPlan:
-    """What the engine runs now. `expired` items missed their deadline before running: drop, count."""
+    """What the engine runs now. `expired` items missed their deadline before running: drop, count.
+    `skipped` items were left out on purpose (a session's tier runs at a lower frame rate). `chores`
+    run after the batches. With nothing to run, `wake_at` says when the scheduler wants to be asked
+    again (it is holding a batch open for frames about to arrive); new input wakes it sooner."""
 
     now: float
     batches: tuple[Batch, ...] = ()
     expired: tuple[WorkItem, ...] = ()
+    skipped: tuple[WorkItem, ...] = ()
+    chores: tuple[Chore, ...] = ()
+    wake_at: float | None = None
 
     @property
     def empty(self) -> bool:

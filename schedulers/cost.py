@@ -1,0 +1,194 @@
+"""The cost model: what one step of a pipeline costs, as a function of batch size and work shape.
+
+A `WorkShape` is what a session asks of its pipeline per step: resolution, denoising steps, stream
+batch (video) or audio chunk length (voice). For each (pipeline, shape) the model keeps a
+`LatencyModel` table (an exponentially weighted mean per batch size, interpolated between measured
+sizes, extrapolated linearly). A shape never measured is estimated from the nearest measured shape
+of the same pipeline, scaled by the ratio of their `work` (pixels x steps, or audio milliseconds):
+diffusion cost grows roughly with both.
+
+Seeded by a warm-up profile (`seed`, or `from_dict` of a saved profile), then learned online from
+every step the engine measures (`observe`): a per-pipeline *speed factor* follows the machine getting
+slower or faster (a noisy neighbour, thermal throttling) within a few steps, for every batch size
+and shape at once, while the tables learn the shape of the cost curve slowly, in the factor's units. Each observation first scores the prediction it replaces:
+`errors()` gives the running mean absolute relative error per pipeline, which /metrics reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from streamserve.schedulers.latency import LatencyModel
+
+DEFAULT_UNKNOWN_S = 0.010  # the guess for a pipeline never measured (admission then learns quickly)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkShape:
+    """Per-step work of one session. Zero width/height: the pipeline has no resolution knob."""
+
+    width: int = 0
+    height: int = 0
+    steps: int = 1
+    stream_batch: bool = False
+    audio_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.width < 0 or self.height < 0:
+            raise ValueError(f"width and height must be >= 0, got {self.width}x{self.height}")
+        if not 1 <= self.steps <= 64:
+            raise ValueError(f"steps must be in [1, 64], got {self.steps}")
+        if not 0.0 <= self.audio_ms <= 60_000:
+            raise ValueError(f"audio_ms must be in [0, 60000], got {self.audio_ms}")
+
+    @property
+    def work(self) -> float:
+        """Relative work units: pixels x steps for video, milliseconds for audio, else steps."""
+        if self.audio_ms:
+            return self.audio_ms
+        pixels = self.width * self.height if self.width and self.height else 1
+        return float(pixels * self.steps)
+
+    @property
+    def key(self) -> str:
+        sb = "sb" if self.stream_batch else "seq"
+        if self.audio_ms:
+            return f"audio{self.audio_ms:g}ms"
+        if self.width and self.height:
+            return f"{self.width}x{self.height}/{self.steps}st/{sb}"
+        return f"{self.steps}st/{sb}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class CostModel:
+    """Predicted seconds per batch of a pipeline; thread-compatible (one writer, the engine thread)."""
+
+    def __init__(self, alpha: float = 0.05, factor_alpha: float = 0.2, error_alpha: float = 0.05) -> None:
+        for name, value in (("factor_alpha", factor_alpha), ("error_alpha", error_alpha)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        self._table = LatencyModel(alpha)
+        self._factor: dict[str, float] = {}
+        self._factor_alpha = factor_alpha
+        self._shapes: dict[str, dict[str, WorkShape]] = {}  # pipeline -> shape key -> shape
+        self._error_alpha = error_alpha
+        self._error: dict[str, float] = {}
+        self._observations: dict[str, int] = {}
+
+    @staticmethod
+    def _name(pipeline: str, shape: WorkShape) -> str:
+        return f"{pipeline}|{shape.key}"
+
+    # --- learning -------------------------------------------------------------------------------
+    def seed(self, pipeline: str, shape: WorkShape, seconds_by_batch: Mapping[int, float]) -> None:
+        """Set measured (warm-up) step times for batch sizes of one shape, replacing what was there
+        (and resetting the pipeline's speed factor)."""
+        self._shapes.setdefault(pipeline, {})[shape.key] = shape
+        self._factor.pop(pipeline, None)
+        name = self._name(pipeline, shape)
+        for n, seconds in seconds_by_batch.items():
+            self._table.reset(name, int(n), float(seconds))
+
+    def observe(self, pipeline: str, shapes: Iterable[WorkShape], seconds: float) -> float | None:
+        """Learn from one measured batch (one shape per item). Returns the relative error of the
+        prediction made before this measurement (None when nothing was predicted yet)."""
+        groups = _group(shapes)
+        if not groups:
+            raise ValueError("a batch has at least one item")
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        known = pipeline in self._shapes
+        predicted = self.batch_cost(pipeline, [s for s, n in groups.items() for _ in range(n)]) if known else None
+        # The speed factor moves fast (the machine got slower or faster: every size and shape of
+        # this pipeline at once); the tables learn the rest, in the factor's units, more slowly.
+        factor = self._factor.get(pipeline, 1.0)
+        if predicted:
+            ratio = seconds / (predicted / factor)
+            factor += self._factor_alpha * (ratio - factor)
+            self._factor[pipeline] = factor
+        # Attribute the measured time to each shape in proportion to its predicted share.
+        shares = {s: self.predict(pipeline, s, n) or 0.0 for s, n in groups.items()}
+        total = sum(shares.values())
+        for shape, n in groups.items():
+            part = seconds * (shares[shape] / total) if total > 0 else seconds / len(groups)
+            self._shapes.setdefault(pipeline, {})[shape.key] = shape
+            self._table.observe(self._name(pipeline, shape), n, part / factor)
+        self._observations[pipeline] = self._observations.get(pipeline, 0) + 1
+        if predicted is None or seconds <= 0:
+            return None
+        err = abs(predicted - seconds) / seconds
+        old = self._error.get(pipeline)
+        self._error[pipeline] = err if old is None else old + self._error_alpha * (err - old)
+        return err
+
+    # --- prediction -----------------------------------------------------------------------------
+    def predict(self, pipeline: str, shape: WorkShape, batch_size: int) -> float | None:
+        """Seconds for a batch of `batch_size` items of one shape; None if the pipeline is unmeasured."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        shapes = self._shapes.get(pipeline)
+        if not shapes:
+            return None
+        factor = self._factor.get(pipeline, 1.0)
+        if shape.key in shapes:
+            base = self._table.predict(self._name(pipeline, shape), batch_size)
+            return None if base is None else base * factor
+        ref = min(shapes.values(), key=lambda s: abs(math.log(s.work / shape.work)))
+        base = self._table.predict(self._name(pipeline, ref), batch_size)
+        return None if base is None else base * factor * shape.work / ref.work
+
+    def cost(self, pipeline: str, shape: WorkShape, batch_size: int) -> float:
+        """`predict`, with a default guess for a pipeline never measured."""
+        got = self.predict(pipeline, shape, batch_size)
+        return DEFAULT_UNKNOWN_S * batch_size if got is None else got
+
+    def batch_cost(self, pipeline: str, shapes: Iterable[WorkShape]) -> float:
+        """A batch mixing shapes runs one forward per shape group (as the video pipeline does)."""
+        return sum(self.cost(pipeline, s, n) for s, n in _group(shapes).items())
+
+    # --- reporting ------------------------------------------------------------------------------
+    def errors(self) -> dict[str, float]:
+        """Per pipeline: running mean absolute relative error of the predictions."""
+        return dict(self._error)
+
+    def speed_factor(self, pipeline: str) -> float:
+        """Measured over profiled step time, recently (1.0: as profiled; 2.0: twice as slow)."""
+        return self._factor.get(pipeline, 1.0)
+
+    def observations(self, pipeline: str) -> int:
+        return self._observations.get(pipeline, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able profile: per pipeline, per shape, seconds by batch size."""
+        snap = self._table.snapshot()
+        out: dict[str, Any] = {}
+        for pipeline, shapes in self._shapes.items():
+            out[pipeline] = [{"shape": s.to_dict(), "seconds": {str(n): t for n, t in
+                                                                 snap.get(self._name(pipeline, s), {}).items()}}
+                             for s in shapes.values()]
+        return out
+
+    @classmethod
+    def from_dict(cls, profile: Mapping[str, Any]) -> CostModel:
+        model = cls()
+        for pipeline, entries in profile.items():
+            for entry in entries:
+                try:
+                    shape = WorkShape(**entry["shape"])
+                    seconds = {int(n): float(t) for n, t in entry["seconds"].items()}
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"bad cost profile entry for {pipeline!r}: {entry!r} ({exc})") from None
+                model.seed(pipeline, shape, seconds)
+        return model
+
+
+def _group(shapes: Iterable[WorkShape]) -> dict[WorkShape, int]:
+    groups: dict[WorkShape, int] = {}
+    for s in shapes:
+        groups[s] = groups.get(s, 0) + 1
+    return groups

@@ -1,0 +1,365 @@
+"""The SLO-aware scheduler: EDF batching that keeps each session's promise, and says what it is.
+
+`schedule(now)` builds one plan:
+
+1. **Tiers** the policy or admission moved since the last plan are applied: a tier that changes the
+   work shape queues a re-tier chore (the pipeline's params change between batches).
+2. Each session offers its oldest unit. Units that cannot finish by their deadline any more are
+   expired (dropped, counted). A session on a lower frame-rate tier skips units to its rate
+   (`skipped`, counted as such): a deliberate, even decimation instead of random drops.
+3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`.
+   *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
+   cost fits the voice slack (voice budget minus voice compute), so a voice chunk never waits behind
+   a video batch for longer than its slack; voice batches, with earlier deadlines, go first.
+4. **Hold** (SLO-aware batching): if sessions of a pipeline are missing from its batch but their
+   next frame is due before the batch's latest start (earliest deadline minus the full batch's
+   predicted cost, and never later than the next frame of a session already waiting), the batch
+   waits for them (`wake_at`): one batch of n costs far less than n batches of one. Voice never holds.
+5. **Chores** (stall-free joins, Sarathi-Serve style): the pieces of opening a session (prompt
+   encoding, cache allocation, first encode) run after the batches only while their predicted cost
+   fits the slack of every live session (its budget minus a round of batches, and the time until
+   its inbox would overflow, which would drop a frame as surely as lateness); a join waiting
+   longer than `join_timeout_s` gets one piece regardless, so it always finishes.
+
+`update(plan, outputs, elapsed)` feeds the measured step times to the cost model (and scores it),
+records which units finished late, and lets the degradation policy move one tier if it must.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+from streamserve.core.frames import Media
+from streamserve.core.plan import Batch, Chore, StepOutput, StepPlan, WorkItem
+from streamserve.schedulers.admission import Admission, AdmissionConfig, video_batch_cap, voice_slack
+from streamserve.schedulers.base import InboxView
+from streamserve.schedulers.cost import CostModel, WorkShape
+from streamserve.schedulers.policy import DegradePolicy, TierChange
+from streamserve.schedulers.spec import SessionSpec, Tier
+from streamserve.schedulers.stats import SloStats
+
+OnTier = Callable[[Tier], None]
+UNKNOWN_PIECE_S = 0.05  # a chore piece never measured is assumed this long (and runs alone)
+DECIMATE_TOLERANCE = 0.9  # a unit is due on a 1/f tier if it arrived >= 0.9 periods after the last taken
+
+
+@dataclasses.dataclass
+class Join:
+    """A session being opened in pieces; `done(None)` once every piece ran, `done(exc)` on failure."""
+
+    session_id: str
+    pipeline: str
+    pieces: collections.deque[tuple[str, Callable[[], None]]]
+    done: Callable[[BaseException | None], None]
+    submitted: float = 0.0
+    failed: bool = False
+    running: int = 0  # pieces handed out and not yet done
+
+
+@dataclasses.dataclass
+class _Live:
+    session_id: str
+    spec: SessionSpec
+    inbox: InboxView
+    on_tier: OnTier | None
+    applied: int = 0  # tier level whose shape the pipeline runs now
+    last_taken: float | None = None  # arrival time of the last unit run
+    last_seen: float | None = None  # arrival time of the newest unit seen
+    reason: str = "requested quality"
+    changed_at: float = 0.0
+
+
+class SloScheduler:
+    def __init__(self, cost: CostModel | None = None, admission: Admission | None = None, *,
+                 max_batch: int = 8, policy: DegradePolicy | None = None, hold: bool = True,
+                 stall_free: bool = True, join_timeout_s: float = 2.0, inbox_size: int = 2) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if join_timeout_s <= 0:
+            raise ValueError(f"join_timeout_s must be > 0, got {join_timeout_s}")
+        self.cost = cost or (admission.cost if admission else CostModel())
+        self.admission = admission or Admission(self.cost, AdmissionConfig(max_batch=max_batch))
+        self.max_batch = max_batch
+        self.policy = policy or DegradePolicy()
+        self.hold = hold
+        self.stall_free = stall_free
+        self.inbox_size = inbox_size  # the sessions' video inbox bound (chores must not overflow it)
+        self.join_timeout_s = join_timeout_s
+        self.stats = SloStats()
+        self._live: dict[str, _Live] = {}
+        self._joins: collections.deque[Join] = collections.deque()
+        self._retier: collections.deque[Chore] = collections.deque()
+        self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
+
+    # --- sessions -------------------------------------------------------------------------------
+    def add(self, session_id: str, pipeline: str, inbox: InboxView, spec: SessionSpec | None = None,
+            on_tier: OnTier | None = None) -> None:
+        if session_id in self._live:
+            raise ValueError(f"session {session_id!r} is already scheduled")
+        spec = spec or SessionSpec(pipeline)
+        if spec.pipeline != pipeline:
+            raise ValueError(f"spec is for pipeline {spec.pipeline!r}, not {pipeline!r}")
+        self.admission.ensure(session_id, spec)
+        live = _Live(session_id, spec, inbox, on_tier)
+        live.applied = self.admission.tier(session_id).level
+        if live.applied:
+            live.reason = "admitted at a lower tier: the device was busy"
+        self._live[session_id] = live
+        self.policy.joined(session_id)
+
+    def remove(self, session_id: str) -> None:
+        self._live.pop(session_id, None)
+        self.admission.release(session_id)
+        self.policy.left(session_id)
+        for join in self._joins:
+            if join.session_id == session_id:
+                join.failed = True
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def submit(self, join: Join) -> None:
+        """Queue a session's opening pieces (engine thread)."""
+        self._joins.append(join)
+
+    def tier_info(self, session_id: str) -> dict[str, object] | None:
+        """What tier a session runs at and why (for its stats and the demo overlay)."""
+        live = self._live.get(session_id)
+        if live is None or session_id not in self.admission:
+            return None
+        tier = self.admission.tier(session_id)
+        return {**tier.to_dict(), "tiers": len(self.admission.tiers(session_id)), "reason": live.reason,
+                "priority": live.spec.priority, "requested_fps": live.spec.fps}
+
+    # --- the plan -------------------------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan:
+        self._apply_tiers(now)
+        expired: list[WorkItem] = []
+        skipped: list[WorkItem] = []
+        heads: list[tuple[float, int, int, _Live, Media]] = []
+        for order, live in enumerate(list(self._live.values())):
+            head = self._head(live, now, expired, skipped)
+            if head is not None:
+                heads.append((head.deadline, -live.spec.priority, order, live, head))
+        heads.sort(key=lambda h: h[:3])
+
+        voice = [lv for lv in self._live.values() if lv.spec.lane == "voice"]
+        video_cap = self.max_batch
+        if voice:
+            voice_round = sum(self.cost.cost(lv.spec.pipeline, self._shape(lv), 1) for lv in voice)
+            slack = voice_slack([lv.spec.budget_s for lv in voice], [lv.spec.fps for lv in voice], voice_round)
+            shapes = [(lv.spec.pipeline, self._shape(lv)) for lv in self._live.values() if lv.spec.lane != "voice"]
+            video_cap = max(1, video_batch_cap(self.cost, shapes, slack, self.max_batch))
+
+        groups: dict[str, list[tuple[_Live, Media]]] = {}
+        for _, _, _, live, head in heads:
+            cap = video_cap if live.spec.lane != "voice" else self.max_batch
+            group = groups.setdefault(live.spec.pipeline, [])
+            if len(group) < cap:
+                group.append((live, head))
+
+        batches: list[Batch] = []
+        wake_at: float | None = None
+        plan_cost = 0.0
+        # Voice backlog (chunks queued behind the last video batch): drain it before more video.
+        backlog = any(len(lv.inbox) > 1 for lv in voice)
+        for pipeline, group in groups.items():
+            if backlog and group[0][0].spec.lane != "voice":
+                wake_at = now if wake_at is None else min(wake_at, now)
+                continue
+            hold_until = self._hold_until(now, pipeline, group, video_cap)
+            if hold_until is not None:
+                wake_at = hold_until if wake_at is None else min(wake_at, hold_until)
+                continue
+            items = []
+            for live, _ in group:
+                media = live.inbox.pop()
+                if media is not None:
+                    live.last_taken = media.arrival
+                    items.append(WorkItem(live.session_id, media))
+            if items:
+                batches.append(Batch(pipeline, tuple(items)))
+                plan_cost += self.cost.batch_cost(pipeline, [self._shape(self._live[i.session_id]) for i in items])
+        chores = self._chores(now, plan_cost)
+        return StepPlan(now=now, batches=tuple(batches), expired=tuple(expired), skipped=tuple(skipped),
+                        chores=tuple(chores), wake_at=wake_at)
+
+    def shape_of(self, session_id: str) -> WorkShape:
+        """The work shape a session's units run at now (its applied tier)."""
+        live = self._live.get(session_id)
+        return self._shape(live) if live is not None else WorkShape()
+
+    def _shape(self, live: _Live) -> WorkShape:
+        return self.admission.tiers(live.session_id)[live.applied].shape if live.session_id in self.admission \
+            else live.spec.shape
+
+    def _fps(self, live: _Live) -> float:
+        return self.admission.tiers(live.session_id)[live.applied].fps if live.session_id in self.admission \
+            else live.spec.fps
+
+    def _head(self, live: _Live, now: float, expired: list[WorkItem], skipped: list[WorkItem]) -> Media | None:
+        own = self.cost.cost(live.spec.pipeline, self._shape(live), 1)
+        fps = self._fps(live)
+        head = live.inbox.peek()
+        while head is not None:
+            if live.last_seen is None or head.arrival > live.last_seen:
+                live.last_seen = head.arrival
+            if head.deadline < now + own:
+                live.inbox.pop()
+                expired.append(WorkItem(live.session_id, head))
+            elif fps < live.spec.fps and live.last_taken is not None and \
+                    head.arrival - live.last_taken < DECIMATE_TOLERANCE / fps:
+                live.inbox.pop()
+                head.meta["dropped"] = "tier"
+                skipped.append(WorkItem(live.session_id, head))
+            else:
+                return head
+            head = live.inbox.peek()
+        return None
+
+    def _hold_until(self, now: float, pipeline: str, group: list[tuple[_Live, Media]], cap: int) -> float | None:
+        """When to run this pipeline's batch if it should wait for more sessions, else None."""
+        if not self.hold or len(group) >= cap or any(lv.spec.lane == "voice" for lv, _ in group):
+            return None
+        present = {lv.session_id for lv, _ in group}
+        expected: list[tuple[float, _Live]] = []
+        for live in self._live.values():
+            if live.spec.pipeline != pipeline or live.session_id in present or live.last_seen is None:
+                continue
+            fps = self._fps(live)
+            base = live.last_taken if live.last_taken is not None else live.last_seen
+            due = max(live.last_seen + 1.0 / live.spec.fps, base + DECIMATE_TOLERANCE / fps)
+            if now < due <= now + 1.0 / fps:  # streaming, and its next unit is near
+                expected.append((due, live))
+        if not expected:
+            return None
+        shapes = [self._shape(lv) for lv, _ in group] + [self._shape(lv) for _, lv in expected]
+        full = self.cost.batch_cost(pipeline, shapes[:cap])
+        latest = min(m.deadline for _, m in group) - full - self.cost.cost(pipeline, shapes[0], 1)
+        # Never wait past the next unit of a session already waiting: it would only trade frames.
+        latest = min([latest, *(lv.last_seen + 1.0 / lv.spec.fps for lv, _ in group if lv.last_seen is not None)])
+        waits = [due for due, _ in expected if due <= latest]
+        if not waits:
+            return None
+        return min(max(waits), latest)
+
+    def _chores(self, now: float, plan_cost: float) -> list[Chore]:
+        chores = list(self._retier)
+        self._retier.clear()
+        while self._joins and self._joins[0].failed:
+            self._joins.popleft()
+        if not self._joins:
+            return chores
+        budget = self._chore_budget(now, plan_cost) - sum(self.cost.cost(c.key, WorkShape(), 1) for c in chores)
+        while self._joins:
+            join = self._joins[0]
+            if join.failed or not join.pieces:
+                self._joins.popleft()
+                continue
+            name, fn = join.pieces[0]
+            key = f"{join.pipeline}#{name}"
+            known = self.cost.predict(key, WorkShape(), 1)
+            need = UNKNOWN_PIECE_S if known is None else known
+            forced = not self.stall_free or (now - join.submitted > self.join_timeout_s and not chores)
+            if need > budget and not forced:
+                break
+            join.pieces.popleft()
+            join.running += 1
+            budget -= need
+            chores.append(Chore(join.session_id, key, fn, self._piece_done(join)))
+            if not join.pieces:
+                self._joins.popleft()
+            if forced and self.stall_free:
+                self.stats.forced_pieces += 1
+                break
+            if known is None:  # measure an unknown piece alone before planning more
+                break
+        return chores
+
+    def _piece_done(self, join: Join) -> Callable[[BaseException | None], None]:
+        def done(exc: BaseException | None) -> None:
+            join.running -= 1
+            if join.failed:
+                return
+            if exc is not None:
+                join.failed = True
+                join.done(exc)
+            elif not join.pieces and not join.running:
+                join.done(None)
+        return done
+
+    def _chore_budget(self, now: float, plan_cost: float) -> float:
+        """Seconds of chores that cannot make any live session late (inf when none is live)."""
+        if not self._live:
+            return float("inf")
+        round_cost = self.admission.load().worst_latency_s
+        budget = min(lv.spec.budget_s for lv in self._live.values()) - round_cost
+        for live in self._live.values():
+            head = live.inbox.peek()
+            if head is not None:
+                budget = min(budget, head.deadline - now - plan_cost - round_cost)
+            # ... and no inbox may overflow meanwhile (that would drop a frame as surely as lateness).
+            free = max(0, self.inbox_size - len(live.inbox))
+            budget = min(budget, free / live.spec.fps)
+        return budget - plan_cost
+
+    def _apply_tiers(self, now: float) -> None:
+        for live in self._live.values():
+            if live.session_id not in self.admission:
+                continue
+            tier = self.admission.tier(live.session_id)
+            if tier.level == live.applied:
+                continue
+            old = self.admission.tiers(live.session_id)[live.applied]
+            live.applied = tier.level
+            live.changed_at = now
+            self.stats.tier_change(live.spec.pipeline, "down" if tier.level > old.level else "up")
+            if live.on_tier is not None and tier.shape != old.shape:
+                self._retier.append(Chore(live.session_id, f"{live.spec.pipeline}#retier",
+                                          functools.partial(live.on_tier, tier)))
+
+    # --- learning -------------------------------------------------------------------------------
+    def update(self, plan: StepPlan, outputs: Sequence[StepOutput], elapsed: dict[str, float]) -> None:
+        t = plan.now
+        for batch in plan.batches:
+            seconds = elapsed.get(batch.pipeline)
+            if seconds is None:
+                continue
+            shapes = [self._shape(self._live[i.session_id]) if i.session_id in self._live else WorkShape()
+                      for i in batch.items]
+            err = self.cost.observe(batch.pipeline, shapes, seconds)
+            if err is not None:
+                self.stats.cost_error[batch.pipeline] = self.cost.errors()[batch.pipeline]
+            t += seconds
+            for item in batch.items:
+                late = t > item.deadline
+                self._outcomes.append((t, late))
+                self.stats.unit_done(batch.pipeline, late, plan.now - item.media.arrival, seconds, batch.size)
+        for chore in plan.chores:
+            if chore.key in elapsed:
+                self.cost.observe(chore.key, [WorkShape()], elapsed[chore.key])
+        for item in plan.expired:
+            self._outcomes.append((plan.now, True))
+            self.stats.unit_expired(self._pipeline_of(item))
+        t += sum(v for k, v in elapsed.items() if "#" in k)
+        horizon = t - self.policy.config.window_s
+        while self._outcomes and self._outcomes[0][0] < horizon:
+            self._outcomes.popleft()
+        misses = sum(1 for _, m in self._outcomes if m)
+        change = self.policy.tick(t, self.admission, misses, len(self._outcomes))
+        if change is not None:
+            self._note(change)
+
+    def _pipeline_of(self, item: WorkItem) -> str:
+        live = self._live.get(item.session_id)
+        return live.spec.pipeline if live else "unknown"
+
+    def _note(self, change: TierChange) -> None:
+        live = self._live.get(change.session_id)
+        if live is not None:
+            live.reason = change.reason
+        if change.direction == "down":
+            self._outcomes.clear()  # judge the new tier on its own units

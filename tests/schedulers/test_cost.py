@@ -1,0 +1,68 @@
+"""The cost model: exact on what it measured, scaled for shapes it did not, scored as it learns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streamserve.schedulers import CostModel, WorkShape
+
+S256 = WorkShape(256, 256, 1)
+S128 = WorkShape(128, 128, 1)
+
+
+def test_affine_profile_is_reproduced_exactly_for_any_batch() -> None:
+    cost = CostModel()
+    cost.seed("video", S256, {1: 0.015, 2: 0.020})
+    assert cost.predict("video", S256, 1) == pytest.approx(0.015)
+    assert cost.predict("video", S256, 4) == pytest.approx(0.030)  # extrapolated along the line
+    assert cost.predict("video", S256, 8) == pytest.approx(0.050)
+    assert cost.batch_cost("video", [S256] * 3) == pytest.approx(0.025)
+
+
+def test_unseen_shape_scales_with_pixels_and_steps() -> None:
+    cost = CostModel()
+    cost.seed("video", S256, {1: 0.040})
+    assert cost.predict("video", S128, 1) == pytest.approx(0.010)  # a quarter of the pixels
+    assert cost.predict("video", WorkShape(256, 256, 2), 1) == pytest.approx(0.080)  # twice the steps
+    # A mixed batch runs one forward per shape group.
+    assert cost.batch_cost("video", [S256, S128, S128]) == pytest.approx(0.040 + 0.020)
+    assert cost.predict("voice", S256, 1) is None
+    assert cost.cost("voice", S256, 2) == pytest.approx(0.020)  # the default guess, 10 ms per item
+
+
+def test_online_learning_reports_relative_error() -> None:
+    cost = CostModel(alpha=0.5, factor_alpha=1.0, error_alpha=1.0)
+    cost.seed("video", S256, {1: 0.010, 4: 0.025})
+    err = cost.observe("video", [S256], 0.020)  # predicted 10 ms, took 20 ms
+    assert err == pytest.approx(0.5)
+    # The machine is twice as slow now: every batch size follows at once, not only the one measured.
+    assert cost.speed_factor("video") == pytest.approx(2.0)
+    assert cost.predict("video", S256, 1) == pytest.approx(0.020)
+    assert cost.predict("video", S256, 4) == pytest.approx(0.050)
+    assert cost.predict("video", S128, 1) == pytest.approx(0.005)
+    assert cost.errors() == {"video": pytest.approx(0.5)}
+    assert cost.observe("video", [S256] * 4, 0.050) == pytest.approx(0.0)
+    assert cost.errors()["video"] == pytest.approx(0.0)
+    assert cost.observations("video") == 2
+    cost.observe("video", [S256], 0.010)  # and back
+    assert cost.predict("video", S256, 4) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="at least one item"):
+        cost.observe("video", [], 0.1)
+
+
+def test_profile_round_trips_through_json() -> None:
+    cost = CostModel()
+    cost.seed("video", S256, {1: 0.02, 4: 0.05})
+    again = CostModel.from_dict(json.loads(json.dumps(cost.to_dict())))
+    assert again.predict("video", S256, 2) == pytest.approx(cost.predict("video", S256, 2))
+    with pytest.raises(ValueError, match="bad cost profile entry for 'video'"):
+        CostModel.from_dict({"video": [{"shape": {"width": -1}, "seconds": {}}]})
+
+
+def test_shape_validation_names_the_value() -> None:
+    with pytest.raises(ValueError, match="steps must be in \\[1, 64\\], got 0"):
+        WorkShape(steps=0)
+    assert WorkShape(audio_ms=20).work == 20
+    assert WorkShape(64, 32, 2).work == 64 * 32 * 2

@@ -1,0 +1,41 @@
+"""`streamserve plan` on a device of known speed: capacities and latencies the cost model implies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streamserve.cli import main
+from streamserve.planner import plan
+from streamserve.schedulers import SessionSpec
+
+from .helpers import S256, Affine, seeded
+
+
+def test_plan_predicts_capacity_and_latency_of_a_known_device() -> None:
+    # 10 ms + 5 ms per session at 30 fps: 4 sessions use 0.9 of the device, 5 would need 1.05.
+    report = plan(seeded(Affine(0.010, 0.005)), SessionSpec("video", S256), duration=8.0, max_sessions=6)
+    assert report.admission_capacity == 4 and report.simulated_capacity == 4
+    one, four, five = report.sweep[0], report.sweep[3], report.sweep[4]
+    assert one.p99_ms == pytest.approx(15.0) and one.goodput == 1.0  # a batch of one, never waiting
+    assert four.goodput == 1.0 and four.on_time_fps == pytest.approx(120, rel=0.02)
+    assert 30.0 <= four.p99_ms <= 30.0 + 1000 / 30  # its batch, plus at most one frame period held
+    assert five.goodput < 0.99
+    over = report.overload
+    assert (over["offered"], over["admitted"], over["refused"]) == (6, 4, 2)
+    assert over["goodput"] == 1.0 and over["p99_ms"] < 250 and "utilization" in over["refusal"]
+
+
+def test_plan_command_writes_plot_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png, out = tmp_path / "plan.png", tmp_path / "plan.json"
+    assert main(["plan", "--step-ms", "10,5", "--duration", "4", "--max-sessions", "5",
+                 "--png", str(png), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "capacity (>= 99% of frames on time): 4 session(s) simulated, 4 admitted" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    saved = json.loads(out.read_text())
+    assert saved["simulated_capacity"] == 4 and len(saved["sweep"]) == 5 and "video" in saved["profile"]
+    with pytest.raises(SystemExit, match="--step-ms wants 'A,B'"):
+        main(["plan", "--step-ms", "ten"])
