@@ -27,6 +27,12 @@ def _tokens(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tokens))
 
 
+def _voice_options(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The voice pipeline's model options (docs/voice.md), as ServerConfig.pipeline_options."""
+    names = ("llm_url", "llm_model", "llm_api_key", "asr_model", "tts")
+    return tuple((n, getattr(args, n)) for n in names if getattr(args, n, None))
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     try:
         session = SessionConfig(latency_budget_s=args.latency_budget_ms / 1000.0)
@@ -34,7 +40,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             host=args.host, port=args.port, pipeline=args.pipeline, device=args.device,
             log_level=args.log_level, max_sessions=args.max_sessions, max_batch=args.max_batch,
             tokens=_tokens(args), ice_servers=tuple(args.ice_server or ()), model=args.model,
-            session=session,
+            session=session, pipeline_options=_voice_options(args),
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
@@ -101,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=8)
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,
                        help="per-frame deadline after arrival (default 250)")
+    voice = serve.add_argument_group("voice pipeline (docs/voice.md)")
+    voice.add_argument("--llm-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 "
+                       "(vLLM, SGLang, llama.cpp, Ollama); default: the embedded small LM")
+    voice.add_argument("--llm-model", default=None, help="a local Hugging Face causal-LM folder or .gguf file")
+    voice.add_argument("--llm-api-key", default=None, help="bearer token for --llm-url")
+    voice.add_argument("--asr-model", default=None, help="a CTranslate2 Whisper folder (default: tiny.en)")
+    voice.add_argument("--tts", default=None, choices=["hibari", "espeak"], help="speech synthesizer")
     serve.set_defaults(func=_serve)
 
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
