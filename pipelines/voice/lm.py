@@ -104,13 +104,17 @@ class LocalBrain:
             elif isinstance(e, int):
                 flat.add(e)
         self._eos = flat
+        import inspect
+
+        # transformers renamed `past_key_values` to `cache`; use whichever this version takes
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._lock = threading.Condition()
         self._requests: list[_Request] = []
         self._warm: dict[str, tuple[list[int], KV]] = {}
         self._stopping = False
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "decode_tokens": 0,
-                      "max_batch_seen": 0}
+                      "max_batch_seen": 0, "interleaved": 0}
         self._thread = threading.Thread(target=self._run, name="voice-lm", daemon=True)
         self._thread.start()
 
@@ -194,9 +198,11 @@ class LocalBrain:
                 self._retire(r)
         live = [r for r in reqs if not r.gen.cancelled.is_set()]
         filling = [r for r in live if r.cached < len(r.ids)]
+        decoding = [r for r in live if r.cached >= len(r.ids) and r.decode and r.next_token is not None]
         if filling:
             self._prefill_chunk(filling[0])
-        decoding = [r for r in live if r.cached >= len(r.ids) and r.decode and r.next_token is not None]
+            if decoding:
+                self.stats["interleaved"] += 1
         if decoding:
             self._decode(decoding[:self.max_batch])
 
@@ -299,9 +305,9 @@ class LocalBrain:
                 cache.update(torch.cat(ks), torch.cat(vs), layer)  # [B, H, Lmax, D]
         ids = torch.tensor(chunks, dtype=torch.long)  # [B, T]
         pos = torch.tensor([[n + j for j in range(t)] for n in lengths], dtype=torch.long)  # [B, T]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True)
-        grown = out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         **{self._cache_kw: cache})
+        grown = getattr(out, "cache", None) or out.past_key_values
         per_req: list[KV] = []
         for i, n in enumerate(lengths):
             start = longest - n
