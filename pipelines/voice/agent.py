@@ -51,6 +51,7 @@ class AgentConfig:
     partial_every_s: float = 0.5
     backchannel_s: float = 0.4  # user speech shorter than this during agent speech is not a barge-in
     lead_s: float = 0.06  # agent audio released this far ahead of the input clock
+    tentative_hold_s: float = 0.15  # a speech window while the agent talks holds it this long at least
     preroll_s: float = 0.3  # audio before the detected onset kept for ASR
     echo_tail_s: float = 0.3  # without client AEC: input ignored until this long after agent audio
     client_aec: bool = True
@@ -65,7 +66,7 @@ class AgentConfig:
             raise ValueError(f"max_reply_tokens must be in [1, 1024], got {self.max_reply_tokens}")
         if not 0 <= self.history_turns <= 64:
             raise ValueError(f"history_turns must be in [0, 64], got {self.history_turns}")
-        for name in ("partial_every_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s"):
+        for name in ("partial_every_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
             v = getattr(self, name)
             if not 0.0 <= v <= 10.0:
                 raise ValueError(f"{name} must be in [0, 10] s, got {v}")
@@ -141,6 +142,7 @@ class VoiceAgent:
             t = end_sample / MODEL_RATE
             if not self.cfg.client_aec and self._agent_audible(t):
                 prob = 0.0  # no echo cancellation on the client: our own voice is not the user's
+            self._tentative_hold(prob)
             for ev in self.turn.push(t, prob, self.vad.window_s):
                 self._on_turn(ev)
         self.t_in += len(audio) / MODEL_RATE
@@ -170,11 +172,12 @@ class VoiceAgent:
     # --- turn events ----------------------------------------------------------------------------
     def _on_turn(self, ev: TurnEvent) -> None:
         if ev.kind is EventKind.SPEECH_START:
+            self._tentative_since = None
             self._utt_seq += 1
             self.utt = Utterance(0)
             self.utt.append(np.concatenate(list(self._preroll)) if self._preroll else np.zeros(0, np.float32))
             self._partial_from = 0
-            self._utt_during_agent = self.speaking or (self.reply is not None and self.reply.released)
+            self._utt_during_agent = self._held or self.speaking or (self.reply is not None and self.reply.released)
             self._emit("speech_start", onset=round(ev.t, 3))
             if self._utt_during_agent:
                 self._hold()
@@ -409,6 +412,23 @@ class VoiceAgent:
         self.t_out = min(self.t_out, self.t_in)
         self._recent.clear()
         self._emit("agent_hold")
+
+    def _tentative_hold(self, prob: float) -> None:
+        """Hold on the first speech window while the agent talks (a barge-in is silent fast); resume
+        if no utterance follows within `tentative_hold_s` (a click, a breath)."""
+        if not self.speaking:
+            return
+        if not self._held and prob >= self.cfg.turn.speech_threshold and self.turn.state is TurnState.SILENT:
+            self._hold()
+            self._tentative_since = self.t_in
+        elif self._held and self._tentative_since is not None:
+            if self.turn.state is not TurnState.SILENT:
+                self._tentative_since = None  # an utterance started: the barge-in logic takes over
+            elif self.t_in - self._tentative_since > self.cfg.tentative_hold_s:
+                self._tentative_since = None
+                self._resume()
+
+    _tentative_since: float | None = None
 
     def _resume(self) -> None:
         self._held = False
