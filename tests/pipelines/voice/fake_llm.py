@@ -24,7 +24,7 @@ FACTS = {
 def answer_for(text: str, long: bool = False) -> str:
     low = text.lower()
     reply = next((a for k, a in FACTS.items() if k in low), f"You said {text.strip().rstrip('.?!')}.")
-    if long:
+    if long or "everything" in low:
         reply += " " + " ".join(["Let me tell you more about that, since there is a lot to say."] * 8)
     return reply
 
