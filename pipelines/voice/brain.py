@@ -135,15 +135,15 @@ class EndpointBrain:
         self._client = asyncio.run_coroutine_threadsafe(self._make_client(timeout), self._loop).result()
         self.active = 0  # streams open now (for tests and stats)
 
-    async def _make_client(self, timeout: object) -> object:
+    async def _make_client(self, limits: object) -> object:
         import httpx
 
-        return httpx.AsyncClient(timeout=timeout)  # type: ignore[arg-type]
+        return httpx.AsyncClient(timeout=limits)  # type: ignore[arg-type]
 
     def start(self, messages: list[Message], max_tokens: int, key: str | None = None) -> Generation:
         gen = Generation()
         fut = asyncio.run_coroutine_threadsafe(self._stream(gen, messages, max_tokens), self._loop)
-        gen.on_cancel(lambda: fut.cancel())
+        gen.on_cancel(lambda: None if fut.cancel() else None)
         return gen
 
     async def _stream(self, gen: Generation, messages: list[Message], max_tokens: int) -> None:

@@ -236,7 +236,7 @@ class LocalBrain:
     @torch.inference_mode()
     def _decode(self, rs: list[_Request]) -> None:
         lengths = [r.cached for r in rs]
-        logits, kvs = self._forward_batch([[r.next_token] for r in rs], [r.kv for r in rs], lengths)  # type: ignore[misc]
+        logits, kvs = self._forward_batch([[r.next_token or 0] for r in rs], [r.kv for r in rs], lengths)
         self.stats["decode_steps"] += 1
         self.stats["decode_tokens"] += len(rs)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(rs))
