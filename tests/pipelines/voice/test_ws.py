@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 
 from streamserve.client import OutputFrame, StreamClient
-from streamserve.core.config import ServerConfig
 from streamserve.pipelines.voice.asr import normalize
 from streamserve.pipelines.voice.audio import MODEL_RATE, resample
 from tests.conftest import LiveServer
@@ -22,21 +20,6 @@ from tests.pipelines.voice.conftest import espeak_wav, read_wav
 from tests.pipelines.voice.fake_llm import FakeLLM
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM(delay_s=0.04) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def server(llm: FakeLLM) -> Iterator[LiveServer]:
-    config = ServerConfig(pipeline="voice", port=0, idle_timeout_s=3.0,
-                          pipeline_options=(("llm_url", llm.url),))
-    srv = LiveServer(config).start()
-    yield srv
-    srv.stop()
 
 
 class Call:
