@@ -56,7 +56,9 @@ class AgentConfig:
     echo_tail_s: float = 0.3  # without client AEC: input ignored until this long after agent audio
     client_aec: bool = True
     semantic_turn: bool = True
-    think: bool = True  # duplex: partials warm the brain, pauses start speculative replies
+    # duplex: partials warm the brain, each pause is transcribed and starts a speculative reply.
+    # False is the sequential cascade (turn end -> ASR -> LLM -> TTS), the benchmark's baseline.
+    think: bool = True
     out_rate: int = 24_000
     frame_s: float = 0.02
     fallback_text: str = "Sorry, I cannot reach my language model right now."
@@ -199,17 +201,11 @@ class VoiceAgent:
         if utt is None:
             return
         self._pause_seq += 1
-        uid, pid, end = self._utt_seq, self._pause_seq, utt.samples
-        asr, prompt = self.m.asr, utt.committed_text
-        tail = utt.tail(end)
-
-        def done(text: Any, error: BaseException | None) -> None:
-            self.mailbox.post(self._on_pause_text, uid, pid, end, "" if error else str(text))
-
-        self.worker.submit(PRIORITY_TURN, lambda: asr(tail, prompt), done,
-                           stale=lambda: self.closed or (uid != self._utt_seq and self._awaiting_final is None))
+        uid, pid = self._utt_seq, self._pause_seq
+        if self.cfg.think:  # the words so far, decoded now: the final then needs only what follows
+            self._transcribe_tail(utt, uid, pid)
         if self.cfg.semantic_turn and self.m.smart_turn is not None:
-            smart, audio = self.m.smart_turn, utt.audio(0, end)
+            smart, audio = self.m.smart_turn, utt.audio()
 
             def verdict(prob: Any, error: BaseException | None) -> None:
                 if error is None:
@@ -217,6 +213,16 @@ class VoiceAgent:
 
             self.worker.submit(PRIORITY_TURN, lambda: smart(audio), verdict,
                                stale=lambda: self.closed or uid != self._utt_seq or pid != self._pause_seq)
+
+    def _transcribe_tail(self, utt: Utterance, uid: int, pid: int) -> None:
+        end, asr, prompt = utt.samples, self.m.asr, utt.committed_text
+        tail = utt.tail(end)
+
+        def done(text: Any, error: BaseException | None) -> None:
+            self.mailbox.post(self._on_pause_text, uid, pid, end, "" if error else str(text))
+
+        self.worker.submit(PRIORITY_TURN, lambda: asr(tail, prompt), done,
+                           stale=lambda: self.closed or (uid != self._utt_seq and self._awaiting_final is None))
 
     def _on_semantic(self, uid: int, pid: int, prob: float) -> None:
         if uid != self._utt_seq or pid != self._pause_seq or self.utt is None:
@@ -257,6 +263,8 @@ class VoiceAgent:
             return
         self._final_utt = utt  # wait for it: it covers every word before the silence
         self._awaiting_final = (self._utt_seq, self._pause_seq, ev.t)
+        if not self.cfg.think:  # the sequential cascade: transcribe only now that the turn is over
+            self._transcribe_tail(utt, self._utt_seq, self._pause_seq)
 
     _final_utt: Utterance | None = None
     _pause_text_pid = -1
@@ -264,7 +272,7 @@ class VoiceAgent:
     # --- partial transcripts and thinking -------------------------------------------------------
     def _maybe_partial(self) -> None:
         utt = self.utt
-        if utt is None or self._partial_inflight or self.turn.state is not TurnState.SPEAKING:
+        if utt is None or self._partial_inflight or self.turn.state is not TurnState.SPEAKING or not self.cfg.think:
             return
         if utt.samples - self._partial_from < int(self.cfg.partial_every_s * MODEL_RATE):
             return
