@@ -44,6 +44,7 @@ class Generation:
         self.finished = False
         self.error: BrainError | None = None
         self.cancelled = threading.Event()
+        self._done = threading.Event()
         self._on_cancel: Callable[[], None] | None = None
 
     # --- producer ---
@@ -58,6 +59,7 @@ class Generation:
         with self._lock:
             if not self.finished:
                 self.finished, self.error = True, error
+            self._done.set()
 
     def on_cancel(self, fn: Callable[[], None]) -> None:
         with self._lock:
@@ -74,6 +76,11 @@ class Generation:
             self._parts.clear()
             return out
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until finished (or cancelled); False on timeout. Never call on the engine thread
+        while serving (warm-up only)."""
+        return self._done.wait(timeout)
+
     def cancel(self) -> None:
         with self._lock:
             if self.cancelled.is_set():
@@ -81,6 +88,7 @@ class Generation:
             self.cancelled.set()
             fn = self._on_cancel
             self.finished = True
+            self._done.set()
         if fn is not None:
             fn()
 

@@ -48,6 +48,28 @@ def default_lm_path() -> Path:
     return found[0]
 
 
+def cached_default() -> Path:
+    """The default GGUF de-quantized once into a Hugging Face folder (GGUF conversion takes tens of
+    seconds on a busy CPU; loading the folder takes one). STREAMSERVE_CACHE overrides ~/.cache."""
+    import os
+
+    gguf = default_lm_path()
+    root = Path(os.environ.get("STREAMSERVE_CACHE", Path.home() / ".cache" / "streamserve"))
+    folder = root / gguf.stem
+    if (folder / "config.json").is_file():
+        return folder
+    model, tok = load_lm(gguf)
+    try:
+        tmp = folder.with_name(folder.name + ".tmp")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(folder)
+    except OSError as exc:  # a read-only home: keep using the GGUF
+        log.warning("could not cache the converted LM in %s: %s", folder, exc)
+        return gguf
+    return folder
+
+
 def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """(model, tokenizer) from a HF folder or a .gguf file. ValueError names a path that is neither."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,7 +142,10 @@ class LocalBrain:
 
     @classmethod
     def from_path(cls, path: str | Path | None = None, **kw: Any) -> LocalBrain:
-        model, tok = load_lm(path or default_lm_path())
+        """Load `path` (a HF folder or .gguf); the default GGUF is converted once and cached."""
+        if path is None:
+            path = cached_default()
+        model, tok = load_lm(path)
         return cls(model, tok, **kw)
 
     # --- Brain ----------------------------------------------------------------------------------

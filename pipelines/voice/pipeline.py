@@ -118,6 +118,8 @@ class VoicePipeline(Pipeline):
         m.tts("Ready.")
         if m.smart_turn is not None:
             m.smart_turn(np.zeros(16000, np.float32))
+        if hasattr(m.brain, "prefill"):  # the local LM: its first forward pays one-off costs
+            m.brain.start([{"role": "user", "content": "Hi"}], 2).wait(timeout=120)
 
     def agent(self, session_id: str) -> VoiceAgent:
         return self._agents[session_id]
