@@ -12,6 +12,7 @@ from streamserve.pipelines.base import Pipeline, PipelineInfo
 _BUILTINS: dict[str, str] = {
     "passthrough": "streamserve.pipelines.passthrough:PassthroughPipeline",
     "video": "streamserve.pipelines.video:VideoDiffusionPipeline",
+    "voice": "streamserve.pipelines.voice:VoicePipeline",
 }
 
 

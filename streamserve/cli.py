@@ -71,6 +71,8 @@ LIMIT_FLAGS = {
     "max_compression_ratio": "largest decoded/JPEG size ratio of a WebSocket input frame (default 1000)",
     "decode_pixels_per_s": "decode budget per WebSocket session, pixels/s (default 1920*1080*60)",
 }
+
+
 def _turn(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """TURN username and credential: flags, else STREAMSERVE_TURN_USERNAME / _CREDENTIAL, or a file."""
     username = args.turn_username or os.environ.get("STREAMSERVE_TURN_USERNAME") or None
@@ -81,6 +83,12 @@ def _turn(args: argparse.Namespace) -> tuple[str | None, str | None]:
             raise SystemExit(f"--turn-credential-file: {path} does not exist")
         credential = path.read_text().strip() or None
     return username, credential
+
+
+def _voice_options(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The voice pipeline's model options (docs/voice.md), as ServerConfig.pipeline_options."""
+    names = ("llm_url", "llm_model", "llm_api_key", "asr_model", "tts")
+    return tuple((n, getattr(args, n)) for n in names if getattr(args, n, None))
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -94,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             session=session, viewer_tokens=_viewer_tokens(args), limits=_limits(args),
             turn_username=turn_username, turn_credential=turn_credential,
             scheduler=args.scheduler, max_utilization=args.max_utilization,
+            pipeline_options=_voice_options(args),
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
@@ -181,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     limits = serve.add_argument_group("limits", "each also STREAMSERVE_<NAME> (e.g. STREAMSERVE_HEADER_TIMEOUT_S)")
     for name, text in LIMIT_FLAGS.items():
         limits.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=text)
+    voice = serve.add_argument_group("voice pipeline (docs/voice.md)")
+    voice.add_argument("--llm-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 "
+                       "(vLLM, SGLang, llama.cpp, Ollama); default: the embedded small LM")
+    voice.add_argument("--llm-model", default=None, help="a local Hugging Face causal-LM folder or .gguf file")
+    voice.add_argument("--llm-api-key", default=None, help="bearer token for --llm-url")
+    voice.add_argument("--asr-model", default=None, help="a CTranslate2 Whisper folder (default: tiny.en)")
+    voice.add_argument("--tts", default=None, choices=["hibari", "espeak"], help="speech synthesizer")
     serve.set_defaults(func=_serve)
 
     from streamserve.planner import add_plan_arguments

@@ -115,6 +115,8 @@ class StreamClient:
         self._outputs: asyncio.Queue[OutputFrame | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        # `event` messages (voice: transcripts, thinking, per-turn latency, barge-in), in order
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     # --- life -----------------------------------------------------------------------------------
     async def __aenter__(self) -> StreamClient:
@@ -283,6 +285,10 @@ class StreamClient:
     def _on_control(self, body: dict[str, Any]) -> None:
         msg_id = body.get("id")
         kind = body["type"]
+        if kind == "event":
+            body["received"] = time.monotonic()
+            self.events.put_nowait(body)
+            return
         if kind == "ended":
             self.end_reason = str(body.get("reason", ""))
         if kind == "error":

@@ -105,8 +105,10 @@ class SessionManager:
     def _create_pipeline(self, name: str) -> Pipeline:
         cls = registry.get_class(name)
         options: dict[str, Any] = {}
-        if self.config.model and "model" in inspect.signature(cls.__init__).parameters:
+        accepted = inspect.signature(cls.__init__).parameters
+        if self.config.model and "model" in accepted:
             options["model"] = self.config.model
+        options.update({k: v for k, v in self.config.pipeline_options if k in accepted})
         pipe = cls(device=self.config.device, **options)
         pipe.warmup()
         return pipe
@@ -237,6 +239,10 @@ class SessionManager:
             session = self._sessions.get(out.session_id)
             if session is None:
                 continue
+            for kind in out.flush:  # control first: barge-in drops queued agent audio
+                session.flush(kind)
+            for event in out.events:
+                session.publish(event)
             for media in out.media:
                 session.deliver(media)
             if out.error is not None:

@@ -77,16 +77,30 @@ class FreshestQueue:
             return len(self._items)
 
 
+class OrderedQueue(FreshestQueue):
+    """A bounded FIFO for audio: when full, the *new* unit is refused (returned) and counted, so what
+    was queued stays in order with no hole in the middle; the caller reports the overload."""
+
+    def put(self, item: Media) -> Media | None:
+        with self._lock:
+            if len(self._items) >= self._maxsize:
+                self.dropped += 1
+                return item
+            self._items.append(item)
+            return None
+
+
 class MediaInbox:
     """A session's pending input: one FreshestQueue per media kind behind one scheduler view.
 
-    Video keeps the freshest `video_size` frames; audio keeps a short FIFO of `audio_size` chunks.
+    Video keeps the freshest `video_size` frames; audio is an ordered FIFO of `audio_size` chunks that
+    never evicts (a full queue refuses new chunks: overload, counted as `dropped_overload`).
     Separate queues mean 50 audio chunks a second never evict a video frame (or the reverse).
     `peek`/`pop` hand out whichever head is due first.
     """
 
     def __init__(self, video_size: int, audio_size: int) -> None:
-        self._queues = {MediaKind.VIDEO: FreshestQueue(video_size), MediaKind.AUDIO: FreshestQueue(audio_size)}
+        self._queues = {MediaKind.VIDEO: FreshestQueue(video_size), MediaKind.AUDIO: OrderedQueue(audio_size)}
 
     def put(self, item: Media) -> Media | None:
         return self._queues[item.kind].put(item)
@@ -150,6 +164,46 @@ class Subscription:
             self._items.appendleft(None)
         return item
 
+    def flush(self) -> int:
+        """Drop every queued unit (barge-in); the end-of-stream marker stays. Returns how many."""
+        kept = [item for item in self._items if item is None]
+        n = len(self._items) - len(kept)
+        self._items = collections.deque(kept)
+        return n
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._ready.set()
+            self._on_close(self)
+
+
+class EventSubscription:
+    """A consumer of a session's control events (JSON-able dicts), in order; bounded, oldest dropped."""
+
+    def __init__(self, maxsize: int, on_close: Callable[[EventSubscription], None]) -> None:
+        self._items: collections.deque[dict[str, Any] | None] = collections.deque(maxlen=maxsize)
+        self._ready = asyncio.Event()
+        self._on_close = on_close
+        self._closed = False
+
+    def offer(self, event: dict[str, Any] | None) -> None:
+        if not self._closed:
+            self._items.append(event)
+            self._ready.set()
+
+    async def get(self) -> dict[str, Any] | None:
+        """The next event, or None once the session has ended."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._items.popleft()
+        if item is None:
+            self._items.appendleft(None)
+        return item
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -208,6 +262,7 @@ class Session:
         self._on_update = on_update
         self.inbox = MediaInbox(config.inbox_size, config.audio_inbox_size)
         self._subs: dict[MediaKind, list[Subscription]] = {MediaKind.VIDEO: [], MediaKind.AUDIO: []}
+        self._event_subs: list[EventSubscription] = []
         self.created = clock.now()
         self.last_seen = self.created
         self.counts: collections.Counter[str] = collections.Counter()
@@ -249,7 +304,7 @@ class Session:
             self.deliver(media)
             return
         if self.inbox.put(media) is not None:
-            self.count_dropped("inbox")
+            self.count_dropped("overload" if media.kind is MediaKind.AUDIO else "inbox")
         self._on_input()
 
     def count_dropped(self, reason: str, count: int = 1) -> None:
@@ -259,7 +314,8 @@ class Session:
 
     # --- output ---------------------------------------------------------------------------------
     def subscribe(self, kind: MediaKind, maxsize: int | None = None) -> Subscription:
-        sub = Subscription(kind, maxsize or self.config.outbox_size, self._unsubscribe)
+        default = self.config.audio_outbox_size if kind is MediaKind.AUDIO else self.config.outbox_size
+        sub = Subscription(kind, maxsize or default, self._unsubscribe)
         if self.closed:
             sub.offer(None)
         else:
@@ -270,6 +326,28 @@ class Session:
         subs = self._subs[sub.kind]
         if sub in subs:
             subs.remove(sub)
+
+    def subscribe_events(self, maxsize: int = 1024) -> EventSubscription:
+        sub = EventSubscription(maxsize, lambda s: self._event_subs.remove(s) if s in self._event_subs else None)
+        if self.closed:
+            sub.offer(None)
+        else:
+            self._event_subs.append(sub)
+        return sub
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Fan a control event out to the event subscribers (loop thread)."""
+        if self.closed:
+            return
+        self.counts["events"] += 1
+        for sub in self._event_subs:
+            sub.offer(event)
+
+    def flush(self, kind: MediaKind) -> int:
+        """Drop the output of `kind` queued for every subscriber (barge-in). Returns units dropped."""
+        n = sum(sub.flush() for sub in self._subs[kind])
+        self.counts["flushed_out"] += n
+        return n
 
     def deliver(self, media: Media) -> None:
         """Fan an output unit out to the subscribers of its kind (loop thread)."""
@@ -330,6 +408,9 @@ class Session:
             "frames_dropped": c["dropped_inbox"] + c["dropped_expired"],
             "dropped_inbox": c["dropped_inbox"],
             "dropped_expired": c["dropped_expired"],
+            "dropped_overload": c["dropped_overload"],
+            "events": c["events"],
+            "flushed_out": c["flushed_out"],
             "deadline_misses": c["deadline_misses"],
             "errors": c["errors"],
             "latency_ms": {"p50": ms(self.latency.percentile(50)), "p95": ms(self.latency.percentile(95)),
@@ -349,6 +430,9 @@ class Session:
             for sub in list(subs):
                 sub.offer(None)
             subs.clear()
+        for esub in list(self._event_subs):
+            esub.offer(None)
+        self._event_subs.clear()
         self._closed_event.set()
         log.info("session %s (%s) ended: %s", self._id, self._pipeline, reason)
         return True

@@ -8,7 +8,8 @@ here) and wires the media:
   straight through), and echoed back when the client also receives audio;
 - when the client receives video, a `SessionOutputTrack` plays the session's output, paced by pts;
 - a data channel labelled `control` carries JSON both ways: `{"type": "update", "params": {...}}`
-  from the client (answered with `params` or `error`), `ping`/`pong`, and `stats` once a second.
+  from the client (answered with `params` or `error`), `ping`/`pong`, `stats` once a second, and
+  the session's control events (`{"type": "event", "event": "transcript", ...}`, voice).
 
 The peer ends when the connection fails or closes, the control channel closes, the session ends, or
 the client goes silent: no media for `silence_s` (aiortc's ICE consent check alone takes ~30 s to
@@ -233,6 +234,17 @@ class Peer:
         channel.on("message", self._on_control_message)
         channel.on("close", lambda: self._spawn(self.close("control channel closed"), "close"))
         self._spawn(self._send_stats(), "stats")
+        if getattr(self.handle, "subscribe_events", None) is not None:
+            self._spawn(self._send_events(), "events")
+
+    async def _send_events(self) -> None:
+        """The session's control events (voice: transcripts, thinking, latency) as `event` messages."""
+        sub = self.handle.subscribe_events()  # type: ignore[attr-defined]
+        try:
+            while (event := await sub.get()) is not None:
+                self._send({"type": "event", **event})
+        finally:
+            sub.close()
 
     def _on_control_message(self, message: str | bytes) -> None:
         self._mark_alive()

@@ -74,9 +74,9 @@ class WebRTCTransport:
 
     async def _answer(self, request: OfferRequest) -> OfferAnswer:
         offer = await read_offer(request.sdp)
-        video = offer.first("video")
-        if video is None or not video.client_sends:
-            raise BadRequest("the offer must send a video track (m=video, sendrecv or sendonly)")
+        video, audio = offer.first("video"), offer.first("audio")
+        if not any(s is not None and s.client_sends for s in (video, audio)):  # audio alone: voice
+            raise BadRequest("the offer must send a video or audio track (m=video/m=audio, sendrecv or sendonly)")
         handle = await self._sessions.open(request.pipeline, request.params, source="webrtc")
         peer = Peer(handle, self._sessions, self._options)
         self.peers[peer.id] = peer

@@ -331,6 +331,11 @@ class _Connection:
             sub = handle.subscribe(kind)
             self._subs.append(sub)
             self._pumps.append(asyncio.create_task(self._pump(sub, kind), name=f"ws-pump-{kind}"))
+        subscribe_events = getattr(handle, "subscribe_events", None)
+        if subscribe_events is not None:  # control events (voice transcripts, barge-in...) as `event` messages
+            events = subscribe_events()
+            self._subs.append(events)
+            self._pumps.append(asyncio.create_task(self._pump_events(events), name="ws-pump-events"))
         self._watcher = asyncio.create_task(self._watch(handle), name="ws-session-watch")
         self._decoder = asyncio.create_task(self._decode_loop(), name="ws-decoder")
         stats = handle.stats()
@@ -362,6 +367,14 @@ class _Connection:
                               kind)
                 continue
             if not await self._send(data):
+                return
+
+    async def _pump_events(self, sub: Any) -> None:
+        while True:
+            event = await sub.get()
+            if event is None:
+                return
+            if not await self._send_text({"type": "event", **event}):
                 return
 
     async def _watch(self, handle: SessionHandle) -> None:

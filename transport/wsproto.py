@@ -70,7 +70,7 @@ AUDIO_FORMATS = {"pcm_s16le": Format.PCM_S16LE}
 _KIND_FORMATS = {Kind.VIDEO: set(VIDEO_FORMATS.values()), Kind.AUDIO: set(AUDIO_FORMATS.values())}
 
 CLIENT_TYPES = frozenset({"hello", "start", "update", "stats", "end"})
-SERVER_TYPES = frozenset({"hello", "started", "updated", "stats", "ended", "error"})
+SERVER_TYPES = frozenset({"hello", "started", "updated", "stats", "ended", "error", "event"})
 
 
 class ProtocolError(StreamserveError):

@@ -177,6 +177,8 @@ function iceGathered(pc, timeoutMs = 3000) {
   });
 }
 
+import {attachVoice, isVoice, micConstraints, resetVoice, showVoicePanel, voiceEvent} from "./voice.js";
+
 async function start(event) {
   event?.preventDefault();
   if (state.pc) return;
@@ -185,9 +187,11 @@ async function start(event) {
   const pipeline = $("pipeline").value;
   const width = Number(query.get("width") || 512), height = Number(query.get("height") || 512);
   const fps = Number(query.get("fps") || 30);
+  const voice = isVoice(state.pipelines.get(pipeline)); // microphone only, the agent answers aloud
+  showVoicePanel(voice);
   try {
-    setStatus("Opening the camera…");
-    state.stream = await navigator.mediaDevices.getUserMedia({
+    setStatus(voice ? "Opening the microphone…" : "Opening the camera…");
+    state.stream = await navigator.mediaDevices.getUserMedia(voice ? {video: false, audio: micConstraints()} : {
       video: {width: {ideal: width}, height: {ideal: height}, frameRate: {ideal: fps}},
       audio: $("mic").checked ? {echoCancellation: true, noiseSuppression: true} : false,
     });
@@ -195,11 +199,14 @@ async function start(event) {
 
     const pc = (state.pc = new RTCPeerConnection());
     const [video] = state.stream.getVideoTracks();
-    video.contentHint = "motion";
-    preferVP8(pc.addTransceiver(video, {direction: "sendrecv", streams: [state.stream]}));
+    if (video) {
+      video.contentHint = "motion";
+      preferVP8(pc.addTransceiver(video, {direction: "sendrecv", streams: [state.stream]}));
+    }
     for (const audio of state.stream.getAudioTracks()) pc.addTransceiver(audio, {direction: "sendrecv"});
     const output = new MediaStream();
     pc.addEventListener("track", (ev) => {
+      if (voice && ev.track.kind === "audio") return attachVoice(ev.track);
       output.addTrack(ev.track);
       $("output").srcObject = output;
     });
@@ -249,6 +256,7 @@ function openControl(pc) {
     else if (msg.type === "params") showParams(msg.params);
     else if (msg.type === "error") showParamError(msg);
     else if (msg.type === "pong") state.rtt = performance.now() - msg.t;
+    else if (msg.type === "event") voiceEvent(msg);
     renderStats();
   });
   channel.addEventListener("close", () => state.pc === pc && stop("The session ended.", "idle"));
@@ -269,6 +277,7 @@ function stop(message = "Stopped.", kind = "idle", {endSession = false} = {}) {
   state.sessionId = state.sessionSecret = state.serverStats = state.prevReport = state.shown.last = null;
   $("local").srcObject = null;
   $("output").srcObject = null;
+  resetVoice();
   $("stats").hidden = true;
   $("stop").disabled = true;
   $("start").disabled = false;

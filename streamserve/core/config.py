@@ -17,7 +17,8 @@ class SessionConfig:
     latency_budget_s: float = 0.25  # deadline = arrival + budget
     inbox_size: int = 2  # bounded: the freshest frames win, older ones are dropped and counted
     outbox_size: int = 4
-    audio_inbox_size: int = 16  # audio chunks waiting for an audio-consuming model (FIFO, bounded)
+    audio_inbox_size: int = 256  # audio chunks waiting for an audio model (ordered FIFO; when full, new chunks are refused and counted)
+    audio_outbox_size: int = 256  # audio units queued per output subscriber (ordered; flushable on barge-in)
 
     def __post_init__(self) -> None:
         if not 0.001 <= self.latency_budget_s <= 10.0:
@@ -26,6 +27,8 @@ class SessionConfig:
             raise ValueError(f"inbox_size must be in [1, 64], got {self.inbox_size}")
         if not 1 <= self.audio_inbox_size <= 1024:
             raise ValueError(f"audio_inbox_size must be in [1, 1024], got {self.audio_inbox_size}")
+        if not 1 <= self.audio_outbox_size <= 4096:
+            raise ValueError(f"audio_outbox_size must be in [1, 4096], got {self.audio_outbox_size}")
         if not 1 <= self.outbox_size <= 256:
             raise ValueError(f"outbox_size must be in [1, 256], got {self.outbox_size}")
 
@@ -45,6 +48,8 @@ class ServerConfig:
     turn_username: str | None = None  # for every turn:/turns: URL (Link attributes, the server's peer)
     turn_credential: str | None = None
     model: str | None = None  # a model folder for pipelines that load checkpoints
+    # extra keyword options for pipelines whose constructor takes them (voice: llm_url, llm_model, ...)
+    pipeline_options: tuple[tuple[str, str], ...] = ()
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)
     viewer_tokens: tuple[str, ...] = ()  # required by WHEP and /view when set (admin tokens also work)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)

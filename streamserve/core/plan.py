@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
-from streamserve.core.frames import Media
+from streamserve.core.frames import Media, MediaKind
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,8 +89,13 @@ class StepOutput:
     `media` may be empty (a pipeline with lag, e.g. stream batch, is still filling) or hold several
     units. Each output unit carries the pts/arrival/deadline of the input it answers.
     `error` ends that session alone with a clear message; the others keep streaming.
+    `events` are JSON-able control events for the client (voice: transcripts, barge-in...); `flush`
+    names output kinds whose queued units the transport drops before `media` (barge-in). Both are
+    control: they are applied before the media of the same output and jump every media queue.
     """
 
     session_id: str
     media: tuple[Media, ...] = ()
     error: str | None = None
+    events: tuple[dict[str, Any], ...] = ()
+    flush: tuple[MediaKind, ...] = ()

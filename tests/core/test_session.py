@@ -129,9 +129,10 @@ def test_audio_never_evicts_video_in_the_inbox() -> None:
     for i in range(50):  # a second of 20 ms chunks arrives while the model is busy
         s.push(AudioChunk(np.zeros((1, 960), np.int16), 48_000, i * 960, 0.001 * i, 0.001 * i + 0.1))
     assert len(s.inbox) == 1 + 4
-    assert s.stats()["dropped_inbox"] == 46  # only old audio was dropped
+    # Audio is ordered, never freshest-wins: a full queue refuses the newest chunks (overload, counted).
+    assert s.stats()["dropped_overload"] == 46 and s.stats()["dropped_inbox"] == 0
     # Whatever is due first comes out first: the video frame (deadline 0.1) before audio (0.146...).
     first = s.inbox.pop()
     assert first is not None and first.kind is MediaKind.VIDEO
     rest = [s.inbox.pop() for _ in range(4)]
-    assert [c.pts for c in rest if c is not None] == [46 * 960, 47 * 960, 48 * 960, 49 * 960]
+    assert [c.pts for c in rest if c is not None] == [0, 960, 2 * 960, 3 * 960]

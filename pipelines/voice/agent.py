@@ -1,0 +1,469 @@
+"""The duplex voice agent of one session: listens, thinks while you speak, answers, stops when interrupted.
+
+Runs on the engine thread, one `feed` per input chunk; the input's stream clock drives everything
+(turn timing, output release), so the agent is deterministic on generated audio. Per chunk:
+
+1. results from the worker (transcripts, Smart Turn verdicts, TTS audio) are applied;
+2. VAD windows drive the turn machine (`TurnDetector`): speech onset, pause, resume, end of turn;
+3. thinking while listening: a partial transcript every `partial_every_s` of speech warms the brain
+   (LocalBrain pre-fills its KV); at each pause the transcript so far is decoded and a speculative
+   reply starts at once (text, then TTS of its first clause), held back until the turn really ends.
+   At the end of the turn, if the final words are those of the speculative reply, its audio goes out
+   immediately; otherwise it is cancelled and a reply to the final words starts;
+4. output: reply audio is released in 20 ms frames up to `lead_s` ahead of the input clock, so the
+   transport buffers little and a barge-in silences the client fast;
+5. barge-in: speech onset while the agent speaks holds the agent and flushes the transport (a
+   control action that jumps every queue); if the speech outlasts `backchannel_s` the reply is
+   cancelled (LLM stream closed, queued TTS skipped); a shorter burst ("mhm") resumes the agent.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Protocol
+
+import numpy as np
+
+from streamserve.pipelines.voice.asr import Transcriber, Utterance, normalize
+from streamserve.pipelines.voice.audio import MODEL_RATE
+from streamserve.pipelines.voice.brain import Generation, Message
+from streamserve.pipelines.voice.reply import Mailbox, Reply, ReplyConfig
+from streamserve.pipelines.voice.tts import Synthesizer
+from streamserve.pipelines.voice.turn import EventKind, TurnConfig, TurnDetector, TurnEvent, TurnState
+from streamserve.pipelines.voice.vad import FrameVad, SpeechProbability
+from streamserve.pipelines.voice.worker import PRIORITY_PARTIAL, PRIORITY_TURN, VoiceWorker
+
+DEFAULT_SYSTEM_PROMPT = ("You are a helpful voice assistant. Answer in one or two short spoken sentences, "
+                         "without lists or markdown.")
+
+
+class AgentBrain(Protocol):
+    def start(self, messages: list[Message], max_tokens: int, key: str | None = None) -> Generation: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    turn: TurnConfig = dataclasses.field(default_factory=TurnConfig)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_reply_tokens: int = 48
+    history_turns: int = 6  # user+agent pairs kept in the prompt (older ones roll out)
+    partial_every_s: float = 0.5
+    backchannel_s: float = 0.4  # user speech shorter than this during agent speech is not a barge-in
+    lead_s: float = 0.06  # agent audio released this far ahead of the input clock
+    tentative_hold_s: float = 0.15  # a speech window while the agent talks holds it this long at least
+    preroll_s: float = 0.3  # audio before the detected onset kept for ASR
+    echo_tail_s: float = 0.3  # without client AEC: input ignored until this long after agent audio
+    client_aec: bool = True
+    semantic_turn: bool = True
+    # duplex: partials warm the brain, each pause is transcribed and starts a speculative reply.
+    # False is the sequential cascade (turn end -> ASR -> LLM -> TTS), the benchmark's baseline.
+    think: bool = True
+    out_rate: int = 24_000
+    frame_s: float = 0.02
+    fallback_text: str = "Sorry, I cannot reach my language model right now."
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_reply_tokens <= 1024:
+            raise ValueError(f"max_reply_tokens must be in [1, 1024], got {self.max_reply_tokens}")
+        if not 0 <= self.history_turns <= 64:
+            raise ValueError(f"history_turns must be in [0, 64], got {self.history_turns}")
+        for name in ("partial_every_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 10.0:
+                raise ValueError(f"{name} must be in [0, 10] s, got {v}")
+        if self.out_rate not in (8_000, 16_000, 24_000, 48_000):
+            raise ValueError(f"out_rate must be 8000, 16000, 24000 or 48000, got {self.out_rate}")
+
+
+@dataclasses.dataclass
+class VoiceModels:
+    """The parts one pipeline shares between its sessions."""
+
+    vad: type[SpeechProbability] | Any  # a factory: one stateful VAD per session
+    asr: Transcriber
+    tts: Synthesizer
+    brain: AgentBrain
+    smart_turn: Any | None = None  # callable audio -> P(turn complete), or None
+
+
+@dataclasses.dataclass
+class AgentOutput:
+    frames: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)  # ([samples] f32, pts)
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    flush: bool = False  # drop agent audio queued in the transport before these frames
+
+
+class VoiceAgent:
+    def __init__(self, key: str, config: AgentConfig, models: VoiceModels, worker: VoiceWorker) -> None:
+        self.key = key
+        self.cfg = config
+        self.m = models
+        self.worker = worker
+        self.mailbox = Mailbox()
+        self.vad = FrameVad(models.vad())
+        self.turn = TurnDetector(config.turn)
+        self.t_in = 0.0  # input consumed, stream seconds
+        self.t_out = 0.0  # end of the last released output frame, same clock
+        self._preroll: collections.deque[np.ndarray] = collections.deque()
+        self._preroll_n = 0
+        self.utt: Utterance | None = None
+        self._utt_seq = 0
+        self._pause_seq = 0
+        self._partial_inflight = False
+        self._partial_from = 0
+        self._awaiting_final: tuple[int, int, float] | None = None  # (utterance, pause, speech end)
+        self._utt_during_agent = False
+        self.reply: Reply | None = None
+        self._epoch = 0
+        self._held = False
+        self._recent: collections.deque[tuple[float, np.ndarray]] = collections.deque()
+        self._prefill: Generation | None = None
+        self._turn_end_t = 0.0
+        self._turn_reason = ""
+        self._first_frame_sent = False
+        self._agent_partial = ""
+        self._error_reported = False
+        self.history: list[Message] = []
+        self.closed = False
+        self.stats = collections.Counter[str]()
+        self._out = AgentOutput()
+
+    # --- the step -------------------------------------------------------------------------------
+    def feed(self, audio: np.ndarray) -> AgentOutput:
+        """Consume [samples] float32 16 kHz audio (the next piece of the input, in order)."""
+        self._out = out = AgentOutput()
+        if self.closed:
+            return out
+        self.mailbox.run()
+        self._pump_reply()
+        self._remember(audio)
+        if self.utt is not None:
+            self.utt.append(audio)
+        for end_sample, prob in self.vad.push(audio):
+            t = end_sample / MODEL_RATE
+            if not self.cfg.client_aec and self._agent_audible(t):
+                prob = 0.0  # no echo cancellation on the client: our own voice is not the user's
+            self._tentative_hold(prob)
+            for ev in self.turn.push(t, prob, self.vad.window_s):
+                self._on_turn(ev)
+        self.t_in += len(audio) / MODEL_RATE
+        self._maybe_partial()
+        self._check_barge_in()
+        self._release()
+        return out
+
+    def _emit(self, event: str, **body: Any) -> None:
+        self._out.events.append({"event": event, "t": round(self.t_in, 3), **body})
+
+    def _remember(self, audio: np.ndarray) -> None:
+        self._preroll.append(audio)
+        self._preroll_n += len(audio)
+        limit = int(self.cfg.preroll_s * MODEL_RATE) + len(audio)
+        while self._preroll and self._preroll_n - len(self._preroll[0]) >= limit:
+            self._preroll_n -= len(self._preroll.popleft())
+
+    def _agent_audible(self, t: float) -> bool:
+        return self.reply is not None and self.reply.released and t < self.t_out + self.cfg.echo_tail_s
+
+    @property
+    def speaking(self) -> bool:
+        """The agent has released audio of a reply that is not finished."""
+        return self.reply is not None and self.reply.released and self._first_frame_sent
+
+    # --- turn events ----------------------------------------------------------------------------
+    def _on_turn(self, ev: TurnEvent) -> None:
+        if ev.kind is EventKind.SPEECH_START:
+            self._tentative_since = None
+            self._utt_seq += 1
+            self.utt = Utterance(0)
+            self.utt.append(np.concatenate(list(self._preroll)) if self._preroll else np.zeros(0, np.float32))
+            self._partial_from = 0
+            self._utt_during_agent = self._held or self.speaking or (self.reply is not None and self.reply.released)
+            self._emit("speech_start", onset=round(ev.t, 3))
+            if self._utt_during_agent:
+                self._hold()
+        elif ev.kind is EventKind.RESUME:
+            if self.reply is not None and not self.reply.released:  # the user went on: not their last words
+                self._cancel_reply("resumed")
+        elif ev.kind is EventKind.PAUSE:
+            self._on_pause()
+        elif ev.kind is EventKind.NOISE:
+            self.utt = None
+            self.stats["noise"] += 1
+            if self._held:
+                self._resume()
+        elif ev.kind is EventKind.TURN_END:
+            self._on_turn_end(ev)
+
+    def _on_pause(self) -> None:
+        utt = self.utt
+        if utt is None:
+            return
+        self._pause_seq += 1
+        uid, pid = self._utt_seq, self._pause_seq
+        if self.cfg.think:  # the words so far, decoded now: the final then needs only what follows
+            self._transcribe_tail(utt, uid, pid)
+        if self.cfg.semantic_turn and self.m.smart_turn is not None:
+            smart, audio = self.m.smart_turn, utt.audio()
+
+            def verdict(prob: Any, error: BaseException | None) -> None:
+                if error is None:
+                    self.mailbox.post(self._on_semantic, uid, pid, float(prob))
+
+            self.worker.submit(PRIORITY_TURN, lambda: smart(audio), verdict,
+                               stale=lambda: self.closed or uid != self._utt_seq or pid != self._pause_seq)
+
+    def _transcribe_tail(self, utt: Utterance, uid: int, pid: int) -> None:
+        end, asr, prompt = utt.samples, self.m.asr, utt.committed_text
+        tail = utt.tail(end)
+
+        def done(text: Any, error: BaseException | None) -> None:
+            self.mailbox.post(self._on_pause_text, uid, pid, end, "" if error else str(text))
+
+        self.worker.submit(PRIORITY_TURN, lambda: asr(tail, prompt), done,
+                           stale=lambda: self.closed or (uid != self._utt_seq and self._awaiting_final is None))
+
+    def _on_semantic(self, uid: int, pid: int, prob: float) -> None:
+        if uid != self._utt_seq or pid != self._pause_seq or self.utt is None:
+            return
+        for ev in self.turn.set_semantic(prob >= 0.5):
+            self._on_turn(ev)
+
+    def _on_pause_text(self, uid: int, pid: int, end: int, text: str) -> None:
+        if self.closed:
+            return
+        waiting = self._awaiting_final
+        if waiting is not None and waiting[0] == uid and waiting[1] == pid and self._final_utt is not None:
+            full = self._final_utt.apply_partial(text, end, commit=True)
+            self._awaiting_final, self._final_utt = None, None
+            self._respond(full, waiting[2])
+            return
+        if uid != self._utt_seq or self.utt is None:
+            return
+        full = self.utt.apply_partial(text, end, commit=True)
+        self._pause_text_pid = pid
+        self._emit("transcript", role="user", final=False, text=full)
+        if (self.cfg.think and pid == self._pause_seq and self.turn.state is TurnState.PAUSED and full
+                and not self._utt_during_agent):
+            self._start_reply(full, speculative=True)
+
+    def _on_turn_end(self, ev: TurnEvent) -> None:
+        utt, self.utt = self.utt, None
+        if utt is None:
+            return
+        if self._utt_during_agent and ev.speech_s < self.cfg.backchannel_s and self._held:
+            self.stats["backchannels"] += 1
+            self._emit("backchannel", speech_s=round(ev.speech_s, 3))
+            self._resume()
+            return
+        self._turn_end_t, self._turn_reason = ev.t, ev.reason
+        if self._pause_text_pid == self._pause_seq:  # the transcript of this last pause is in
+            self._respond(utt.committed_text, ev.t)
+            return
+        self._final_utt = utt  # wait for it: it covers every word before the silence
+        self._awaiting_final = (self._utt_seq, self._pause_seq, ev.t)
+        if not self.cfg.think:  # the sequential cascade: transcribe only now that the turn is over
+            self._transcribe_tail(utt, self._utt_seq, self._pause_seq)
+
+    _final_utt: Utterance | None = None
+    _pause_text_pid = -1
+
+    # --- partial transcripts and thinking -------------------------------------------------------
+    def _maybe_partial(self) -> None:
+        utt = self.utt
+        if utt is None or self._partial_inflight or self.turn.state is not TurnState.SPEAKING or not self.cfg.think:
+            return
+        if utt.samples - self._partial_from < int(self.cfg.partial_every_s * MODEL_RATE):
+            return
+        self._partial_inflight = True
+        self._partial_from = end = utt.samples
+        uid, asr, prompt, tail = self._utt_seq, self.m.asr, utt.committed_text, utt.tail(utt.samples)
+
+        def done(text: Any, error: BaseException | None) -> None:
+            self.mailbox.post(self._on_partial, uid, end, "" if error else str(text))
+
+        def stale() -> bool:
+            if self.closed or uid != self._utt_seq:
+                self.mailbox.post(self._partial_skipped)
+                return True
+            return False
+
+        self.worker.submit(PRIORITY_PARTIAL, lambda: asr(tail, prompt), done, stale=stale)
+
+    def _partial_skipped(self) -> None:
+        self._partial_inflight = False
+
+    def _on_partial(self, uid: int, end: int, text: str) -> None:
+        self._partial_inflight = False
+        if uid != self._utt_seq or self.utt is None or self.closed:
+            return
+        full = self.utt.apply_partial(text, end, commit=False)
+        if not full:
+            return
+        self._emit("transcript", role="user", final=False, text=full)
+        prefill = getattr(self.m.brain, "prefill", None)
+        if self.cfg.think and prefill is not None and not self._utt_during_agent:
+            if self._prefill is not None:
+                self._prefill.cancel()
+            self._prefill = prefill(self._messages(full), self.key)
+            self._emit("thinking", text=full, stage="prefill")
+
+    # --- replies --------------------------------------------------------------------------------
+    def _messages(self, user_text: str) -> list[Message]:
+        keep = self.history[-2 * self.cfg.history_turns:] if self.cfg.history_turns else []
+        return [{"role": "system", "content": self.cfg.system_prompt}, *keep,
+                {"role": "user", "content": user_text}]
+
+    def _start_reply(self, text: str, speculative: bool) -> None:
+        if self.reply is not None:
+            self._cancel_reply("replaced")
+        if self._prefill is not None:
+            self._prefill.cancel()
+            self._prefill = None
+        gen = self.m.brain.start(self._messages(text), self.cfg.max_reply_tokens, key=self.key)
+        self.reply = Reply(self._epoch, text, gen, tts=self.m.tts, worker=self.worker, mailbox=self.mailbox,
+                           config=ReplyConfig(self.cfg.frame_s, self.cfg.out_rate), speculative=speculative)
+        self._first_frame_sent = False
+        self._agent_partial = ""
+        self._error_reported = False
+        self._emit("thinking", text=text, stage="speculative" if speculative else "reply")
+
+    def _respond(self, text: str, speech_end: float) -> None:
+        """The user's turn is over and `text` is what they said."""
+        self._turn_end_t = speech_end
+        if not normalize(text):
+            self.stats["empty_turns"] += 1
+            if self.reply is not None and not self.reply.released:
+                self._cancel_reply("empty turn")
+            return
+        self.stats["turns"] += 1
+        self._emit("transcript", role="user", final=True, text=text)
+        reply = self.reply
+        hit = reply is not None and not reply.released and normalize(reply.user_text) == normalize(text)
+        if not hit:
+            self._start_reply(text, speculative=False)
+        assert self.reply is not None
+        self.reply.released = True
+        self._speculative_hit = hit
+        self.history.append({"role": "user", "content": text})
+        self._pump_reply()
+
+    _speculative_hit = False
+
+    def _pump_reply(self) -> None:
+        reply = self.reply
+        if reply is None:
+            return
+        reply.pump()
+        err = reply.gen.error
+        if err is not None and reply.released and not self._error_reported:
+            self._error_reported = True
+            self.stats["brain_errors"] += 1
+            self._emit("error", code=err.code, message=str(err))
+            reply.say(self.cfg.fallback_text)
+        spoken = " ".join(reply.spoken_text)
+        if reply.released and spoken != self._agent_partial and spoken:
+            self._agent_partial = spoken
+            self._emit("transcript", role="agent", final=False, text=spoken)
+
+    def _cancel_reply(self, why: str) -> None:
+        if self.reply is None:
+            return
+        self.reply.cancel()
+        self.stats[f"cancel_{why}"] += 1
+        self.reply = None
+        self._held = False
+        self._recent.clear()
+
+    # --- output and barge-in --------------------------------------------------------------------
+    def _release(self) -> None:
+        reply = self.reply
+        if reply is None or not reply.released or self._held:
+            return
+        frame_s = self.cfg.frame_s
+        while self.t_out < self.t_in + self.cfg.lead_s:
+            frame = reply.pop_frame()
+            if frame is None:
+                break
+            if self.t_out < self.t_in:
+                self.t_out = self.t_in  # the agent was silent: its next word starts now
+            if not self._first_frame_sent:
+                self._first_frame_sent = True
+                latency = self.t_out - self._turn_end_t
+                self.stats["replies"] += 1
+                self._emit("turn", latency_ms=round(latency * 1000, 1), end_reason=self._turn_reason,
+                           speculative_hit=self._speculative_hit, user=reply.user_text)
+            pts = int(round(self.t_out * self.cfg.out_rate))
+            self._out.frames.append((frame, pts))
+            self._recent.append((self.t_out, frame))
+            while self._recent and self._recent[0][0] < self.t_in - self.cfg.lead_s:
+                self._recent.popleft()
+            self.t_out += frame_s
+        if reply.done and self._first_frame_sent:
+            text = " ".join(reply.spoken_text)
+            self._emit("transcript", role="agent", final=True, text=text)
+            self.history.append({"role": "assistant", "content": text})
+            self.reply = None
+            self._recent.clear()
+        elif reply.done and reply.gen.finished and not reply.spoken_text and reply.text_done:
+            self.reply = None  # nothing to say (empty generation)
+
+    def _hold(self) -> None:
+        """User speech while the agent talks: stop releasing and flush what the transport still holds."""
+        if self._held or self.reply is None:
+            return
+        self._held = True
+        self._out.flush = True
+        unplayed = [f for t, f in self._recent if t + self.cfg.frame_s > self.t_in]
+        self.reply.rewind(unplayed)
+        self.t_out = min(self.t_out, self.t_in)
+        self._recent.clear()
+        self._emit("agent_hold")
+
+    def _tentative_hold(self, prob: float) -> None:
+        """Hold on the first speech window while the agent talks (a barge-in is silent fast); resume
+        if no utterance follows within `tentative_hold_s` (a click, a breath)."""
+        if not self.speaking:
+            return
+        if not self._held and prob >= self.cfg.turn.speech_threshold and self.turn.state is TurnState.SILENT:
+            self._hold()
+            self._tentative_since = self.t_in
+        elif self._held and self._tentative_since is not None:
+            if self.turn.state is not TurnState.SILENT:
+                self._tentative_since = None  # an utterance started: the barge-in logic takes over
+            elif self.t_in - self._tentative_since > self.cfg.tentative_hold_s:
+                self._tentative_since = None
+                self._resume()
+
+    _tentative_since: float | None = None
+
+    def _resume(self) -> None:
+        self._held = False
+        self._emit("agent_resume")
+
+    def _check_barge_in(self) -> None:
+        if not self._held or self.utt is None or self.reply is None:
+            return
+        if self.turn.speech_s >= self.cfg.backchannel_s:
+            spoken = " ".join(self.reply.spoken_text[:max(1, len(self.reply.spoken_text))])
+            self._epoch += 1
+            self._cancel_reply("barge_in")
+            self.stats["barge_ins"] += 1
+            self._utt_during_agent = False  # from now on this is the user's new turn
+            self._emit("barge_in", speech_s=round(self.turn.speech_s, 3))
+            if spoken:
+                self.history.append({"role": "assistant", "content": spoken + " ..."})
+
+    # --- end ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Cancel everything in flight (LLM stream closed, queued TTS and ASR skipped)."""
+        self.closed = True
+        if self.reply is not None:
+            self.reply.cancel()
+            self.reply = None
+        if self._prefill is not None:
+            self._prefill.cancel()
+        forget = getattr(self.m.brain, "forget", None)
+        if forget is not None:
+            forget(self.key)

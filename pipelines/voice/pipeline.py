@@ -1,0 +1,170 @@
+"""`voice`: the duplex voice agent as a streamserve pipeline (audio in, speech out, JSON events).
+
+Each session gets a `VoiceAgent`; the pipeline shares the models and one `VoiceWorker` thread
+between sessions. `step` runs on the engine thread and only does per-chunk work (resampling, VAD,
+the turn machine, releasing output frames); transcripts, Smart Turn and TTS run on the worker, the
+local LM on its own thread (continuous batching across sessions), an endpoint LLM on its own event
+loop. Each StepOutput carries the session's agent audio (20 ms frames, paced by the input clock),
+its events (transcripts, thinking, per-turn latency, barge-in, errors) and, on barge-in, a flush of
+the agent audio still queued in the transport.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamserve.core.frames import AudioChunk, MediaKind
+from streamserve.core.plan import Batch, StepOutput
+from streamserve.pipelines.base import Pipeline
+from streamserve.pipelines.voice.agent import DEFAULT_SYSTEM_PROMPT, AgentConfig, VoiceAgent, VoiceModels
+from streamserve.pipelines.voice.audio import InputResampler
+from streamserve.pipelines.voice.turn import TurnConfig
+from streamserve.pipelines.voice.worker import VoiceWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class VoiceParams:
+    """Per-session knobs (live-changeable with PATCH / `update`)."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_reply_tokens: int = 48
+    end_silence_ms: float = 640.0  # silence that ends a turn without a semantic verdict
+    semantic_silence_ms: float = 192.0  # silence that ends a turn Smart Turn calls complete
+    semantic_turn: bool = True
+    backchannel_ms: float = 400.0  # shorter user speech during agent speech does not interrupt it
+    client_aec: bool = True  # false: the client has no echo cancellation; agent audio is not barge-in
+    think: bool = True  # think while listening (false: the sequential cascade, for comparison)
+    output_sample_rate: int = 24_000
+
+    def __post_init__(self) -> None:
+        if len(self.system_prompt) > 4000:
+            raise ValueError(f"system_prompt must be at most 4000 characters, got {len(self.system_prompt)}")
+        self.agent_config()  # every range check lives in the config dataclasses
+
+    def agent_config(self) -> AgentConfig:
+        sem = min(self.semantic_silence_ms, self.end_silence_ms) / 1000
+        turn = TurnConfig(pause_s=min(0.096, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000)
+        return AgentConfig(turn=turn, system_prompt=self.system_prompt, max_reply_tokens=self.max_reply_tokens,
+                           backchannel_s=self.backchannel_ms / 1000, client_aec=self.client_aec,
+                           semantic_turn=self.semantic_turn, think=self.think, out_rate=self.output_sample_rate)
+
+
+def load_models(*, llm_url: str | None = None, llm_model: str | None = None, llm_api_key: str | None = None,
+                llm_name: str = "default", asr_model: str | None = None, tts: str = "hibari",
+                smart_turn: bool = True) -> VoiceModels:
+    """The embedded defaults, or what the options name (`--llm-url`, `--llm-model`, `--asr-model`, `--tts`)."""
+    from streamserve.pipelines.voice.asr import WhisperAsr
+    from streamserve.pipelines.voice.brain import EndpointBrain
+    from streamserve.pipelines.voice.smart_turn import SmartTurn
+    from streamserve.pipelines.voice.tts import EspeakTts, HibariTts
+    from streamserve.pipelines.voice.vad import SileroVad
+
+    if tts not in ("hibari", "espeak"):
+        raise ValueError(f"--tts must be hibari or espeak, got {tts!r}")
+    brain: Any
+    if llm_url:
+        brain = EndpointBrain(llm_url, model=llm_name, api_key=llm_api_key)
+    else:
+        from streamserve.pipelines.voice.lm import LocalBrain
+
+        brain = LocalBrain.from_path(Path(llm_model) if llm_model else None)
+    turn_model = None
+    if smart_turn:
+        try:
+            turn_model = SmartTurn()
+        except (FileNotFoundError, ImportError) as exc:
+            log.warning("Smart Turn unavailable (%s): ends of turn use silence only", exc)
+    return VoiceModels(vad=SileroVad, asr=WhisperAsr(asr_model), tts=HibariTts() if tts == "hibari" else EspeakTts(),
+                       brain=brain, smart_turn=turn_model)
+
+
+class VoicePipeline(Pipeline):
+    name = "voice"
+    description = "Duplex voice agent: listens, thinks while you speak, answers aloud, stops when interrupted."
+    Params = VoiceParams
+    inputs = frozenset({MediaKind.AUDIO})
+    outputs = frozenset({MediaKind.AUDIO})
+
+    def __init__(self, device: str = "cpu", *, llm_url: str | None = None, llm_model: str | None = None,
+                 llm_api_key: str | None = None, asr_model: str | None = None, tts: str = "hibari",
+                 models: VoiceModels | None = None) -> None:
+        super().__init__(device)
+        self._options = {"llm_url": llm_url, "llm_model": llm_model, "llm_api_key": llm_api_key,
+                         "asr_model": asr_model, "tts": tts}
+        self.models = models
+        self._owns_models = models is None
+        self._load_lock = threading.Lock()
+        self.worker = VoiceWorker()
+        self._agents: dict[str, VoiceAgent] = {}
+        self._resamplers: dict[str, InputResampler] = {}
+
+    def _ensure_models(self) -> VoiceModels:
+        with self._load_lock:
+            if self.models is None:
+                self.models = load_models(**self._options)  # type: ignore[arg-type]
+            return self.models
+
+    def warmup(self) -> None:
+        m = self._ensure_models()
+        m.asr(np.zeros(8000, np.float32))
+        m.tts("Ready.")
+        if m.smart_turn is not None:
+            m.smart_turn(np.zeros(16000, np.float32))
+        if hasattr(m.brain, "prefill"):  # the local LM: its first forward pays one-off costs
+            m.brain.start([{"role": "user", "content": "Hi"}], 2).wait(timeout=120)
+
+    def agent(self, session_id: str) -> VoiceAgent:
+        return self._agents[session_id]
+
+    def open_session(self, session_id: str, params: Any) -> None:
+        models = self._ensure_models()
+        self._agents[session_id] = VoiceAgent(session_id, params.agent_config(), models, self.worker)
+        self._resamplers[session_id] = InputResampler()
+
+    def update_params(self, session_id: str, params: Any) -> None:
+        agent = self._agents.get(session_id)
+        if agent is not None:
+            agent.cfg = params.agent_config()
+            agent.turn.config = agent.cfg.turn
+
+    def close_session(self, session_id: str) -> None:
+        agent = self._agents.pop(session_id, None)
+        self._resamplers.pop(session_id, None)
+        if agent is not None:
+            agent.close()
+
+    def step(self, batch: Batch) -> list[StepOutput]:
+        outputs = []
+        for item in batch.items:
+            chunk = item.media
+            if not isinstance(chunk, AudioChunk):
+                outputs.append(StepOutput(item.session_id, error="the voice pipeline takes audio only"))
+                continue
+            agent = self._agents[item.session_id]
+            audio = self._resamplers[item.session_id](chunk)  # ValueError names a bad rate/channel count
+            out = agent.feed(audio)
+            media = tuple(
+                AudioChunk((np.clip(frame, -1.0, 1.0) * 32767.0).round().astype(np.int16)[None, :],
+                           agent.cfg.out_rate, pts, chunk.arrival, max(chunk.deadline, chunk.arrival),
+                           meta={"source": "voice-agent"})
+                for frame, pts in out.frames)
+            outputs.append(StepOutput(item.session_id, media, events=tuple(out.events),
+                                      flush=(MediaKind.AUDIO,) if out.flush else ()))
+        return outputs
+
+    def close(self) -> None:
+        for sid in list(self._agents):
+            self.close_session(sid)
+        self.worker.stop()
+        if self.models is not None and self._owns_models:
+            close = getattr(self.models.brain, "close", None)
+            if close is not None:
+                close()

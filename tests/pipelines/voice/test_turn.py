@@ -1,0 +1,122 @@
+"""VAD and the end-of-turn state machine, on generated speech, silence and pink noise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamserve.pipelines.voice.audio import MODEL_RATE, pink_noise
+from streamserve.pipelines.voice.turn import EventKind, TurnConfig, TurnDetector, TurnEvent
+from streamserve.pipelines.voice.vad import FrameVad, SileroVad
+
+
+def run_turns(audio: np.ndarray, config: TurnConfig | None = None) -> list[TurnEvent]:
+    vad, turn = FrameVad(SileroVad()), TurnDetector(config)
+    events = []
+    for i in range(0, len(audio), 320):  # 20 ms chunks, as a microphone sends them
+        for end, prob in vad.push(audio[i:i + 320]):
+            events += turn.push(end / MODEL_RATE, prob, vad.window_s)
+    return events
+
+
+def speech_bounds(audio: np.ndarray, level: float = 0.02) -> tuple[float, float]:
+    """Seconds of the first and last sample louder than `level` (the WAV's known speech span)."""
+    loud = np.flatnonzero(np.abs(audio) > level)
+    return loud[0] / MODEL_RATE, loud[-1] / MODEL_RATE
+
+
+def pad(speech: np.ndarray, before: float = 0.5, after: float = 1.0) -> np.ndarray:
+    return np.concatenate([np.zeros(int(before * MODEL_RATE), np.float32), speech,
+                           np.zeros(int(after * MODEL_RATE), np.float32)])
+
+
+def test_question_is_one_turn_ending_after_the_silence(say: Any) -> None:
+    speech = say("What is the capital of France?")
+    events = run_turns(pad(speech))
+    kinds = [e.kind for e in events]
+    assert kinds[0] is EventKind.SPEECH_START and kinds[-1] is EventKind.TURN_END
+    assert kinds.count(EventKind.TURN_END) == 1
+    start, end = events[0], events[-1]
+    first, last = speech_bounds(speech)
+    assert abs(start.t - (0.5 + first)) < 0.1  # onset: where the generated speech begins
+    assert abs(end.t - (0.5 + last)) < 0.15  # t is the end of speech, not of the silence after it
+    assert end.reason == "silence" and end.speech_s > 1.0
+
+
+def test_silence_and_pink_noise_never_start_a_turn() -> None:
+    rng = np.random.default_rng(0)
+    assert run_turns(np.zeros(3 * MODEL_RATE, np.float32)) == []
+    noise = pink_noise(4 * MODEL_RATE, rng, level=0.05)
+    assert [e for e in run_turns(noise) if e.kind is EventKind.TURN_END] == []
+
+
+def test_speech_over_pink_noise_is_still_one_turn(say: Any) -> None:
+    rng = np.random.default_rng(1)
+    audio = pad(say("How many legs does a spider have?"))
+    audio = audio + pink_noise(len(audio), rng, level=0.01)
+    kinds = [e.kind for e in run_turns(audio)]
+    assert kinds.count(EventKind.SPEECH_START) >= 1 and kinds.count(EventKind.TURN_END) >= 1
+
+
+def test_end_silence_is_a_per_session_tunable(say: Any) -> None:
+    audio = pad(say("Tell me a joke."), after=1.5)
+    fast = run_turns(audio, TurnConfig(end_silence_s=0.3, semantic_silence_s=0.2))
+    slow = run_turns(audio, TurnConfig(end_silence_s=1.2))
+    t_fast = next(e for e in fast if e.kind is EventKind.TURN_END)
+    t_slow = next(e for e in slow if e.kind is EventKind.TURN_END)
+    # Same end of speech; the turn is *declared* later with the longer silence, so its event comes
+    # from a later VAD window. Compare the number of windows processed before it.
+    assert abs(t_fast.t - t_slow.t) < 0.1
+    assert fast.index(t_fast) <= slow.index(t_slow)
+
+
+def probs(seq: str, window: float = 0.032) -> list[tuple[float, float]]:
+    """'.' silence, 'S' speech: one VAD window each."""
+    return [((i + 1) * window, 0.95 if c == "S" else 0.02) for i, c in enumerate(seq)]
+
+
+def feed(turn: TurnDetector, seq: str) -> list[TurnEvent]:
+    out = []
+    for t, p in probs(seq):
+        out += turn.push(t, p, 0.032)
+    return out
+
+
+def test_state_machine_pause_resume_and_fallback() -> None:
+    turn = TurnDetector(TurnConfig(pause_s=0.096, semantic_silence_s=0.192, end_silence_s=0.64))
+    events = feed(turn, "..SSSSSSSSSS....SSSSSS" + "." * 25)
+    kinds = [e.kind for e in events]
+    assert kinds == [EventKind.SPEECH_START, EventKind.PAUSE, EventKind.RESUME, EventKind.PAUSE,
+                     EventKind.TURN_END]
+    assert events[0].t == pytest.approx(2 * 0.032)  # onset: the first speech window's start
+    assert events[-1].t == pytest.approx(22 * 0.032)  # the end of the last speech window
+
+
+def test_semantic_verdict_ends_the_turn_early_and_silence_is_the_fallback() -> None:
+    turn = TurnDetector(TurnConfig(pause_s=0.096, semantic_silence_s=0.192, end_silence_s=0.64))
+    events = feed(turn, "SSSSSSSSSS...")
+    assert [e.kind for e in events] == [EventKind.SPEECH_START, EventKind.PAUSE]
+    assert turn.set_semantic(True) == []  # complete, but only 96 ms of silence so far
+    events = feed(turn, "...")  # 192 ms: the semantic turn end fires
+    assert [(e.kind, e.reason) for e in events] == [(EventKind.TURN_END, "semantic")]
+    # An incomplete verdict waits for the full silence.
+    turn = TurnDetector(TurnConfig(pause_s=0.096, semantic_silence_s=0.192, end_silence_s=0.64))
+    feed(turn, "SSSSSSSSSS...")
+    turn.set_semantic(False)
+    assert feed(turn, "." * 10) == []
+    assert [e.reason for e in feed(turn, "." * 10)] == ["silence"]
+
+
+def test_short_bursts_are_noise_not_turns() -> None:
+    turn = TurnDetector(TurnConfig(min_utterance_s=0.2))
+    events = feed(turn, "..SSS" + "." * 30)
+    assert [e.kind for e in events] == [EventKind.SPEECH_START, EventKind.NOISE]
+
+
+@pytest.mark.parametrize("kw", [{"speech_threshold": 1.5}, {"end_silence_s": 0.1, "pause_s": 0.2},
+                                {"release_threshold": 0.9}, {"min_speech_s": -1.0}])
+def test_bad_turn_config_names_the_value(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        TurnConfig(**kw)
