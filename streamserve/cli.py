@@ -27,6 +27,16 @@ def _tokens(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tokens))
 
 
+def _devices(text: str | None) -> tuple[str, ...]:
+    """``--devices cuda:0,cuda:1`` -> ("cuda:0", "cuda:1"); an empty entry is an error."""
+    if not text:
+        return ()
+    devices = tuple(d.strip() for d in text.split(","))
+    if any(not d for d in devices):
+        raise ValueError(f"--devices: empty entry in {text!r}")
+    return devices
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     try:
         session = SessionConfig(latency_budget_s=args.latency_budget_ms / 1000.0)
@@ -34,7 +44,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             host=args.host, port=args.port, pipeline=args.pipeline, device=args.device,
             log_level=args.log_level, max_sessions=args.max_sessions, max_batch=args.max_batch,
             tokens=_tokens(args), ice_servers=tuple(args.ice_server or ()), model=args.model,
-            session=session,
+            devices=_devices(args.devices), session=session,
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
@@ -91,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--pipeline", default="video", help="default pipeline for new sessions")
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    serve.add_argument("--devices", default=None, help="one engine per device, e.g. cuda:0,cuda:1 (or "
+                       "cpu,cpu); new sessions go to the device with the most headroom")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--model", default=None, help="model folder for pipelines that load checkpoints")
     serve.add_argument("--token", action="append", help="bearer token for ingest (repeatable); "

@@ -212,6 +212,7 @@ class Session:
         self.latency = LatencyWindow()
         self.close_reason: str | None = None
         self._closed_event = asyncio.Event()
+        self.device: str | None = None  # the engine it runs on, set by the manager (many devices)
 
     # --- identity -------------------------------------------------------------------------------
     @property
@@ -312,6 +313,7 @@ class Session:
             "pipeline": self._pipeline,
             "stream": self._stream,
             "source": self.source,
+            "device": self.device,
             "age_s": round(now - self.created, 3),
             "frames_in": c["video_in"],
             "frames_out": c["video_out"],

@@ -41,6 +41,7 @@ class ServerConfig:
     tokens: tuple[str, ...] = ()  # bearer tokens for ingest (WHIP); empty = open
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs, announced in WHIP Link headers
     model: str | None = None  # a model folder for pipelines that load checkpoints
+    devices: tuple[str, ...] = ()  # one engine per entry (data parallel); empty = (device,)
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)
 
     def __post_init__(self) -> None:
@@ -54,8 +55,11 @@ class ServerConfig:
             raise ValueError(f"max_batch must be in [1, 256], got {self.max_batch}")
         if not 0.1 <= self.idle_timeout_s <= 600:
             raise ValueError(f"idle_timeout_s must be in [0.1, 600], got {self.idle_timeout_s}")
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        for dev in (self.device, *self.devices):
+            if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+                raise ValueError(f"device must be cpu, cuda or cuda:N, got {dev!r}")
+        if len(self.devices) > 64:
+            raise ValueError(f"at most 64 devices, got {len(self.devices)}")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ValueError(f"ice server URLs start with stun:, turn: or turns:, got {url!r}")
