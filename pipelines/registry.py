@@ -12,6 +12,7 @@ from streamserve.pipelines.base import Pipeline, PipelineInfo
 _BUILTINS: dict[str, str] = {
     "passthrough": "streamserve.pipelines.passthrough:PassthroughPipeline",
     "video": "streamserve.pipelines.video:VideoDiffusionPipeline",
+    "video-pp": "streamserve.pipelines.video.parallel.pipeline:PipelinedVideoPipeline",
 }
 
 
