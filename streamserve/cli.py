@@ -71,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("transport", "video", "attention")
+BENCHMARKS = ("transport", "video", "attention", "multigpu")
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from tests.conftest import LiveServer
 
 def frame(i: int) -> VideoFrame:
     now = SYSTEM_CLOCK.now()
-    return VideoFrame(np.full((8, 8, 3), i, np.uint8), i * 3000, now, now + 1.0)
+    return VideoFrame(np.full((8, 8, 3), i, np.uint8), i * 3000, now, now + 30.0)  # never expires under load
 
 
 @pytest.fixture

@@ -213,11 +213,15 @@ class StageGroup:
 
     def _send_on(self, meta: dict[str, Any], tensors: list[torch.Tensor]) -> None:
         assert self.channel is not None
-        self.channel.send(1, meta, tensors)
+        self.channel.send(1, meta, tensors, wait=False)  # waited on in _recv_back
 
     def _recv_back(self) -> tuple[dict[str, Any], list[torch.Tensor]]:
         assert self.channel is not None
         meta, tensors = self.channel.recv(self.spec.world - 1)
+        # Once the newest forward came back, everything sent before it has been received: wait on
+        # those sends. Otherwise only collect the finished ones (waiting on a send still queued
+        # behind a reply that rank 0 has not asked for yet would deadlock).
+        self.channel.flush(completed_only=bool(self._pending) and meta.get("seq") != self._pending[-1])
         if meta["kind"] == "error":
             raise StageFailed(f"stage {meta['rank']} failed: {meta['message']}\n{meta.get('traceback', '')}")
         return meta, tensors

@@ -44,6 +44,7 @@ class Channel:
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.device = device
         self.bytes_sent = 0
+        self._unwaited: list[tuple[Any, torch.Tensor, int]] = []  # (work, tensor kept alive, dst)
 
     @property
     def next(self) -> int:
@@ -53,12 +54,31 @@ class Channel:
     def prev(self) -> int:
         return (self.rank - 1) % self.world
 
-    def _send(self, t: torch.Tensor, dst: int) -> None:
+    def _send(self, t: torch.Tensor, dst: int, wait: bool = True) -> None:
+        t = t.contiguous()
         try:
-            self.group.send([t.contiguous()], dst, 0).wait(self.timeout)
+            work = self.group.send([t], dst, 0)
+            if wait:
+                work.wait(self.timeout)
+            else:
+                self._unwaited.append((work, t, dst))
         except Exception as exc:  # gloo raises RuntimeError; keep its text, name the peer
             raise StageFailed(f"rank {self.rank}: sending to rank {dst} failed: {_short(exc)}") from exc
         self.bytes_sent += t.numel() * t.element_size()
+
+    def flush(self, *, completed_only: bool = False) -> None:
+        """Wait for every send posted with ``wait=False`` (each within the timeout); with
+        ``completed_only``, just collect those already done (and raise if one failed)."""
+        while self._unwaited:
+            work, _, dst = self._unwaited[0]
+            if completed_only and not work.is_completed():
+                return
+            self._unwaited.pop(0)
+            try:
+                work.wait(self.timeout)
+            except Exception as exc:
+                self._unwaited.clear()
+                raise StageFailed(f"rank {self.rank}: sending to rank {dst} failed: {_short(exc)}") from exc
 
     def _recv(self, t: torch.Tensor, src: int) -> torch.Tensor:
         try:
@@ -67,13 +87,17 @@ class Channel:
             raise StageFailed(f"rank {self.rank}: receiving from rank {src} failed: {_short(exc)}") from exc
         return t
 
-    def send(self, dst: int, meta: dict[str, Any], tensors: list[torch.Tensor] = ()) -> None:  # type: ignore[assignment]
+    def send(self, dst: int, meta: dict[str, Any], tensors: list[torch.Tensor] = (),  # type: ignore[assignment]
+             wait: bool = True) -> None:
+        """Send one message. ``wait=False`` posts the transfers and returns; :meth:`flush` waits for
+        them (rank 0 does, after receiving a result: with several forwards in flight a blocking send
+        would deadlock against the last rank's send back)."""
         meta = {**meta, "tensors": [(tuple(t.shape), str(t.dtype)) for t in tensors]}
         blob = torch.frombuffer(bytearray(pickle.dumps(meta)), dtype=torch.uint8)
-        self._send(torch.tensor([blob.numel(), len(tensors)], dtype=torch.int64, device=self.device), dst)
-        self._send(blob.to(self.device), dst)
+        self._send(torch.tensor([blob.numel(), len(tensors)], dtype=torch.int64, device=self.device), dst, wait)
+        self._send(blob.to(self.device), dst, wait)
         for t in tensors:
-            self._send(t.to(self.device), dst)
+            self._send(t.to(self.device), dst, wait)
 
     def recv(self, src: int) -> tuple[dict[str, Any], list[torch.Tensor]]:
         header = self._recv(torch.zeros(2, dtype=torch.int64, device=self.device), src)
