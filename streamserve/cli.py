@@ -57,6 +57,11 @@ def _serve(args: argparse.Namespace) -> int:
     from streamserve.server import create_app
 
     config = config_from_args(args)
+    if args.ray:
+        from streamserve.cluster.launch import serve_cluster
+
+        serve_cluster(args.ray, config, args.nodes)
+        return 0
     if config.pipeline not in registry.available():
         raise SystemExit(f"streamserve serve: unknown pipeline {config.pipeline!r}; "
                          f"available: {', '.join(registry.available())}")
@@ -82,6 +87,22 @@ def _bench(args: argparse.Namespace) -> int:
     sys.argv = [str(script), *args.rest]
     runpy.run_path(str(script), run_name="__main__")
     return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    node = urllib.parse.quote(args.node, safe="")
+    request = urllib.request.Request(f"{args.front.rstrip('/')}/v1/cluster/drain/{node}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:  # noqa: S310 - an operator-given URL
+            print(reply.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(), file=sys.stderr)
+        return 1
 
 
 def _client(args: argparse.Namespace) -> int:
@@ -113,7 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=8)
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,
                        help="per-frame deadline after arrival (default 250)")
+    serve.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="serve a cluster front over Ray (ADDRESS of a running cluster, or 'local')")
+    serve.add_argument("--nodes", type=int, default=None, help="with --ray local: node servers to start")
     serve.set_defaults(func=_serve)
+
+    drain = sub.add_parser("drain", help="stop placing sessions on a cluster node and end its sessions")
+    drain.add_argument("node", help="node id, as listed by GET /v1/cluster/nodes")
+    drain.add_argument("--front", default="http://127.0.0.1:8000", help="the cluster front's URL")
+    drain.set_defaults(func=_drain)
 
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
     bench.add_argument("name", choices=BENCHMARKS)
