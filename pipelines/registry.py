@@ -13,6 +13,7 @@ _BUILTINS: dict[str, str] = {
     "passthrough": "streamserve.pipelines.passthrough:PassthroughPipeline",
     "video": "streamserve.pipelines.video:VideoDiffusionPipeline",
     "voice": "streamserve.pipelines.voice:VoicePipeline",
+    "video-pp": "streamserve.pipelines.video.parallel.pipeline:PipelinedVideoPipeline",
 }
 
 

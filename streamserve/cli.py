@@ -91,6 +91,16 @@ def _voice_options(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return tuple((n, getattr(args, n)) for n in names if getattr(args, n, None))
 
 
+def _devices(text: str | None) -> tuple[str, ...]:
+    """``--devices cuda:0,cuda:1`` -> ("cuda:0", "cuda:1"); an empty entry is an error."""
+    if not text:
+        return ()
+    devices = tuple(d.strip() for d in text.split(","))
+    if any(not d for d in devices):
+        raise ValueError(f"--devices: empty entry in {text!r}")
+    return devices
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     try:
         session = SessionConfig(latency_budget_s=args.latency_budget_ms / 1000.0)
@@ -103,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             turn_username=turn_username, turn_credential=turn_credential,
             scheduler=args.scheduler, max_utilization=args.max_utilization,
             pipeline_options=_voice_options(args),
+            devices=_devices(args.devices),
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
@@ -114,6 +125,11 @@ def _serve(args: argparse.Namespace) -> int:
     from streamserve.serving import install_log_filter, serve
 
     config = config_from_args(args)
+    if args.ray:
+        from streamserve.cluster.launch import serve_cluster
+
+        serve_cluster(args.ray, config, args.nodes)
+        return 0
     if config.pipeline not in registry.available():
         raise SystemExit(f"streamserve serve: unknown pipeline {config.pipeline!r}; "
                          f"available: {', '.join(registry.available())}")
@@ -129,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(create_app(config), config)
 
 
-BENCHMARKS = ("transport", "video", "attention", "serving")
+BENCHMARKS = ("transport", "video", "attention", "serving", "multigpu")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -140,6 +156,22 @@ def _bench(args: argparse.Namespace) -> int:
     sys.argv = [str(script), *args.rest]
     runpy.run_path(str(script), run_name="__main__")
     return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    node = urllib.parse.quote(args.node, safe="")
+    request = urllib.request.Request(f"{args.front.rstrip('/')}/v1/cluster/drain/{node}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:  # noqa: S310 - an operator-given URL
+            print(reply.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(), file=sys.stderr)
+        return 1
 
 
 def _client(args: argparse.Namespace) -> int:
@@ -165,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--pipeline", default="video", help="default pipeline for new sessions")
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    serve.add_argument("--devices", default=None, help="one engine per device, e.g. cuda:0,cuda:1 (or "
+                       "cpu,cpu); new sessions go to the device with the most headroom")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--model", default=None, help="model folder for pipelines that load checkpoints")
     serve.add_argument("--token", action="append", help="operator/ingest (admin) bearer token, repeatable; "
@@ -197,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     voice.add_argument("--llm-api-key", default=None, help="bearer token for --llm-url")
     voice.add_argument("--asr-model", default=None, help="a CTranslate2 Whisper folder (default: tiny.en)")
     voice.add_argument("--tts", default=None, choices=["hibari", "espeak"], help="speech synthesizer")
+    serve.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="serve a cluster front over Ray (ADDRESS of a running cluster, or 'local')")
+    serve.add_argument("--nodes", type=int, default=None, help="with --ray local: node servers to start")
     serve.set_defaults(func=_serve)
 
     from streamserve.planner import add_plan_arguments
@@ -204,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="capacity planner: sessions per device, p99, behaviour at 150%% load")
     add_plan_arguments(plan)
     plan.set_defaults(func=_plan)
+
+    drain = sub.add_parser("drain", help="stop placing sessions on a cluster node and end its sessions")
+    drain.add_argument("node", help="node id, as listed by GET /v1/cluster/nodes")
+    drain.add_argument("--front", default="http://127.0.0.1:8000", help="the cluster front's URL")
+    drain.set_defaults(func=_drain)
 
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
     bench.add_argument("name", choices=BENCHMARKS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +21,8 @@ from streamserve.core.config import ServerConfig
 from streamserve.core.errors import InvalidParams, SessionLimitReached, SessionNotFound, StreamBusy
 from streamserve.core.params import parse_params
 from streamserve.core.plan import StepOutput, WorkItem
-from streamserve.engine import Engine
+from streamserve.devices import DeviceEngines
+from streamserve.engine import Engine, EngineObserver
 from streamserve.gate import SloGate
 from streamserve.metrics import Metrics
 from streamserve.pipelines import registry
@@ -64,30 +66,49 @@ class SessionManager:
         self._opening = 0  # slots reserved by opens still awaiting the engine (see _reserve_slot)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.Task[None] | None = None
-        self.scheduler = make_scheduler(config)
-        self.engine = Engine(
-            self.scheduler,
-            self._create_pipeline,
-            self._deliver_threadsafe,
-            device=config.device,
-            clock=clock,
-            observer=self.metrics,
-        )
-        self.gate = SloGate(self.engine, self.scheduler, self.metrics) \
-            if isinstance(self.scheduler, SloScheduler) else None
-        if isinstance(self.scheduler, SloScheduler):
-            self.metrics.watch_scheduler(self.scheduler)
+        # One engine per device (data parallel), each with its own scheduler (and, with the SLO scheduler,
+        # its own admission gate); sessions are placed by headroom (streamserve.devices).
+        self.gates: list[SloGate | None] = []
+        self.devices = DeviceEngines(config.devices or (config.device,), self._make_engine,
+                                     max_sessions=config.max_sessions, registry=self.metrics.registry,
+                                     observer=self.metrics)
+        self.scheduler = self.engine.scheduler
+        self.gate = self.gates[0]  # the first device's (the only one without --devices)
+
+    def _make_engine(self, device: str, observer: EngineObserver) -> Engine:
+        scheduler = make_scheduler(self.config)
+        engine = Engine(scheduler, functools.partial(self._create_pipeline, device=device),
+                        self._deliver_threadsafe, device=device, clock=self._clock, observer=observer)
+        gate = SloGate(engine, scheduler, self.metrics) if isinstance(scheduler, SloScheduler) else None
+        if gate is not None and not any(self.gates):  # scheduler figures of the first device in /metrics
+            self.metrics.watch_scheduler(scheduler)
+        self.gates.append(gate)
+        return engine
+
+    @property
+    def engine(self) -> Engine:
+        """The first device's engine (the only one without --devices)."""
+        return self.devices.engines[0]
+
+    def _gate_of(self, session_id: str) -> SloGate | None:
+        return self.gates[self.devices.engines.index(self.devices.engine_of(session_id))]
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self, warm: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
-        self.engine.start()
+        for engine in self.devices.engines:
+            engine.start()
         self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
         if warm:
-            fut = self.engine.call(lambda: self.engine.pipeline(self.config.pipeline).warmup())
-            fut.add_done_callback(self._log_warmup)
-        if warm and self.gate is not None:  # seed the cost model before the first session asks
-            self.gate.ensure_profile(self.config.pipeline).add_done_callback(self._log_warmup)
+            for engine in self.devices.engines:
+                fut = engine.call(functools.partial(self._warm, engine))
+                fut.add_done_callback(self._log_warmup)
+        for gate in self.gates:  # seed the cost model before the first session asks
+            if warm and gate is not None:
+                gate.ensure_profile(self.config.pipeline).add_done_callback(self._log_warmup)
+
+    def _warm(self, engine: Engine) -> None:
+        engine.pipeline(self.config.pipeline).warmup()
 
     def _log_warmup(self, fut: Any) -> None:
         if fut.exception() is not None:
@@ -100,16 +121,17 @@ class SessionManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.to_thread(self.engine.stop)
+        for engine in self.devices.engines:
+            await asyncio.to_thread(engine.stop)
 
-    def _create_pipeline(self, name: str) -> Pipeline:
+    def _create_pipeline(self, name: str, device: str | None = None) -> Pipeline:
         cls = registry.get_class(name)
         options: dict[str, Any] = {}
         accepted = inspect.signature(cls.__init__).parameters
         if self.config.model and "model" in accepted:
             options["model"] = self.config.model
         options.update({k: v for k, v in self.config.pipeline_options if k in accepted})
-        pipe = cls(device=self.config.device, **options)
+        pipe = cls(device=device or self.config.device, **options)
         pipe.warmup()
         return pipe
 
@@ -142,36 +164,46 @@ class SessionManager:
                     stream: str | None) -> Session:
         qos, params = split_qos(params)
         parsed: Any = parse_params(cls.Params, params)
+        index = self.devices.place()
+        if index is None:
+            raise SessionLimitReached(self.config.max_sessions)
+        engine = self.devices.engines[index]
         session = Session(
             name, cls.Params, parsed, inputs=cls.inputs, config=self.config.session, source=source,
-            stream=stream, clock=self._clock, observer=self.metrics, on_input=self.engine.wake,
+            stream=stream, clock=self._clock, observer=self.metrics, on_input=engine.wake,
             on_update=self._on_update,
         )
+        session.device = self.devices.names[index]
+        self.devices.assign(session.id, index)
         if stream is not None:
             self._streams[stream] = session.id
         try:
-            if self.gate is not None:
-                await self.gate.open(session, qos)  # admission (503 OverCapacity) + a stall-free join
+            gate = self.gates[index]
+            if gate is not None:
+                await gate.open(session, qos)  # admission (503 OverCapacity) + a stall-free join
             else:
-                await asyncio.wrap_future(self.engine.call(lambda: self._open_on_engine(session)))
+                await asyncio.wrap_future(engine.call(lambda: self._open_on_engine(session, engine)))
         except ValueError as exc:
             self._release_stream(session)
+            self.devices.release(session.id)
             if isinstance(exc, InvalidParams):
                 raise
             raise InvalidParams("params", str(exc)) from exc
         except BaseException:
             self._release_stream(session)
+            self.devices.release(session.id)
             raise
         self._sessions[session.id] = session
         self.metrics.active_sessions.labels(name).inc()
         self.metrics.sessions_total.labels(name, source).inc()
-        log.info("session %s opened: pipeline=%s source=%s stream=%s", session.id, name, source, stream)
+        log.info("session %s opened: pipeline=%s source=%s stream=%s device=%s", session.id, name, source,
+                 stream, session.device)
         return session
 
-    def _open_on_engine(self, session: Session) -> None:
-        pipe = self.engine.pipeline(session.pipeline)
+    def _open_on_engine(self, session: Session, engine: Engine) -> None:
+        pipe = engine.pipeline(session.pipeline)
         pipe.open_session(session.id, session.params)
-        self.engine.scheduler.add(session.id, session.pipeline, session.inbox)
+        engine.scheduler.add(session.id, session.pipeline, session.inbox)
 
     def _release_stream(self, session: Session) -> None:
         if session.stream is not None and self._streams.get(session.stream) == session.id:
@@ -197,26 +229,31 @@ class SessionManager:
         self._release_stream(session)
         session.close(reason)
         self.metrics.active_sessions.labels(session.pipeline).dec()
-        if self.gate is not None:
-            self.gate.forget(session_id)
+        gate = self._gate_of(session_id)
+        if gate is not None:
+            gate.forget(session_id)
+        engine = self.devices.engine_of(session_id)
+        self.devices.release(session_id)
 
         def _close_on_engine() -> None:
-            self.engine.scheduler.remove(session_id)
-            self.engine.pipeline(session.pipeline).close_session(session_id)
+            engine.scheduler.remove(session_id)
+            engine.pipeline(session.pipeline).close_session(session_id)
 
         try:
-            await asyncio.wrap_future(self.engine.call(_close_on_engine))
+            await asyncio.wrap_future(engine.call(_close_on_engine))
         except RuntimeError as exc:  # the engine already stopped: nothing left to free
             log.debug("closing %s on a stopped engine: %s", session_id, exc)
 
     # --- engine callbacks -----------------------------------------------------------------------
     async def _on_update(self, session: Session, params: Any) -> None:
         """Apply `params` on the engine thread; the pipeline's ValueError becomes InvalidParams."""
-        def apply() -> None:
-            tiered = self.gate.pipeline_params(session, params) if self.gate is not None else params
-            self.engine.pipeline(session.pipeline).update_params(session.id, tiered)
+        engine, gate = self.devices.engine_of(session.id), self._gate_of(session.id)
 
-        fut: concurrent.futures.Future[None] = self.engine.call(apply)
+        def apply() -> None:
+            tiered = gate.pipeline_params(session, params) if gate is not None else params
+            engine.pipeline(session.pipeline).update_params(session.id, tiered)
+
+        fut: concurrent.futures.Future[None] = engine.call(apply)
         try:
             await asyncio.wrap_future(fut)
         except InvalidParams:

@@ -99,9 +99,10 @@ def create_app(config: ServerConfig | None = None,
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:
-        ok = manager.engine.running
+        ok = manager.devices.running
         body = {"status": "ok" if ok else "engine stopped", "version": streamserve.__version__,
-                "sessions": len(manager.list()), "device": config.device, "pipeline": config.pipeline}
+                "sessions": len(manager.list()), "device": config.device, "pipeline": config.pipeline,
+                "devices": manager.devices.names}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["ops"])

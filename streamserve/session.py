@@ -270,6 +270,7 @@ class Session:
         self.close_reason: str | None = None
         self._closed_event = asyncio.Event()
         self.slo_info: Callable[[], dict[str, Any] | None] | None = None  # tier and why (SLO scheduler)
+        self.device: str | None = None  # the engine it runs on, set by the manager (many devices)
 
     # --- identity -------------------------------------------------------------------------------
     @property
@@ -400,6 +401,7 @@ class Session:
             "pipeline": self._pipeline,
             "stream": self._stream,
             "source": self.source,
+            "device": self.device,
             "age_s": round(now - self.created, 3),
             "frames_in": c["video_in"],
             "frames_out": c["video_out"],

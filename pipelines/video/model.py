@@ -135,17 +135,35 @@ class CausalWanDiT(nn.Module):
     ) -> torch.Tensor:
         """Shared body. x: [B, C, F, H, W]; temb/proj per sample ([B, dim]/[B, 6, dim]) or per token
         ([B, L, dim]/[B, L, 6, dim]). Returns velocity [B, C_out, F, H, W]."""
-        tr = self.transformer
-        b, _, f, hl, wl = x.shape
-        ph, pw = self.patch
-        h, w = hl // ph, wl // pw
-        hidden = tr.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()  # [B, L, dim]
+        hidden = self.embed(x)
+        hidden = self.run_blocks(hidden, proj, prompt_states, strategy, range(self.num_layers))
+        return self.head(hidden, temb, tuple(x.shape))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding: x [B, C, F, H, W] -> tokens [B, L, dim]."""
+        return self.transformer.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()  # type: ignore[no-any-return]
+
+    def run_blocks(
+        self, hidden: torch.Tensor, proj: torch.Tensor, prompt_states: torch.Tensor, strategy: AttentionStrategy,
+        layers: range,
+    ) -> torch.Tensor:
+        """Blocks ``layers`` (a contiguous range: one pipeline stage, or all) over hidden [B, L, dim]."""
+        blocks = self.transformer.blocks
         self.router.strategy = strategy
         try:
-            for block in tr.blocks:
-                hidden = block(hidden, prompt_states, proj, None)
+            for i in layers:
+                hidden = blocks[i](hidden, prompt_states, proj, None)
         finally:
             self.router.strategy = None
+        return hidden
+
+    def head(self, hidden: torch.Tensor, temb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Output norm + projection + unpatchify: hidden [B, L, dim] -> velocity [B, C_out, F, H, W] of
+        an input of ``shape`` ``(B, C, F, H, W)``."""
+        tr = self.transformer
+        b, _, f, hl, wl = shape
+        ph, pw = self.patch
+        h, w = hl // ph, wl // pw
         table = tr.scale_shift_table  # [1, 2, dim]
         if temb.dim() == 3:  # per token
             shift, scale = (table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
@@ -156,6 +174,10 @@ class CausalWanDiT(nn.Module):
         out = tr.proj_out(hidden)  # [B, L, C_out * ph * pw]
         out = out.reshape(b, f, h, w, 1, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # [B, C_out, F, H, W]
+
+    def time_embedding(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """timestep ``[M]`` (0..1000) -> temb ``[M, dim]`` and block modulation ``[M, 6, dim]``."""
+        return self._time(timestep)
 
     def forward_clip(
         self,

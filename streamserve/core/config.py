@@ -50,6 +50,7 @@ class ServerConfig:
     model: str | None = None  # a model folder for pipelines that load checkpoints
     # extra keyword options for pipelines whose constructor takes them (voice: llm_url, llm_model, ...)
     pipeline_options: tuple[tuple[str, str], ...] = ()
+    devices: tuple[str, ...] = ()  # one engine per entry (data parallel); empty = (device,)
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)
     viewer_tokens: tuple[str, ...] = ()  # required by WHEP and /view when set (admin tokens also work)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
@@ -68,8 +69,11 @@ class ServerConfig:
             raise ValueError(f"max_batch must be in [1, 256], got {self.max_batch}")
         if not 0.1 <= self.idle_timeout_s <= 600:
             raise ValueError(f"idle_timeout_s must be in [0.1, 600], got {self.idle_timeout_s}")
-        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        for dev in (self.device, *self.devices):
+            if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+                raise ValueError(f"device must be cpu, cuda or cuda:N, got {dev!r}")
+        if len(self.devices) > 64:
+            raise ValueError(f"at most 64 devices, got {len(self.devices)}")
         if self.scheduler not in ("slo", "edf", "fifo"):
             raise ValueError(f"scheduler must be slo, edf or fifo, got {self.scheduler!r}")
         if not 0.05 <= self.max_utilization <= 1.0:

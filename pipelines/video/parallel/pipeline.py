@@ -1,0 +1,152 @@
+"""`video-pp`: the `video` pipeline with its DiT split over devices (pipeline parallel).
+
+Everything but the DiT forward is the `video` pipeline's own code (frames in, VAE, noise schedule,
+stream batch, decode, live params): :meth:`PipelinedVideoPipeline._forward` hands each batched DiT
+forward to a :class:`~.ring.StageGroup` instead of running all blocks here. So a session's output is
+the same, frame for frame, as on one device (tested), while each device holds only its blocks and
+their KV. New prompt states ride in the forward message (every stage updates its cross-attention
+keys before running that forward); a session's end travels the ring in order too.
+
+Options: ``stages`` (ranks, default 2), ``stage_devices`` (one per stage; default: ``cuda:0..`` on
+CUDA, the pipeline's device otherwise), ``timeout_s`` (a transfer that takes longer fails the
+group), ``rebalance`` (move blocks between stages from measured stage times). ``attention`` must
+be "dense".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamserve.kv_rolling import KVPool
+
+from ..demo_config import WEIGHTS_DIR
+from ..params import VideoParams
+from ..pipeline import VideoDiffusionPipeline
+from ..sampler import predict_x0
+from ..session import SessionState, Work
+from .ring import GroupSpec, StageGroup
+from .split import Balancer, BalancerConfig, split_layers
+from .stage import PoolArgs
+from .wire import StageFailed
+
+log = logging.getLogger(__name__)
+
+
+def default_stage_devices(device: str, stages: int) -> tuple[str, ...]:
+    if device.startswith("cuda"):
+        if torch.cuda.device_count() < stages:
+            raise ValueError(f"{stages} stages need {stages} GPUs; {torch.cuda.device_count()} visible")
+        return tuple(f"cuda:{i}" for i in range(stages))
+    return (device,) * stages
+
+
+class PipelinedVideoPipeline(VideoDiffusionPipeline):
+    name = "video-pp"
+    description = "Live video diffusion with the DiT's blocks split over devices (pipeline parallel)."
+
+    def __init__(
+        self, device: str = "cpu", model: str | None = None, *, stages: int = 2,
+        stage_devices: Sequence[str] | None = None, timeout_s: float = 30.0, rebalance: bool = True,
+        balancer: BalancerConfig | None = None, **options: Any,
+    ) -> None:
+        if options.get("causal_weights"):
+            raise ValueError("video-pp loads plain diffusers transformer folders; causal_weights is not supported")
+        super().__init__(device, model, **options)
+        self._start_group(stages, stage_devices, timeout_s, rebalance, balancer)
+
+    def _start_group(self, stages: int, stage_devices: Sequence[str] | None, timeout_s: float, rebalance: bool,
+                     balancer: BalancerConfig | None) -> None:
+        folder = Path(self.loaded.source) / "transformer" if self.loaded.source else WEIGHTS_DIR / "transformer"
+        ranges = split_layers(self.dit.num_layers, stages)
+        devices = tuple(stage_devices) if stage_devices else default_stage_devices(self.device, stages)
+        spec = GroupSpec(
+            transformer_dir=str(folder), ranges=tuple((r.start, r.stop) for r in ranges), devices=devices,
+            dtype=str(self.dit.dtype), window=self.window, timeout_s=timeout_s,
+            backend="nccl" if devices[0].startswith("cuda") else "gloo",
+        )
+        # Prompt keys/values are computed per stage (Stage.set_prompt), not for every block here.
+        self.dit.cross_kv = lambda prompt_states: []  # type: ignore[method-assign]
+        self.group = StageGroup(self.dit, spec, Balancer(balancer) if rebalance and stages > 1 else None)
+        self._sent_prompt: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_folder(cls, folder: str, *, stages: int, stage_devices: Sequence[str] | None = None,
+                    timeout_s: float = 30.0, rebalance: bool = False, balancer: BalancerConfig | None = None,
+                    max_sessions: int | None = None, num_sinks: int | None = None, window: int | None = None,
+                    ) -> PipelinedVideoPipeline:
+        """Tests and benchmarks: a model folder with explicit cache geometry."""
+        return cls("cpu", folder, stages=stages, stage_devices=stage_devices, timeout_s=timeout_s,
+                   rebalance=rebalance, balancer=balancer, max_sessions=max_sessions, num_sinks=num_sinks,
+                   window=window)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _check(self, params: Any) -> VideoParams:
+        self.group._check()  # a broken group takes no new sessions (StageFailed -> 503)
+        checked = super()._check(params)
+        if checked.attention != "dense":
+            raise ValueError(f"video-pp runs attention='dense' only, got {checked.attention!r}")
+        return checked
+
+    def close_session(self, session_id: str) -> None:
+        super().close_session(session_id)
+        self._sent_prompt.pop(session_id, None)
+        self.group.close_session(session_id)
+
+    def close(self) -> None:
+        self.group.shutdown()
+
+    def _pool(self, key: tuple[int, int, int], grid: tuple[int, int]) -> KVPool:
+        """Rank 0's slot ledger (one layer): the KV itself lives on the stages, per block."""
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = KVPool(1, self.max_sessions, self.num_sinks, self.window + key[2], grid[0] * grid[1],
+                          self.dit.heads, self.dit.head_dim, dtype=self.dit.dtype, device=self.dit.device,
+                          position_policy=self.position_policy,  # type: ignore[arg-type]
+                          refresh_every=self.loaded.defaults.refresh_every)
+            self._pools[key] = pool
+        return pool
+
+    # ------------------------------------------------------------------ the forward, over the ring
+
+    def _forward(self, group: Sequence[tuple[SessionState, Work]]) -> None:
+        st0 = group[0][0]
+        x = torch.stack([w.x for _, w in group])  # [N, C, 1, h, w]
+        sig = torch.tensor([w.sigma for _, w in group], device=x.device)
+        prompt_sessions, prompts = [], []
+        for st, _ in group:
+            states = st.prompt.current()  # [1, Lc, dim]
+            last = self._sent_prompt.get(st.session_id)
+            if st.session_id not in prompt_sessions and (last is None or not torch.equal(last, states)):
+                prompt_sessions.append(st.session_id)
+                prompts.append(states)
+                self._sent_prompt[st.session_id] = states
+        pool = PoolArgs(self.max_sessions, self.num_sinks, self.window + st0.pool_key[2], st0.grid[0] * st0.grid[1],
+                        self.position_policy, self.loaded.defaults.refresh_every)
+        meta = {"items": [(st.session_id, w.block) for st, w in group], "sigma": sig.tolist(),
+                "key": st0.pool_key, "grid": st0.grid, "pool": pool.__dict__, "prompt_sessions": prompt_sessions}
+        try:
+            v = self.group.forward(meta, x, prompts)
+        except StageFailed:
+            for st, _ in group:  # the next forward must resend the prompt (to a rebuilt group)
+                self._sent_prompt.pop(st.session_id, None)
+            raise
+        x0 = predict_x0(x, v.to(x.dtype), sig)
+        for (_, w), xi in zip(group, x0.unbind(0), strict=True):
+            w.x = xi
+
+    def parallel_stats(self) -> dict[str, Any]:
+        """Stage ranges, measured stage seconds (EMA), transfers and moves."""
+        g = self.group
+        n = max(1.0, g.stats["forwards"])
+        return {
+            "stages": [(r.start, r.stop) for r in g.ranges], "devices": list(g.spec.devices),
+            "stage_seconds": g.stage_times, "forwards": int(g.stats["forwards"]), "moves": int(g.stats["moves"]),
+            "round_trip_s": g.stats["round_trip_seconds"] / n, "compute_s": g.stats["stage_seconds"] / n,
+            "broken": g.broken,
+        }

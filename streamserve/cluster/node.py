@@ -1,0 +1,88 @@
+"""`NodeServer`: one machine's streamserve server, run inside a Ray actor.
+
+The actor binds the full server (``create_app``: engines, transports, session API) to the node's
+address on a port of its own and runs uvicorn on a thread, so clients redirected by the front talk
+to it directly. The director calls :meth:`load` to place sessions and :meth:`drain` to empty it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from streamserve.core.config import ServerConfig
+
+T = TypeVar("T")
+
+DRAIN_REASON = "node draining: reconnect through the front to continue on another node"
+
+
+class NodeServer:
+    """A streamserve server on this Ray node (see the module doc). ``config.port`` 0 picks a free port."""
+
+    def __init__(self, node_id: str, config: ServerConfig, advertise_host: str | None = None) -> None:
+        import uvicorn
+
+        from streamserve.server import create_app
+
+        self.node_id = node_id
+        self.app = create_app(config)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((config.host, config.port))
+        port = self._sock.getsockname()[1]
+        self.url = f"http://{advertise_host or config.host}:{port}"
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name=f"node-{node_id}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 120
+        while not self._server.started:  # uvicorn exposes no start event; bounded start-up wait
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"node {node_id}: the server did not start")
+            time.sleep(0.05)
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        loop = self.app.state.manager._loop  # the server's event loop (set by manager.start)
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    def info(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "url": self.url}
+
+    def load(self) -> dict[str, Any]:
+        """Sessions, limits, streams and whether the node is draining (read on the server's loop)."""
+
+        async def read() -> dict[str, Any]:
+            manager = self.app.state.manager
+            loads = manager.devices.loads()
+            return {
+                "node_id": self.node_id, "url": self.url,
+                "sessions": len(manager.list()), "max_sessions": manager.config.max_sessions,
+                "draining": bool(loads) and all(ld.draining for ld in loads),
+                "streams": sorted(s.stream for s in manager.list() if s.stream),
+                "devices": [dataclasses.asdict(ld) for ld in loads],
+            }
+
+        return self._run(read())
+
+    def drain(self) -> list[str]:
+        """Take no new sessions and end the live ones (their clients reconnect through the front)."""
+
+        async def drain() -> list[str]:
+            manager = self.app.state.manager
+            manager.devices.draining.update(range(len(manager.devices)))
+            ended = [s.id for s in manager.list()]
+            for sid in ended:
+                await manager.close(sid, DRAIN_REASON)
+            return ended
+
+        return self._run(drain())
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
