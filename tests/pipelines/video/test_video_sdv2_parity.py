@@ -232,3 +232,14 @@ def test_sink_refresh_is_on_with_threshold_0_2(pipe: VideoDiffusionPipeline, tin
         replaced[name] = sum(pool.view(st.caches[0]).layer(i).sink_replacements for i in range(p.dit.num_layers))
     assert replaced["streamserve"] == 0
     assert replaced["sdv2"] > 0, replaced
+
+
+def test_wan_first_chunk_is_one_plus_four_frames(tmp_path: Path, tiny_wan_dir: Path) -> None:
+    """With Wan's VAE the first chunk is 1 + 4 video frames (2 latent frames), then 4 per block."""
+    torch.set_num_threads(1)
+    pipe = VideoDiffusionPipeline(device="cpu", model=str(tiny_wan_dir), preset="streamdiffusionv2", max_sessions=1)
+    pipe.open_session("s", VideoParams(width=64, height=64, prompt="a cat"))
+    got = stream(pipe, "s", frames(9, 64, 64))
+    assert [len(o) for o in got] == [0, 0, 0, 0, 5, 0, 0, 0, 4]
+    assert all(f.shape == (64, 64, 3) for o in got for f in o)
+    assert pipe.session_stats("s")["blocks_out"] == 3
