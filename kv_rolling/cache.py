@@ -58,6 +58,9 @@ class RollingKVCache:
             ``"reposition"`` (keys stored before RoPE, rotated at cache-relative positions on read);
             see :mod:`streamserve.kv_rolling.positions`.
         refresh_every: for ``"refresh"``: positions restart before reaching this (StreamDiffusionV2: 50).
+        restart_at: for ``"refresh"``: the position a refresh restarts at (default ``num_sinks + window
+            - 1``; StreamDiffusionV2, whose cache also counts the block being generated: ``num_sinks +
+            window``).
         layout: ``"ring"`` or ``"shift"`` (see the module docstring).
         sink_refresh_threshold: adaptive sink refresh, off when ``None``. When the stream moves past a
             window block (its last write is final), its mean key/value is compared with each sink's
@@ -80,6 +83,7 @@ class RollingKVCache:
         refresh_every: int = 50,
         layout: Layout = "ring",
         sink_refresh_threshold: float | None = None,
+        restart_at: int | None = None,
     ) -> None:
         _check_config(num_sinks, window, block_tokens, heads, head_dim, batch, position_policy, layout,
                       sink_refresh_threshold)
@@ -87,7 +91,7 @@ class RollingKVCache:
         k = torch.zeros(batch, heads, cap, head_dim, dtype=dtype, device=device)
         v = torch.zeros_like(k)
         self._init(k, v, num_sinks, window, block_tokens, position_policy, refresh_every, layout,
-                   sink_refresh_threshold, own_out=layout == "ring")
+                   sink_refresh_threshold, own_out=layout == "ring", restart_at=restart_at)
 
     @classmethod
     def over_storage(
@@ -103,6 +107,7 @@ class RollingKVCache:
         layout: Layout = "ring",
         sink_refresh_threshold: float | None = None,
         out: KV | None = None,
+        restart_at: int | None = None,
     ) -> RollingKVCache:
         """A cache over caller-owned storage ``[B, H, (num_sinks + window) * block_tokens, D]``
         (used by :class:`~streamserve.kv_rolling.pool.KVPool`). ``out`` is the buffer, same shape,
@@ -119,14 +124,14 @@ class RollingKVCache:
         if out is not None and (out.k.shape != k_store.shape or out.v.shape != k_store.shape):
             raise ValueError(f"out buffers must have the storage shape {tuple(k_store.shape)}")
         self._init(k_store, v_store, num_sinks, window, block_tokens, position_policy, refresh_every, layout,
-                   sink_refresh_threshold, own_out=False)
+                   sink_refresh_threshold, own_out=False, restart_at=restart_at)
         self._out = out
         return self
 
     def _init(
         self, k: torch.Tensor, v: torch.Tensor, num_sinks: int, window: int, block_tokens: int,
         position_policy: PositionPolicy, refresh_every: int, layout: Layout,
-        sink_refresh_threshold: float | None, *, own_out: bool,
+        sink_refresh_threshold: float | None, *, own_out: bool, restart_at: int | None = None,
     ) -> None:
         self.num_sinks, self.window, self.block_tokens = num_sinks, window, block_tokens
         self.batch, self.heads, _, self.head_dim = k.shape
@@ -136,7 +141,9 @@ class RollingKVCache:
         self._k, self._v = k, v  # [B, H, slots*T, D]; slot j = tokens j*T .. (j+1)*T-1
         self._own_out = own_out
         self._out: KV | None = KV(torch.empty_like(k), torch.empty_like(v)) if own_out else None
-        restart = num_sinks + window - 1
+        restart = num_sinks + window - 1 if restart_at is None else restart_at
+        if restart < 0:
+            raise ValueError(f"restart_at={restart_at} must be >= 0")
         if position_policy == "reposition":  # the clock is unused; keep its range check out of the way
             refresh_every = max(refresh_every, restart + 1)
         self._clock = RefreshClock(refresh_every, restart)

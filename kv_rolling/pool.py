@@ -119,6 +119,7 @@ class KVPool:
         refresh_every: int = 50,
         layout: Layout = "ring",
         sink_refresh_threshold: float | None = None,
+        restart_at: int | None = None,
     ) -> None:
         if num_layers < 1:
             raise ValueError(f"num_layers={num_layers} must be >= 1")
@@ -128,11 +129,12 @@ class KVPool:
         self._cache_args = dict(
             num_sinks=num_sinks, window=window, block_tokens=block_tokens, position_policy=position_policy,
             refresh_every=refresh_every, layout=layout, sink_refresh_threshold=sink_refresh_threshold,
+            restart_at=restart_at,
         )
         # Validates the cache arguments before the big allocation.
         RollingKVCache(num_sinks, window, block_tokens, heads, head_dim, 1, dtype=dtype, device="meta",
                        position_policy=position_policy, refresh_every=refresh_every, layout=layout,
-                       sink_refresh_threshold=sink_refresh_threshold)
+                       sink_refresh_threshold=sink_refresh_threshold, restart_at=restart_at)
         self.capacity_tokens = (num_sinks + window) * block_tokens
         self.capacity_blocks = num_sinks + window
         self.heads, self.head_dim, self.dtype, self.layout = heads, head_dim, dtype, layout

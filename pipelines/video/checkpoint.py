@@ -49,6 +49,7 @@ class ModelDefaults:
     min_size: int
     max_size: int
     refresh_every: int = 50
+    preset: str = "streamserve"  # streaming rules (:mod:`.presets`); causal weights: "streamdiffusionv2"
 
 
 WAN_DEFAULTS = ModelDefaults(kind="wan", num_sinks=3, window=3, position_policy="refresh", strength=0.7,
@@ -131,12 +132,20 @@ def map_causvid_key(key: str) -> str:
     return key
 
 
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+CHECKPOINT_KEYS = ("generator", "generator_ema")
+
+
+def _read_state_dict(path: Path, prefer: str = "generator") -> Mapping[str, torch.Tensor]:
+    """The state dict in ``path``. A training checkpoint holding both ``generator`` and
+    ``generator_ema`` gives ``prefer`` (StreamDiffusionV2 loads ``generator``)."""
+    if prefer not in CHECKPOINT_KEYS:
+        raise ValueError(f"checkpoint_key must be one of {list(CHECKPOINT_KEYS)}, got {prefer!r}")
     if path.suffix == ".safetensors":
         return load_file(str(path))
     obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
     if isinstance(obj, Mapping):
-        for name in ("generator_ema", "generator", "state_dict", "model"):
+        other = "generator_ema" if prefer == "generator" else "generator"
+        for name in (prefer, other, "state_dict", "model"):
             inner = obj.get(name)
             if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 log.info("%s: using its %r state dict", path, name)
@@ -149,14 +158,16 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
 @torch.no_grad()
 def load_causal_state_dict(
     transformer: torch.nn.Module, source: str | Path | Mapping[str, torch.Tensor], *, strict: bool = True,
+    checkpoint_key: str = "generator",
 ) -> LoadReport:
     """Copy a CausVid / StreamDiffusionV2 generator state dict into ``transformer`` in place.
 
     Keys are mapped with :func:`map_causvid_key`. Tensors are copied into the existing parameters
     (cast to their dtype/device), so nothing is duplicated. With ``strict`` a missing key or a shape
-    mismatch raises ValueError naming them; unexpected keys are only reported.
+    mismatch raises ValueError naming them; unexpected keys are only reported. ``checkpoint_key``:
+    which entry of a checkpoint holding both ``generator`` and ``generator_ema`` to load.
     """
-    state = _read_state_dict(Path(source)) if isinstance(source, str | Path) else source
+    state = _read_state_dict(Path(source), checkpoint_key) if isinstance(source, str | Path) else source
     own = transformer.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
@@ -255,7 +266,9 @@ def load_demo(folder: Path, device: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(dit, DemoVAE(ae), StyleTable(cfg.styles, styles), defaults, str(folder))
 
 
-def load_wan(folder: Path, device: str, dtype: torch.dtype, causal_weights: str | None) -> LoadedModel:
+def load_wan(
+    folder: Path, device: str, dtype: torch.dtype, causal_weights: str | None, checkpoint_key: str = "generator",
+) -> LoadedModel:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     from .wan_vae import WanStreamingVAE
@@ -266,21 +279,25 @@ def load_wan(folder: Path, device: str, dtype: torch.dtype, causal_weights: str 
     if weights is not None:
         if not weights.is_file():
             raise ValueError(f"causal weights {weights} do not exist")
-        report = load_causal_state_dict(transformer, weights)
+        report = load_causal_state_dict(transformer, weights, checkpoint_key=checkpoint_key)
         log.info("loaded causal weights %s: %s", weights, report.summary())
+        defaults = dataclasses.replace(WAN_DEFAULTS, preset="streamdiffusionv2", window=2, shift=1.0)
+    else:
+        defaults = WAN_DEFAULTS
     dit = CausalWanDiT(transformer).to(device).eval()  # type: ignore[arg-type]
     vae = from_pretrained(AutoencoderKLWan, folder / "vae", dtype).to(device)
     prompts = T5PromptEncoder(folder, device, dtype)
     if prompts.text_dim != dit.text_dim:
         raise ValueError(f"text encoder width {prompts.text_dim} != transformer text_dim {dit.text_dim}")
-    return LoadedModel(dit, WanStreamingVAE(vae), prompts, WAN_DEFAULTS, str(folder))
+    return LoadedModel(dit, WanStreamingVAE(vae), prompts, defaults, str(folder))
 
 
 def load_model(
     path: str | Path | None, device: str = "cpu", dtype: torch.dtype | None = None,
-    causal_weights: str | None = None,
+    causal_weights: str | None = None, checkpoint_key: str = "generator",
 ) -> LoadedModel:
-    """Load a model folder (``None``: the embedded demo model)."""
+    """Load a model folder (``None``: the embedded demo model). Causal weights select the
+    ``"streamdiffusionv2"`` streaming preset (:mod:`.presets`)."""
     folder = Path(path) if path is not None else WEIGHTS_DIR
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -289,4 +306,4 @@ def load_model(
         if causal_weights:
             raise ValueError("causal_weights applies to diffusers Wan folders, not to a demo model folder")
         return load_demo(folder, device, dtype)
-    return load_wan(folder, device, dtype, causal_weights)
+    return load_wan(folder, device, dtype, causal_weights, checkpoint_key)

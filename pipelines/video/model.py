@@ -227,6 +227,18 @@ class CausalWanDiT(nn.Module):
         empty_context = torch.empty(x.shape[0], 0, self.dim, dtype=self.dtype, device=x.device)
         return self._run(x, temb, proj, empty_context, strategy)
 
+    def forward_chunk(self, x: torch.Tensor, timestep: torch.Tensor, strategy: AttentionStrategy) -> torch.Tensor:
+        """Several latent frames per item in one forward, the strategy deciding what they attend to
+        (StreamDiffusionV2's first chunk: :class:`~.prefill.PrefillAttention`).
+
+        x: [N, C, F, H, W]; timestep: [N] (0..1000). Returns velocity [N, C_out, F, H, W].
+        """
+        if x.dim() != 5:
+            raise ValueError(f"chunk input must be [N, C, F, H, W], got {tuple(x.shape)}")
+        temb, proj = self._time(timestep)
+        empty_context = torch.empty(x.shape[0], 0, self.dim, dtype=self.dtype, device=x.device)
+        return self._run(x, temb, proj, empty_context, strategy)
+
 
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

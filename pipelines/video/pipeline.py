@@ -31,8 +31,10 @@ from streamserve.pipelines.base import Pipeline
 
 from .checkpoint import LoadedModel, load_model
 from .params import VideoParams
+from .prefill import PrefillAttention
+from .presets import StreamRules, make_rules
 from .resize import fit_frame, to_rgb
-from .sampler import Schedule, add_noise, predict_x0
+from .sampler import Schedule, SigmaTable, add_noise, predict_x0
 from .session import PromptBlend, SessionState, Work
 from .stream_attention import AttendFn, StreamAttention, dense_attend
 
@@ -62,7 +64,11 @@ class VideoDiffusionPipeline(Pipeline):
     Options (all optional): ``max_sessions`` (KV slots per resolution), ``num_sinks``/``window``
     (rolling cache, in blocks), ``position_policy`` ("refresh" | "reposition"), ``dtype``
     ("float32" | "float16" | "bfloat16"), ``causal_weights`` (a CausVid/StreamDiffusionV2 ``.pt`` to
-    load onto a Wan folder's transformer), ``threads`` (CPU: torch threads; default all cores but one).
+    load onto a Wan folder's transformer), ``checkpoint_key`` ("generator", StreamDiffusionV2's choice
+    and the default, or "generator_ema": which entry of a training checkpoint to load), ``preset``
+    ("streamserve" | "streamdiffusionv2": the streaming rules of :mod:`.presets`; default: the model's,
+    "streamdiffusionv2" when causal weights are loaded), ``threads`` (CPU: torch threads; default all
+    cores but one).
     """
 
     name = "video"
@@ -82,6 +88,8 @@ class VideoDiffusionPipeline(Pipeline):
         position_policy: str | None = None,
         dtype: str | None = None,
         causal_weights: str | None = None,
+        checkpoint_key: str = "generator",
+        preset: str | None = None,
         threads: int | None = None,
         **options: Any,
     ) -> None:
@@ -91,29 +99,34 @@ class VideoDiffusionPipeline(Pipeline):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        loaded = load_model(model, device, _DTYPES[dtype] if dtype else None, causal_weights)
-        self._setup(loaded, max_sessions, num_sinks, window, position_policy)
+        loaded = load_model(model, device, _DTYPES[dtype] if dtype else None, causal_weights, checkpoint_key)
+        self._setup(loaded, max_sessions, num_sinks, window, position_policy, preset)
 
     @classmethod
     def from_loaded(
         cls, loaded: LoadedModel, device: str = "cpu", *, max_sessions: int | None = None,
         num_sinks: int | None = None, window: int | None = None, position_policy: str | None = None,
+        preset: str | None = None,
     ) -> VideoDiffusionPipeline:
         """A pipeline over modules already in memory (benchmarks with random weights, tests)."""
         self = cls.__new__(cls)
         Pipeline.__init__(self, device)
-        self._setup(loaded, max_sessions, num_sinks, window, position_policy)
+        self._setup(loaded, max_sessions, num_sinks, window, position_policy, preset)
         return self
 
     def _setup(
         self, loaded: LoadedModel, max_sessions: int | None, num_sinks: int | None, window: int | None,
-        position_policy: str | None,
+        position_policy: str | None, preset: str | None = None,
     ) -> None:
         self.loaded = loaded
         d = loaded.defaults
         self.num_sinks = d.num_sinks if num_sinks is None else num_sinks
         self.window = d.window if window is None else window
-        self.position_policy = position_policy or d.position_policy
+        self.rules: StreamRules = make_rules(preset or d.preset, self.num_sinks, self.window)
+        shift = self.rules.sigma_table_shift
+        self._sigma_table = SigmaTable(shift) if shift is not None else None
+        sdv2 = self.rules.preset == "streamdiffusionv2"  # StreamDiffusionV2 stores rotated keys, refreshes
+        self.position_policy = position_policy or ("refresh" if sdv2 else d.position_policy)
         self.max_sessions = max_sessions or (16 if d.kind == "demo" else 4)
         if self.num_sinks < 1 or self.window < 1:
             raise ValueError(f"num_sinks and window must be >= 1 block, got {self.num_sinks} and {self.window}")
@@ -123,7 +136,7 @@ class VideoDiffusionPipeline(Pipeline):
             raise ValueError(f"max_sessions must be in [1, 1024], got {self.max_sessions}")
         self.dit = loaded.dit.requires_grad_(False)
         self.vae = loaded.vae
-        self._pools: dict[tuple[int, int, int], KVPool] = {}
+        self._pools: dict[tuple[int, int, int, int], KVPool] = {}
         self._sessions: dict[str, SessionState] = {}
         self._attend: dict[str, AttendFn] = {"dense": dense_attend}
 
@@ -201,8 +214,10 @@ class VideoDiffusionPipeline(Pipeline):
         if st is None:
             return
         pool = self._pools.get(st.pool_key)
-        if pool is not None and session_id in pool:
-            pool.release(session_id)
+        if pool is not None:
+            for cid in st.caches:
+                if cid in pool:
+                    pool.release(cid)
             if not pool.sessions:
                 del self._pools[st.pool_key]
 
@@ -245,13 +260,17 @@ class VideoDiffusionPipeline(Pipeline):
         f = self.vae.spatial_factor
         lh, lw = height // f, width // f
         grid = self.dit.token_grid(lh, lw)
-        key = (lh, lw, params.extra_cache_blocks)
+        per_step = self.rules.cache_per_step and params.stream_batch
+        copies = params.num_steps if per_step else 1  # StreamDiffusionV2: one cache per denoising step
+        key = (lh, lw, 0 if per_step else params.extra_cache_blocks, copies)
         pool = self._pool(key, grid)
-        if session_id not in pool:
-            if pool.num_free == 0:
+        caches: list[Any] = [(session_id, k) for k in range(copies)] if per_step else [session_id]
+        if caches[0] not in pool:
+            if pool.num_free < copies:
                 raise ValueError(f"the video pipeline holds at most {self.max_sessions} sessions at "
                                  f"{width}x{height} with {params.num_steps} step(s); all are in use")
-            pool.view(session_id)
+            for cid in caches:
+                pool.view(cid)
         if prompt is None:
             prompt = PromptBlend(self.dit, self.loaded.prompts.encode(self._prompt_for(params)))
             prompt.text = params.prompt_text()
@@ -260,16 +279,18 @@ class VideoDiffusionPipeline(Pipeline):
         noise = [torch.randn(shape, generator=gen, device=self.dit.device, dtype=self.dit.dtype)
                  for _ in range(params.num_steps)]
         return SessionState(session_id, params, width, height, (lh, lw), grid, key, self.vae.new_state(),
-                            prompt, gen, noise)
+                            prompt, gen, noise, caches=caches)
 
-    def _pool(self, key: tuple[int, int, int], grid: tuple[int, int]) -> KVPool:
+    def _pool(self, key: tuple[int, int, int, int], grid: tuple[int, int]) -> KVPool:
+        """The pool of one resolution/lag; ``key[3]`` caches per session (one per step or one)."""
         pool = self._pools.get(key)
         if pool is None:
             pool = KVPool(
-                self.dit.num_layers, self.max_sessions, self.num_sinks, self.window + key[2], grid[0] * grid[1],
-                self.dit.heads, self.dit.head_dim, dtype=self.dit.dtype, device=self.dit.device,
+                self.dit.num_layers, self.max_sessions * key[3], self.num_sinks, self.window + key[2],
+                grid[0] * grid[1], self.dit.heads, self.dit.head_dim, dtype=self.dit.dtype, device=self.dit.device,
                 position_policy=self.position_policy,  # type: ignore[arg-type]
-                refresh_every=self.loaded.defaults.refresh_every,
+                refresh_every=self.loaded.defaults.refresh_every, restart_at=self.rules.restart_at,
+                sink_refresh_threshold=self.rules.sink_refresh_threshold,
             )
             self._pools[key] = pool
         return pool
@@ -278,6 +299,8 @@ class VideoDiffusionPipeline(Pipeline):
         p, d = st.params, self.loaded.defaults
         if p.timesteps is not None:
             return Schedule(p.timesteps, d.shift)
+        if p.strength is None and self.rules.timesteps is not None:  # the preset's step list
+            return Schedule(self.rules.timesteps[: p.steps], d.shift)
         return Schedule.even(p.steps, p.strength if p.strength is not None else d.strength, d.shift)
 
     # ------------------------------------------------------------------ step
@@ -296,7 +319,7 @@ class VideoDiffusionPipeline(Pipeline):
                 errors[item.session_id] = f"the video pipeline takes video frames, got {media.kind}"
                 continue
             st.pending.append((media, fit_frame(media.data, st.width, st.height, st.params.resize)))
-            if len(st.pending) >= self.vae.frames_needed(st.vae_state):
+            if len(st.pending) >= self._frames_needed(st):
                 frames = [f for f, _ in st.pending]
                 pixels = torch.stack([x for _, x in st.pending], dim=1)  # [3, F, H, W]
                 st.pending.clear()
@@ -306,6 +329,13 @@ class VideoDiffusionPipeline(Pipeline):
             active = [c[0] for c in chunks if c[0].session_id not in errors]
             self._guarded(active, errors, lambda: self._denoise(active, out))
         return [StepOutput(sid, tuple(out[sid]), errors.get(sid)) for sid in batch.session_ids]
+
+    def _frames_needed(self, st: SessionState) -> int:
+        """Video frames of the session's next chunk (the first of StreamDiffusionV2's is 2 latent frames)."""
+        need = self.vae.frames_needed(st.vae_state)
+        if st.next_block == 0 and self.rules.first_chunk_blocks == 2:
+            need += self.vae.temporal_factor  # Wan: 1 + 4 frames; the demo VAE: 1 + 1
+        return need
 
     def _guarded(self, states: list[SessionState], errors: dict[str, str], fn: Callable[[], None]) -> None:
         """Run ``fn``; on failure report it for these sessions only (the others keep streaming)."""
@@ -323,28 +353,53 @@ class VideoDiffusionPipeline(Pipeline):
         for i, (st, _, _) in enumerate(chunks):
             groups[(st.height, st.width)].append(i)
         for idx in groups.values():
+            first = [i for i in idx if chunks[i][2].shape[1] > self.vae.frames_needed(chunks[i][0].vae_state)]
+            idx = [i for i in idx if i not in first]
+            for i in first:  # StreamDiffusionV2's first chunk: its latent frames one VAE call each
+                st, frames, pixels = chunks[i]
+                n0 = self.vae.frames_needed(st.vae_state)
+                z0 = self.vae.encode([pixels[:, :n0]], [st.vae_state])  # [1, C, 1, h, w]
+                z1 = self.vae.encode([pixels[:, n0:]], [st.vae_state])
+                self._enqueue(st, frames, pixels, torch.cat([z0, z1], dim=2)[0], blocks=2)
+            if not idx:
+                continue
             sts = [chunks[i][0] for i in idx]
             latents = self.vae.encode([chunks[i][2] for i in idx], [s.vae_state for s in sts])  # [N, C, 1, h, w]
             for i, z in zip(idx, latents.unbind(0), strict=True):
                 st, frames, pixels = chunks[i]
-                sched = self.schedule(st)
-                motion = st.motion.update(pixels)
-                if st.params.motion_aware:
-                    sched = sched.scaled(st.motion.first_sigma(sched.sigmas[0]))
-                sigmas = sched.effective()
-                st.last_sigma = sigmas[0]
-                z = z.to(self.dit.dtype)
-                x = add_noise(z, st.noise_for(0, z), sigmas[0])
-                st.inflight.appendleft(Work(st.next_block, x, sigmas, frames))
-                st.next_block += 1
-                st.prompt.advance(len(frames))
-                log.debug("session %s block %d motion %.2f sigmas %s", st.session_id, st.next_block - 1,
-                          motion, sigmas)
+                self._enqueue(st, frames, pixels, z)
+
+    def _enqueue(
+        self, st: SessionState, frames: list[VideoFrame], pixels: torch.Tensor, z: torch.Tensor, blocks: int = 1,
+    ) -> None:
+        """Noise latent ``z [C, blocks, h, w]`` to its first level and put it in flight."""
+        sched = self.schedule(st)
+        motion = st.motion.update(pixels)
+        if st.params.motion_aware:
+            sched = sched.scaled(st.motion.first_sigma(sched.sigmas[0]))
+        ts = sched.effective()  # what the model is told (t = 1000 * s)
+        table = self._sigma_table
+        sigmas = tuple(table.sigma(1000.0 * s) for s in ts) if table is not None else ts
+        st.last_sigma = sigmas[0]
+        z = z.to(self.dit.dtype)
+        x = add_noise(z, st.noise_for(0, z), sigmas[0])
+        work = Work(st.next_block, x, sigmas, frames, timesteps=ts)
+        if blocks > 1:
+            st.prefill = work
+        else:
+            st.inflight.appendleft(work)
+        st.next_block += blocks
+        st.prompt.advance(len(frames))
+        log.debug("session %s block %d motion %.2f sigmas %s", st.session_id, st.next_block - 1,
+                  motion, sigmas)
 
     @torch.inference_mode()
     def _denoise(self, states: list[SessionState], out: dict[str, list[VideoFrame]]) -> None:
         """Run the denoising rounds for sessions with a new block, then decode finished blocks."""
         finished: list[tuple[SessionState, Work]] = []
+        for st in states:
+            if st.prefill is not None:
+                finished.append((st, self._prefill(st)))
         rounds = max(s.params.num_steps for s in states)
         for k in range(rounds):
             items: list[tuple[SessionState, Work]] = []
@@ -371,21 +426,40 @@ class VideoDiffusionPipeline(Pipeline):
                     w.x = add_noise(w.x, st.noise_for(w.step, w.x), w.sigma)  # w.x holds x0 here
         self._decode(finished, out)
 
+    def _prefill(self, st: SessionState) -> Work:
+        """Run StreamDiffusionV2's first chunk (two latent frames, both ways) through all its steps."""
+        w, st.prefill = st.prefill, None
+        assert w is not None
+        pool = self._pools[st.pool_key]
+        cross = st.prompt.cross
+        while True:
+            strategy = PrefillAttention(pool, st.caches, cross, self.dit.rope, st.grid, w.x.shape[1])
+            x = w.x[None]  # [1, C, 2, h, w]
+            v = self.dit.forward_chunk(x, torch.tensor([w.t * 1000.0], device=x.device), strategy)
+            w.x = predict_x0(x, v.to(x.dtype), w.sigma)[0]
+            if w.last:
+                break
+            w.step += 1
+            w.x = add_noise(w.x, st.noise_for(w.step, w.x), w.sigma)
+        st.blocks_done += w.x.shape[1]
+        return w
+
     def _forward(self, group: Sequence[tuple[SessionState, Work]]) -> None:
         """One batched DiT forward; leaves each work's predicted x0 in ``work.x``."""
         st0 = group[0][0]
         x = torch.stack([w.x for _, w in group])  # [N, C, 1, h, w]
         sig = torch.tensor([w.sigma for _, w in group], device=x.device)
+        t = torch.tensor([w.t for _, w in group], device=x.device)
         cross = [
             (torch.cat([st.prompt.cross[layer][0] for st, _ in group]),
              torch.cat([st.prompt.cross[layer][1] for st, _ in group]))
             for layer in range(self.dit.num_layers)
         ]
         strategy = StreamAttention(
-            self._pools[st0.pool_key], [(st.session_id, w.block) for st, w in group], cross, self.dit.rope,
-            st0.grid, self.window, self._attend[st0.params.attention],
+            self._pools[st0.pool_key], [(st.cache_for(w), w.block) for st, w in group], cross,
+            self.dit.rope, st0.grid, self.window, self._attend[st0.params.attention],
         )
-        v = self.dit.forward_stream(x, sig * 1000.0, strategy)
+        v = self.dit.forward_stream(x, t * 1000.0, strategy)
         x0 = predict_x0(x, v.to(x.dtype), sig)
         for (_, w), xi in zip(group, x0.unbind(0), strict=True):
             w.x = xi
@@ -395,8 +469,7 @@ class VideoDiffusionPipeline(Pipeline):
         for st, w in finished:
             groups[(st.height, st.width)].append((st, w))
         for group in groups.values():
-            latents = torch.stack([w.x for _, w in group])  # [N, C, 1, h, w]
-            videos = self.vae.decode(latents, [st.vae_state for st, _ in group])  # [3, F, H, W] each
+            videos = self._decode_group(group)  # [3, F, H, W] each
             for (st, w), video in zip(group, videos, strict=True):
                 frames = video.unbind(1)
                 if len(frames) != len(w.frames):
@@ -405,13 +478,27 @@ class VideoDiffusionPipeline(Pipeline):
                 for src, frame in zip(w.frames, frames, strict=False):
                     out[st.session_id].append(src.with_data(to_rgb(frame)))
 
+    def _decode_group(self, group: list[tuple[SessionState, Work]]) -> list[torch.Tensor]:
+        """Decode works of one resolution; a multi-frame work (a first chunk) frame by frame, in order."""
+        single = [i for i, (_, w) in enumerate(group) if w.x.shape[1] == 1]
+        videos: dict[int, torch.Tensor] = {}
+        if single:
+            latents = torch.stack([group[i][1].x for i in single])  # [N, C, 1, h, w]
+            decoded = self.vae.decode(latents, [group[i][0].vae_state for i in single])
+            videos.update(zip(single, decoded, strict=True))
+        for i, (st, w) in enumerate(group):
+            if i not in videos:
+                parts = [self.vae.decode(z[None], [st.vae_state])[0] for z in w.x.split(1, dim=1)]
+                videos[i] = torch.cat(parts, dim=1)
+        return [videos[i] for i in range(len(group))]
+
     # ------------------------------------------------------------------ introspection
 
     def session_stats(self, session_id: str) -> dict[str, Any]:
         """Live figures of one session (blocks, lag, noise level, motion, KV memory and positions)."""
         st = self._sessions[session_id]
         pool = self._pools[st.pool_key]
-        view = pool.view(session_id)
+        view = pool.view(st.caches[0])
         return {
             "blocks_in": st.next_block,
             "blocks_out": st.blocks_done,

@@ -96,3 +96,28 @@ def predict_x0(x_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor | 
 def validate_timesteps(values: Sequence[float]) -> tuple[float, ...]:
     """Check an explicit sigma list (used by the pipeline's ``timesteps`` parameter)."""
     return Schedule(tuple(float(v) for v in values)).sigmas
+
+
+class SigmaTable:
+    """StreamDiffusionV2's flow-matching sigmas: ``steps`` levels ``s_i = 1 - i / steps`` (i < steps),
+    warped by ``shift``; a model timestep ``t`` maps to the sigma whose ``1000 * sigma`` is nearest.
+
+    StreamDiffusionV2 (its ``FlowMatchScheduler(shift=8, sigma_min=0, extra_one_step=True)`` with
+    1,000 steps) converts the velocity to ``x0`` and re-noises with these sigmas while the model is
+    told the listed timestep itself, so ``t = 700`` is denoised with ``sigma(700) ~= 0.69986``.
+    """
+
+    def __init__(self, shift: float = 8.0, steps: int = 1000) -> None:
+        if not 0.1 <= shift <= 20.0:
+            raise ValueError(f"shift must be in [0.1, 20], got {shift}")
+        if steps < 2:
+            raise ValueError(f"steps must be >= 2, got {steps}")
+        base = torch.linspace(1.0, 0.0, steps + 1)[:-1]  # [steps], float32 as StreamDiffusionV2 builds it
+        self.shift = shift
+        sigmas = shift * base / (1.0 + (shift - 1.0) * base)
+        self.sigmas = sigmas.double()  # [steps]
+        self.timesteps = (sigmas * 1000.0).double()
+
+    def sigma(self, t: float) -> float:
+        """The table sigma nearest to model timestep ``t`` (0..1000)."""
+        return float(self.sigmas[int(torch.argmin((self.timesteps - t).abs()))])

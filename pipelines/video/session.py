@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Hashable
 
 import torch
 
@@ -24,15 +25,21 @@ from .params import VideoParams
 class Work:
     """One latent block in flight."""
 
-    block: int  # stream index of the block (the KV cache's block index)
-    x: torch.Tensor  # [C, 1, h, w] current noisy latent
-    sigmas: tuple[float, ...]  # effective noise levels of its steps
+    block: int  # stream index of the (first) block (the KV cache's block index)
+    x: torch.Tensor  # [C, F, h, w] current noisy latent (F = 1, or 2 for StreamDiffusionV2's first chunk)
+    sigmas: tuple[float, ...]  # effective noise levels of its steps (noising and x0)
     frames: list[VideoFrame]  # the input frames it answers (their timing goes to the outputs)
     step: int = 0
+    timesteps: tuple[float, ...] = ()  # what the model is told per step, / 1000 (default: the sigmas)
 
     @property
     def sigma(self) -> float:
         return self.sigmas[self.step]
+
+    @property
+    def t(self) -> float:
+        """The model timestep of the current step, / 1000."""
+        return (self.timesteps or self.sigmas)[self.step]
 
     @property
     def last(self) -> bool:
@@ -97,7 +104,7 @@ class SessionState:
     height: int
     latent_hw: tuple[int, int]
     grid: tuple[int, int]  # tokens per latent frame (h, w)
-    pool_key: tuple[int, int, int]
+    pool_key: tuple[int, int, int, int]  # (latent h, latent w, extra cache blocks, caches per session)
     vae_state: object
     prompt: PromptBlend
     generator: torch.Generator
@@ -108,6 +115,12 @@ class SessionState:
     next_block: int = 0
     blocks_done: int = 0
     last_sigma: float = 0.0
+    caches: list[Hashable] = dataclasses.field(default_factory=list)  # KV cache ids: [id] or one per step
+    prefill: Work | None = None  # StreamDiffusionV2's two-frame first chunk, waiting to run
+
+    def cache_for(self, work: Work) -> Hashable:
+        """The KV cache a work's current step reads and writes."""
+        return self.caches[work.step] if len(self.caches) > 1 else self.caches[0]
 
     def noise_for(self, step: int, like: torch.Tensor) -> torch.Tensor:
         if self.params.fixed_noise:
