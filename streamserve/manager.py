@@ -79,9 +79,11 @@ class SessionManager:
         scheduler = make_scheduler(self.config)
         engine = Engine(scheduler, functools.partial(self._create_pipeline, device=device),
                         self._deliver_threadsafe, device=device, clock=self._clock, observer=observer)
-        gate = SloGate(engine, scheduler, self.metrics) if isinstance(scheduler, SloScheduler) else None
-        if gate is not None and not any(self.gates):  # scheduler figures of the first device in /metrics
-            self.metrics.watch_scheduler(scheduler)
+        gate = None
+        if isinstance(scheduler, SloScheduler):
+            gate = SloGate(engine, scheduler, self.metrics)
+            if not any(self.gates):  # the scheduler figures in /metrics are the first device's
+                self.metrics.watch_scheduler(scheduler)
         self.gates.append(gate)
         return engine
 
