@@ -118,7 +118,8 @@ part() { # part NAME CAP_SECONDS COMMAND... : run under min(CAP, budget left), r
 # --- env
 part env 45 "${PYRUN[@]}" benchmarks/gpu_summary.py env "$OUT/env.json"
 
-# --- tests: every test file with a gpu mark, gpu-marked tests only
+# --- tests: every test file with a gpu mark, gpu-marked tests only (-v: a run cut short still shows
+# each finished test in log.txt; junit is written only at the end)
 pytest_part() { # pytest_part PART CAP SUITE PYTEST-ARGS...: junit merged into $OUT/tests.xml
   local name=$1 cap=$2 suite=$3
   shift 3
@@ -132,7 +133,7 @@ pytest_part() { # pytest_part PART CAP SUITE PYTEST-ARGS...: junit merged into $
 if wanted tests; then
   mapfile -t gpu_tests < <(grep -rlE --include='test_*.py' 'mark\.gpu' tests | sort)
   if ((${#gpu_tests[@]})); then
-    pytest_part tests 75 gpu-marked -q -m gpu "${gpu_tests[@]}"
+    pytest_part tests 75 gpu-marked -v -m gpu "${gpu_tests[@]}"
   else
     record tests skipped 0 "no test file has a gpu mark"
   fi
@@ -149,9 +150,9 @@ fi
 
 # --- kernels: the kernel and cache suites on the GPU (fp32/fp16, all block sizes and masks), gpu tests excluded
 if ((DRY)); then
-  pytest_part kernels 90 kernel-suite -q --collect-only -m "not gpu" tests/kernels tests/kv_rolling
+  pytest_part kernels 120 kernel-suite -q --collect-only -m "not gpu" tests/kernels tests/kv_rolling
 else
-  pytest_part kernels 90 kernel-suite -q -m "not gpu" tests/kernels tests/kv_rolling
+  pytest_part kernels 120 kernel-suite -v -m "not gpu" tests/kernels tests/kv_rolling
 fi
 
 # --- serving: another benchmark's GPU mode, only when it exists and says it takes --gpu
