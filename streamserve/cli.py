@@ -103,6 +103,9 @@ def _serve(args: argparse.Namespace) -> int:
     shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("tokens", "viewer_tokens")}
     logging.getLogger("streamserve").info("starting with %s, %d token(s), %d viewer token(s)", shown,
                                           len(config.tokens), len(config.viewer_tokens))
+    if not config.tokens and config.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("streamserve").warning(
+            "no --token: anyone who reaches %s:%d may open sessions (docs/security.md)", config.host, config.port)
     print(f"streamserve {streamserve.__version__}: open http://{config.host}:{config.port}/", flush=True)
     return serve(create_app(config), config)
 
