@@ -49,7 +49,7 @@ def _limits(args: argparse.Namespace) -> LimitsConfig:
         try:
             out[name] = kind(value)
         except ValueError:
-            raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+            raise ValueError(f"{name} must be {'an int' if kind is int else 'a number'}, got {value!r}") from None
     if "max_input" in values:
         width, _, height = str(values["max_input"]).lower().partition("x")
         if not (width.isdigit() and height.isdigit()):
