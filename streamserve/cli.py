@@ -49,7 +49,7 @@ def _limits(args: argparse.Namespace) -> LimitsConfig:
         try:
             out[name] = kind(value)
         except ValueError:
-            raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+            raise ValueError(f"{name} must be {'an int' if kind is int else 'a number'}, got {value!r}") from None
     if "max_input" in values:
         width, _, height = str(values["max_input"]).lower().partition("x")
         if not (width.isdigit() and height.isdigit()):
@@ -141,6 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
     shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("tokens", "viewer_tokens", "turn_credential")}
     logging.getLogger("streamserve").info("starting with %s, %d token(s), %d viewer token(s)", shown,
                                           len(config.tokens), len(config.viewer_tokens))
+    if not config.tokens and config.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("streamserve").warning(
+            "no --token: anyone who reaches %s:%d may open sessions (docs/security.md)", config.host, config.port)
     print(f"streamserve {streamserve.__version__}: open http://{config.host}:{config.port}/", flush=True)
     return serve(create_app(config), config)
 

@@ -141,7 +141,8 @@ def create_app(config: ServerConfig | None = None,
     async def get_session(session_id: str, request: Request) -> dict[str, Any]:
         return _owned(session_id, request).stats()
 
-    @app.patch("/v1/sessions/{session_id}", tags=["sessions"])
+    @app.patch("/v1/sessions/{session_id}", tags=["sessions"], openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": {"type": "object"}}}}})
     async def patch_session(session_id: str, request: Request) -> dict[str, Any]:
         """Change parameters live; the body is a JSON object of the pipeline's params to change. The
         pipeline checks them before the answer: 422 naming the field if it cannot run them."""

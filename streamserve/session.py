@@ -271,6 +271,7 @@ class Session:
         self._closed_event = asyncio.Event()
         self.slo_info: Callable[[], dict[str, Any] | None] | None = None  # tier and why (SLO scheduler)
         self.device: str | None = None  # the engine it runs on, set by the manager (many devices)
+        self._update_lock = asyncio.Lock()
 
     # --- identity -------------------------------------------------------------------------------
     @property
@@ -377,12 +378,13 @@ class Session:
             from streamserve.core.errors import SessionClosed
 
             raise SessionClosed(f"session {self._id} has ended ({self.close_reason})")
-        new = parse_params(self._params_cls, params, base=self.params)
-        applied = self._on_update(self, new)
-        if applied is not None:
-            await applied
-        self.params = new
-        return self.params_dict()
+        async with self._update_lock:  # one at a time: each partial update builds on the last applied
+            new = parse_params(self._params_cls, params, base=self.params)
+            applied = self._on_update(self, new)
+            if applied is not None:
+                await applied
+            self.params = new
+            return self.params_dict()
 
     def params_dict(self) -> dict[str, Any]:
         import dataclasses

@@ -225,7 +225,11 @@ class _Connection:
             try:
                 media = await asyncio.to_thread(self.codec_in.decode, header, memoryview(payload),
                                                 arrival=arrival, deadline=deadline)
-            except wp.ProtocolError as exc:
+            except Exception as exc:  # a JPEG that does not decode (bad_media), or a bug of ours (internal)
+                if not isinstance(exc, wp.ProtocolError):
+                    log.exception("websocket video decode failed")
+                    exc = wp.ProtocolError("internal", f"internal error: {type(exc).__name__}",
+                                           close_code=wp.CLOSE_INTERNAL)
                 await self._finish(wp.error_message(exc, fatal=True), exc.close_code)
                 if self._reader is not None:
                     self._reader.cancel()

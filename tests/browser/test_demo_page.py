@@ -222,10 +222,11 @@ def test_demo_page_streams_in_order_and_measures_latency(
 
     # A live parameter change through the page's control: mirrored frames stop reading as codes.
     session_id = page.evaluate("window.streamserve.sessionId")
+    owner = {"Authorization": f"Bearer {page.evaluate('window.streamserve.sessionSecret')}"}  # the page's own
     before = page.evaluate("window.__probe.unreadable.output")
     page.check("#params input[name=mirror]")
     page.wait_for_function(f"window.__probe.unreadable.output > {before} + 10", timeout=5_000)
-    with httpx.Client(base_url=live_server.url, timeout=5) as http:
+    with httpx.Client(base_url=live_server.url, timeout=5, headers=owner) as http:
         assert http.get(f"/v1/sessions/{session_id}").json()["params"]["mirror"] is True
         page.uncheck("#params input[name=mirror]")
         readable = page.evaluate("window.__probe.output.length")

@@ -114,7 +114,10 @@ def test_view_page_plays_the_stream(browser: Any, publisher: tuple[LiveServer, P
     mirrored = grab(page)
     assert mirrored is not None and mirrored.shape == (96, 128, 3)
     assert read_stamp(mirrored[:, ::-1]) is not None  # the processed (mirrored) output, not the input
-    httpx.patch(f"{server.url}/v1/streams/cam1", json={"mirror": False}, timeout=5).raise_for_status()
+    session = server.manager.by_stream("cam1")
+    assert session is not None
+    httpx.patch(f"{server.url}/v1/streams/cam1", json={"mirror": False}, timeout=5,
+                headers={"Authorization": f"Bearer {session.secret}"}).raise_for_status()
     seen = stamps(page, 5)
     assert len(seen) == 5 and seen == sorted(seen), seen  # moving, in order
 

@@ -136,3 +136,18 @@ def test_audio_never_evicts_video_in_the_inbox() -> None:
     assert first is not None and first.kind is MediaKind.VIDEO
     rest = [s.inbox.pop() for _ in range(4)]
     assert [c.pts for c in rest if c is not None] == [0, 960, 2 * 960, 3 * 960]
+
+
+async def test_concurrent_partial_updates_build_on_each_other() -> None:
+    """Two updates in flight at once: the second starts from the first's result, not from the old params."""
+    release = asyncio.Event()
+
+    async def slow_apply(sess: Session, params: PassthroughParams) -> None:
+        await release.wait()
+
+    s = make_session(FakeClock(), on_update=slow_apply)
+    first = asyncio.create_task(s.update({"mirror": True}))
+    second = asyncio.create_task(s.update({}))
+    await asyncio.sleep(0)
+    release.set()
+    assert await first == {"mirror": True} and await second == {"mirror": True}

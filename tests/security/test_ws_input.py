@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from streamserve.core.config import ServerConfig
@@ -126,3 +127,18 @@ def test_decode_budget_is_a_token_bucket() -> None:
     assert budget.take(600, 0.3)  # 400 left + 300 refilled
     assert not budget.take(200, 0.3) and budget.take(100, 0.3)
     assert budget.take(1000, 100.0) and not budget.take(1, 100.0)  # refill is capped at one second
+
+
+def test_a_jpeg_that_does_not_decode_is_still_a_fatal_bad_media(live_server: LiveServer) -> None:
+    """Decoding moved off the read path; its failures still end the connection with the typed error."""
+    good = JpegEncoder().encode(np.full((48, 64, 3), 90, np.uint8))
+    sof = good.index(b"\xff\xc0")
+    broken = good[: sof + 19] + b"\0" * 50  # a valid header and size, then garbage
+    ws = started_ws(live_server)
+    ws.send(wp.pack_media(wp.MediaHeader(wp.Kind.VIDEO, wp.Format.JPEG, 0, 0, width=64, height=48), broken))
+    msg = json.loads(ws.recv(timeout=10))
+    assert (msg["type"], msg["code"], msg["fatal"]) == ("error", "bad_media", True), msg
+    assert "does not decode" in msg["message"]
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=10)
+    assert ws.close_code == 1002
