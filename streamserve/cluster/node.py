@@ -52,7 +52,10 @@ class NodeServer:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     def info(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "url": self.url}
+        import ray
+
+        return {"node_id": self.node_id, "url": self.url, "ray_node": ray.get_runtime_context().get_node_id(),
+                "gpus": ray.get_gpu_ids()}
 
     def load(self) -> dict[str, Any]:
         """Sessions, limits, streams and whether the node is draining (read on the server's loop)."""
