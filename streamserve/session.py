@@ -213,6 +213,7 @@ class Session:
         self.close_reason: str | None = None
         self._closed_event = asyncio.Event()
         self.device: str | None = None  # the engine it runs on, set by the manager (many devices)
+        self.recorder: Callable[[Media], None] | None = None  # sees accepted input (migration history)
 
     # --- identity -------------------------------------------------------------------------------
     @property
@@ -248,6 +249,8 @@ class Session:
             return
         if self.inbox.put(media) is not None:
             self.count_dropped("inbox")
+        if self.recorder is not None:
+            self.recorder(media)
         self._on_input()
 
     def count_dropped(self, reason: str, count: int = 1) -> None:
