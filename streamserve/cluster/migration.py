@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Sequence
 
 from streamserve.core.frames import Media, MediaKind
 from streamserve.core.plan import Batch, WorkItem
@@ -55,7 +56,7 @@ class Adoption:
     from_node: str
 
 
-def replay(engine: Engine, pipeline: str, session_id: str, frames: list[Media]) -> int:
+def replay(engine: Engine, pipeline: str, session_id: str, frames: Sequence[Media]) -> int:
     """Run ``frames`` through the session's pipeline on the engine thread (outputs dropped). Returns
     how many were replayed. Call through ``engine.call``."""
     pipe = engine.pipeline(pipeline)
