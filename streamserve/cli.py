@@ -62,6 +62,14 @@ def _serve(args: argparse.Namespace) -> int:
 
         serve_cluster(args.ray, config, args.nodes)
         return 0
+    if args.pp_stages is not None or args.pp_devices is not None:
+        from streamserve.pipelines.video.parallel.pipeline import with_stages
+
+        try:
+            devices = _devices(args.pp_devices) or None
+            registry.register(with_stages(args.pp_stages or len(devices or ()) or 2, devices), replace=True)
+        except ValueError as exc:
+            raise SystemExit(f"streamserve serve: {exc}") from exc
     if config.pipeline not in registry.available():
         raise SystemExit(f"streamserve serve: unknown pipeline {config.pipeline!r}; "
                          f"available: {', '.join(registry.available())}")
@@ -134,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=8)
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,
                        help="per-frame deadline after arrival (default 250)")
+    serve.add_argument("--pp-stages", type=int, default=None,
+                       help="pipeline-parallel stages of the video-pp pipeline (default 2)")
+    serve.add_argument("--pp-devices", default=None, help="video-pp stage devices, e.g. cuda:0,cuda:1")
     serve.add_argument("--ray", default=None, metavar="ADDRESS",
                        help="serve a cluster front over Ray (ADDRESS of a running cluster, or 'local')")
     serve.add_argument("--nodes", type=int, default=None, help="with --ray local: node servers to start")

@@ -150,3 +150,23 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
             "round_trip_s": g.stats["round_trip_seconds"] / n, "compute_s": g.stats["stage_seconds"] / n,
             "broken": g.broken,
         }
+
+
+def with_stages(stages: int, stage_devices: Sequence[str] | None = None,
+                timeout_s: float = 30.0) -> type[PipelinedVideoPipeline]:
+    """`video-pp` with other defaults (``streamserve serve --pp-stages 4 --pp-devices cuda:0,...``):
+    register the returned class to replace the built-in one."""
+    if not 1 <= stages <= 64:
+        raise ValueError(f"stages must be in [1, 64], got {stages}")
+    if stage_devices is not None and len(stage_devices) != stages:
+        raise ValueError(f"{stages} stages need {stages} devices, got {list(stage_devices)}")
+
+    class Configured(PipelinedVideoPipeline):
+        def __init__(self, device: str = "cpu", model: str | None = None, **options: Any) -> None:
+            options.setdefault("stages", stages)
+            options.setdefault("stage_devices", stage_devices)
+            options.setdefault("timeout_s", timeout_s)
+            super().__init__(device, model, **options)
+
+    Configured.__name__ = Configured.__qualname__ = f"PipelinedVideoPipeline{stages}"
+    return Configured
