@@ -140,6 +140,14 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
         for (_, w), xi in zip(group, x0.unbind(0), strict=True):
             w.x = xi
 
+    def session_stats(self, session_id: str) -> dict[str, Any]:
+        """The `video` figures, with the KV ones replaced: the KV lives on the stages, not on rank 0."""
+        stats = super().session_stats(session_id)
+        for key in ("kv_blocks", "kv_bytes_per_session", "kv_max_position"):
+            stats[key] = None
+        stats["parallel"] = self.parallel_stats()
+        return stats
+
     def parallel_stats(self) -> dict[str, Any]:
         """Stage ranges, measured stage seconds (EMA), transfers and moves."""
         g = self.group
