@@ -130,6 +130,14 @@ def _serve(args: argparse.Namespace) -> int:
 
         serve_cluster(args.ray, config, args.nodes)
         return 0
+    if args.pp_stages is not None or args.pp_devices is not None:
+        from streamserve.pipelines.video.parallel.pipeline import with_stages
+
+        try:
+            devices = _devices(args.pp_devices) or None
+            registry.register(with_stages(args.pp_stages or len(devices or ()) or 2, devices), replace=True)
+        except ValueError as exc:
+            raise SystemExit(f"streamserve serve: {exc}") from exc
     if config.pipeline not in registry.available():
         raise SystemExit(f"streamserve serve: unknown pipeline {config.pipeline!r}; "
                          f"available: {', '.join(registry.available())}")
@@ -234,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     voice.add_argument("--llm-api-key", default=None, help="bearer token for --llm-url")
     voice.add_argument("--asr-model", default=None, help="a CTranslate2 Whisper folder (default: tiny.en)")
     voice.add_argument("--tts", default=None, choices=["hibari", "espeak"], help="speech synthesizer")
+    serve.add_argument("--pp-stages", type=int, default=None,
+                       help="pipeline-parallel stages of the video-pp pipeline (default 2)")
+    serve.add_argument("--pp-devices", default=None, help="video-pp stage devices, e.g. cuda:0,cuda:1")
     serve.add_argument("--ray", default=None, metavar="ADDRESS",
                        help="serve a cluster front over Ray (ADDRESS of a running cluster, or 'local')")
     serve.add_argument("--nodes", type=int, default=None, help="with --ray local: node servers to start")

@@ -272,6 +272,7 @@ class Session:
         self.slo_info: Callable[[], dict[str, Any] | None] | None = None  # tier and why (SLO scheduler)
         self.device: str | None = None  # the engine it runs on, set by the manager (many devices)
         self._update_lock = asyncio.Lock()
+        self.recorder: Callable[[Media], None] | None = None  # sees accepted input (migration history)
 
     # --- identity -------------------------------------------------------------------------------
     @property
@@ -307,6 +308,8 @@ class Session:
             return
         if self.inbox.put(media) is not None:
             self.count_dropped("overload" if media.kind is MediaKind.AUDIO else "inbox")
+        if self.recorder is not None:
+            self.recorder(media)
         self._on_input()
 
     def count_dropped(self, reason: str, count: int = 1) -> None:

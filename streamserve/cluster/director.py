@@ -19,6 +19,7 @@ class Director:
         self.nodes: dict[str, tuple[Any, str]] = {}  # node id -> (actor handle, url)
         self.draining: set[str] = set()
         self.placed = 0
+        self.moved: dict[str, str] = {}  # stream -> node that adopted it (until it reconnects)
 
     def register(self, node_id: str, handle: Any, url: str) -> None:
         self.nodes[node_id] = (handle, url)
@@ -44,6 +45,13 @@ class Director:
         self.placed += 1
         return {"node_id": best.device, "url": loads[best.index]["url"]}
 
+    def place_stream(self, stream: str) -> dict[str, Any] | None:
+        """Like :meth:`place`, but a stream moved by a drain goes back to the node holding its history."""
+        node_id = self.moved.pop(stream, None)
+        if node_id is not None and node_id in self.nodes and node_id not in self.draining:
+            return {"node_id": node_id, "url": self.nodes[node_id][1]}
+        return self.place()
+
     def find_stream(self, stream: str) -> dict[str, Any] | None:
         for ld in self.loads():
             if stream in ld["streams"]:
@@ -51,10 +59,18 @@ class Director:
         return None
 
     def drain(self, node_id: str) -> list[str]:
-        """Stop placements on ``node_id`` and end its sessions (clients reconnect elsewhere)."""
+        """Stop placements on ``node_id``, end its sessions and hand each named stream's input history
+        to the node it will continue on (clients reconnect through the front and are sent there)."""
         import ray
 
         if node_id not in self.nodes:
             raise KeyError(f"no node {node_id!r}; nodes: {sorted(self.nodes)}")
         self.draining.add(node_id)
-        return ray.get(self.nodes[node_id][0].drain.remote())  # type: ignore[no-any-return]
+        ended, moving = ray.get(self.nodes[node_id][0].drain.remote())
+        for adoption in moving:  # recompute migration: the target replays the stream's history
+            target = self.place()
+            if target is None:
+                continue  # nowhere to go: the stream restarts wherever it reconnects
+            ray.get(self.nodes[target["node_id"]][0].adopt.remote(adoption))
+            self.moved[adoption.stream] = target["node_id"]
+        return ended  # type: ignore[no-any-return]

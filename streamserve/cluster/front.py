@@ -44,7 +44,7 @@ def create_front_app(director: Any) -> FastAPI:
 
     @app.post("/whip/{stream}", tags=["cluster"])
     async def whip(stream: str, request: Request) -> Response:
-        node = await director.place.remote()
+        node = await director.place_stream.remote(stream)
         return _full() if node is None else _redirect(node, request)
 
     @app.post("/v1/webrtc/offer", tags=["cluster"])

@@ -45,9 +45,14 @@ def start_cluster(node_config: ServerConfig, *, nodes: int | None = None, local:
             if not n.get("Alive"):
                 continue
             ip, rid = n["NodeManagerAddress"], n["NodeID"]
-            cfg = dataclasses.replace(node_config, host="0.0.0.0", port=0)
-            handles[ip] = node_cls.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(rid, soft=False)).remote(ip, cfg, ip)
+            node_id = f"{ip}-{rid[:8]}"  # several Ray nodes may share an IP (containers, tests)
+            # A loopback --host means one machine: nodes stay on loopback. Otherwise every node listens
+            # on all interfaces and clients are redirected to its Ray address.
+            loopback = node_config.host.startswith("127.") or node_config.host == "localhost"
+            cfg = dataclasses.replace(node_config, host=node_config.host if loopback else "0.0.0.0", port=0)
+            advertise = node_config.host if loopback else ip
+            handles[node_id] = node_cls.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(rid, soft=False)).remote(node_id, cfg, advertise)
     infos = ray.get([h.info.remote() for h in handles.values()])
     urls = {i["node_id"]: i["url"] for i in infos}
     ray.get([director.register.remote(nid, handles[nid], urls[nid]) for nid in handles])

@@ -109,8 +109,12 @@ async def test_whip_307_placement_by_headroom_and_drain(cluster: tuple[Cluster, 
         await viewer.close()
         loads = await nodes(http)
         assert loads[node_a]["draining"] is True and loads[node_a]["sessions"] == 0
+        assert (await nodes(http))[node_b]["adopting"] == ["cam-a"]  # B holds cam-a's input history
         pub_a2, reply_a2 = await publish(http, front, "cam-a")
         assert reply_a2.history[0].headers["x-streamserve-node"] == node_b
+        # Recompute migration: B replayed cam-a's sink + recent frames before its first live frame.
+        replayed = (await nodes(http))[node_b]["replayed"]
+        assert replayed["cam-a"] == 3 + 6  # 10+ frames went through A: its history is full
         viewer2 = WhepViewer()
         assert (await viewer2.watch(http, "/whep/cam-a")).status_code == 201
         again = await viewer2.frames(10, within=30)

@@ -68,6 +68,7 @@ def test_two_ranks_equal_single_process(tiny_pp_dir: Path) -> None:
         stats = pp.parallel_stats()
         assert stats["stages"] == [(0, 2), (2, 4)] and stats["moves"] == 2 and stats["forwards"] >= 24
         assert stats["broken"] is None
+        assert pp.session_stats("s")["parallel"]["stages"] == [(0, 2), (2, 4)]
     finally:
         pp.close()
     assert all(not p.is_alive() for p in pp.group.processes)

@@ -57,3 +57,14 @@ def test_balancer_hysteresis_ignores_small_or_noisy_imbalance() -> None:
         assert bal.observe(t, ranges) is None  # never `patience` unbalanced forwards in a row
     # A move that would not lower the slowest stage is never proposed (1 block each: nothing to give).
     assert all(bal.observe([3.0, 1.0], [range(0, 1), range(1, 2)]) is None for _ in range(10))
+
+
+def test_configured_video_pp_class() -> None:
+    from streamserve.pipelines.video.parallel.pipeline import PipelinedVideoPipeline, with_stages
+
+    cls = with_stages(3, ["cpu", "cpu", "cpu"])
+    assert issubclass(cls, PipelinedVideoPipeline) and cls.name == "video-pp"
+    with pytest.raises(ValueError, match=r"3 stages need 3 devices, got \['cuda:0'\]"):
+        with_stages(3, ["cuda:0"])
+    with pytest.raises(ValueError, match="stages must be in"):
+        with_stages(0)

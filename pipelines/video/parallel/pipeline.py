@@ -140,6 +140,14 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
         for (_, w), xi in zip(group, x0.unbind(0), strict=True):
             w.x = xi
 
+    def session_stats(self, session_id: str) -> dict[str, Any]:
+        """The `video` figures, with the KV ones replaced: the KV lives on the stages, not on rank 0."""
+        stats = super().session_stats(session_id)
+        for key in ("kv_blocks", "kv_bytes_per_session", "kv_max_position"):
+            stats[key] = None
+        stats["parallel"] = self.parallel_stats()
+        return stats
+
     def parallel_stats(self) -> dict[str, Any]:
         """Stage ranges, measured stage seconds (EMA), transfers and moves."""
         g = self.group
@@ -150,3 +158,23 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
             "round_trip_s": g.stats["round_trip_seconds"] / n, "compute_s": g.stats["stage_seconds"] / n,
             "broken": g.broken,
         }
+
+
+def with_stages(stages: int, stage_devices: Sequence[str] | None = None,
+                timeout_s: float = 30.0) -> type[PipelinedVideoPipeline]:
+    """`video-pp` with other defaults (``streamserve serve --pp-stages 4 --pp-devices cuda:0,...``):
+    register the returned class to replace the built-in one."""
+    if not 1 <= stages <= 64:
+        raise ValueError(f"stages must be in [1, 64], got {stages}")
+    if stage_devices is not None and len(stage_devices) != stages:
+        raise ValueError(f"{stages} stages need {stages} devices, got {list(stage_devices)}")
+
+    class Configured(PipelinedVideoPipeline):
+        def __init__(self, device: str = "cpu", model: str | None = None, **options: Any) -> None:
+            options.setdefault("stages", stages)
+            options.setdefault("stage_devices", stage_devices)
+            options.setdefault("timeout_s", timeout_s)
+            super().__init__(device, model, **options)
+
+    Configured.__name__ = Configured.__qualname__ = f"PipelinedVideoPipeline{stages}"
+    return Configured
