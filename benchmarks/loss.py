@@ -10,8 +10,9 @@ and reads them back (tests/transport/loss_probe.py). Two servers run in this pro
   errors and on jitter-buffer overflow), which is what streamserve did before.
 
 Per loss rate and server: readable % (distinct frames read back / frames sent in the lossy window)
-and the recovery time after a 0.5 s outage (media time to the first readable frame after it; "-"
-when nothing came back within 5 s). Rounds alternate which server goes first.
+the recovery time after a 0.5 s outage (media time to the first readable frame after it; "-"
+when nothing came back within 5 s), and readable % of the 2 s of frames after the outage (no loss
+then). Rounds alternate which server goes first.
 
 Run: `PYTHONPATH=. python benchmarks/loss.py [--losses 0 0.02 0.05 0.1] [--seconds 6] [--rounds 2]`.
 """
@@ -42,7 +43,7 @@ def start(recovery: bool) -> LiveServer:
 async def one(server: LiveServer, loss: float, seconds: float, seed: int) -> LossResult | None:
     try:
         return await measure(server.url, loss, seconds=seconds, seed=seed)
-    except TimeoutError:  # nothing came back after the outage within 5 s
+    except TimeoutError:  # the session never started
         return None
 
 
