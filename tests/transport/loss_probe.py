@@ -37,10 +37,12 @@ def _readable(client: Client, first: int, last: int) -> int:
 
 
 async def measure(url: str, loss: float, *, seconds: float = 6.0, outage_s: float = 0.5, seed: int = 7,
-                  size: int = 128) -> LossResult:
-    """Stream for `seconds` at `loss` both ways, then one outage of `outage_s`; see the module doc."""
+                  size: int = 128, recovering_client: bool = True) -> LossResult:
+    """Stream for `seconds` at `loss` both ways, then one outage of `outage_s`; see the module doc.
+    `recovering_client`: the client's video receiver recovers from loss like a browser's (see
+    tests/transport/client.py); False: aiortc's own, which the server cannot unstick."""
     relay = await LossyRelay(seed=seed).start()
-    client = Client(url, width=size, height=size, fps=FPS, relay=relay)
+    client = Client(url, width=size, height=size, fps=FPS, relay=relay, recovering_receiver=recovering_client)
     try:
         await client.connect("passthrough")
         async with asyncio.timeout(15):

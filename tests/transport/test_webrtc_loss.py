@@ -1,5 +1,7 @@
 """Video through a lossy path: a seeded datagram-dropping relay on 127.0.0.1 between an aiortc client
-and the real server (passthrough), 5% loss each way, then a burst outage (see loss_probe).
+and the real server (passthrough), 5% loss each way, then a burst outage (see loss_probe). The
+client's video receiver recovers from loss the way a browser's does (transport.jitter installed on
+it): aiortc's own can wait on a lost packet for seconds, which no server can unstick.
 
 Before the loss handling (transport.jitter, transport.recovery, the pacer's late-anchor correction):
 64-70% of frames readable at 5% loss, and after an outage the output ran at ~2-3 fps for good.
