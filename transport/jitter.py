@@ -67,13 +67,15 @@ class FrameEndJitterBuffer(JitterBuffer):
     frames are dropped, a PLI is requested (`add` returns `pli_flag=True`, which the receiver sends),
     and frames are dropped until a keyframe arrives (decoding them would show corrupt pictures),
     asking again every `pli_repeat_s`, for at most `keyframe_wait_s` (then frames flow again anyway).
+    `recover=False`: aiortc's loss handling exactly (only the frame-end completion differs).
     """
 
-    def __init__(self, capacity: int, prefetch: int = 0, is_video: bool = True, *,
+    def __init__(self, capacity: int, prefetch: int = 0, is_video: bool = True, *, recover: bool = True,
                  gap_wait_s: float = GAP_WAIT_S, keyframe_wait_s: float = KEYFRAME_WAIT_S,
                  pli_repeat_s: float = PLI_REPEAT_S) -> None:
         super().__init__(capacity, prefetch=prefetch, is_video=is_video)
-        self._gap_wait = gap_wait_s * VIDEO_CLOCK_RATE  # ticks (inf: never give up on a gap)
+        self._recover = recover
+        self._gap_wait = gap_wait_s * VIDEO_CLOCK_RATE if recover else math.inf  # ticks
         self._keyframe_wait = int(keyframe_wait_s * VIDEO_CLOCK_RATE)
         self._pli_repeat = int(pli_repeat_s * VIDEO_CLOCK_RATE)
         self._newest: int | None = None  # newest RTP timestamp seen
@@ -87,6 +89,8 @@ class FrameEndJitterBuffer(JitterBuffer):
         self.keyframe_requests = 0
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        if not self._recover:
+            return super().add(packet)
         if self._origin is not None:
             behind = uint16_add(self._origin, -packet.sequence_number)
             if 0 < behind <= RTP_HISTORY_SIZE and behind < uint16_add(packet.sequence_number, -self._origin):
@@ -154,6 +158,8 @@ class FrameEndJitterBuffer(JitterBuffer):
     def _skip_stale_gap(self, gap: int, before: int | None) -> bool:
         """Drop everything up to the first frame that starts after the gap at origin+`gap`, if the
         gap is older than `gap_wait_s` (media time). `before`: the timestamp of the packets before it."""
+        if not self._recover:
+            return False
         assert self._origin is not None and self._newest is not None
         after = None
         for count in range(gap + 1, self.capacity):  # the first packet after the gap
@@ -219,7 +225,7 @@ def install(receiver: RTCRtpReceiver, *, recover: bool = True) -> bool:
         _warn_once(type(current).__name__)
         return False
     if not recover:
-        setattr(receiver, _ATTRIBUTE, FrameEndJitterBuffer(capacity=current.capacity, gap_wait_s=math.inf))
+        setattr(receiver, _ATTRIBUTE, FrameEndJitterBuffer(capacity=current.capacity, recover=False))
         return True
     buffer = FrameEndJitterBuffer(capacity=current.capacity)
     if type(getattr(receiver, _NACK_ATTRIBUTE, None)) is NackGenerator:

@@ -16,6 +16,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from streamserve.transport import jitter
 from streamserve.transport.probe import StampedVideoTrack, StampReader
 from tests.transport.lossy_relay import LossyRelay, relay_answer, relay_offer
 
@@ -67,10 +68,13 @@ class Client:
 
     def __init__(self, base_url: str, *, width: int = 128, height: int = 128, fps: float = 30.0,
                  audio: bool = False, token: str | None = None, relay: LossyRelay | None = None,
-                 http_transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 http_transport: httpx.AsyncBaseTransport | None = None, recovering_receiver: bool = False) -> None:
         self.base_url = base_url
         self.relay = relay  # media goes through this relay when given
         self._http_transport = http_transport  # e.g. httpx.ASGITransport for an in-process app
+        # A receiver that recovers from loss like a browser's (NACK retries, PLI, gives up on a lost
+        # packet: transport.jitter) instead of aiortc's, which can wait on a lost packet for seconds.
+        self._recovering_receiver = recovering_receiver
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video = StampedVideoTrack(width, height, fps)
         self.updated = asyncio.Event()  # set on every frame or message received
@@ -106,6 +110,9 @@ class Client:
             self.messages.put_nowait(msg)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        if self._recovering_receiver and track.kind == "video":
+            receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+            jitter.install(receiver)
         consumer = self.reader.consume(track) if track.kind == "video" else self.audio.consume(track)
         self._tasks.append(asyncio.create_task(consumer))
 

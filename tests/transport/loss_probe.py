@@ -5,12 +5,14 @@ A frame is *readable* when the client decoded it and its stamp reads back (a fra
 broken reference reads wrong and fails the stamp's check; a frozen picture repeats an index already
 counted). `readable` = distinct indices read back / frames sent, over the lossy window.
 `recovery_s` = media time from the end of an outage to the first readable frame sent after it,
-from the frames' own indices (index / fps), so it does not depend on how busy the machine is.
+from the frames' own indices (index / fps), so it does not depend on how busy the machine is (None:
+nothing readable within 5 s); `after_outage` = readable fraction of the 2 s of frames sent after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 
 from tests.transport.client import Client
@@ -25,6 +27,7 @@ class LossResult:
     sent: int
     readable: float  # fraction of the frames sent in the lossy window that came back readable
     recovery_s: float | None  # media time after the outage until the first readable frame
+    after_outage: float  # readable fraction of the frames sent in the 2 s after the outage
     dropped_up: int
     dropped_down: int
 
@@ -34,10 +37,12 @@ def _readable(client: Client, first: int, last: int) -> int:
 
 
 async def measure(url: str, loss: float, *, seconds: float = 6.0, outage_s: float = 0.5, seed: int = 7,
-                  size: int = 128) -> LossResult:
-    """Stream for `seconds` at `loss` both ways, then one outage of `outage_s`; see the module doc."""
+                  size: int = 128, recovering_client: bool = True) -> LossResult:
+    """Stream for `seconds` at `loss` both ways, then one outage of `outage_s`; see the module doc.
+    `recovering_client`: the client's video receiver recovers from loss like a browser's (see
+    tests/transport/client.py); False: aiortc's own, which the server cannot unstick."""
     relay = await LossyRelay(seed=seed).start()
-    client = Client(url, width=size, height=size, fps=FPS, relay=relay)
+    client = Client(url, width=size, height=size, fps=FPS, relay=relay, recovering_receiver=recovering_client)
     try:
         await client.connect("passthrough")
         async with asyncio.timeout(15):
@@ -53,13 +58,16 @@ async def measure(url: str, loss: float, *, seconds: float = 6.0, outage_s: floa
         relay.outage(outage_s)
         await asyncio.sleep(outage_s)
         resumed = client.video._index  # the first frame sent after the outage
-        async with asyncio.timeout(5):
-            await client.until(lambda: any(i >= resumed for i, _ in client.reader.seen))
-        await asyncio.sleep(1.0)
-        after = min(i for i, _ in client.reader.seen if i >= resumed)
+        window = int(2 * FPS)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await client.until(lambda: any(i >= resumed for i, _ in client.reader.seen))
+        await asyncio.sleep(max(0.0, (resumed + window - client.video._index) / FPS) + 0.5)
+        after = [i for i, _ in client.reader.seen if i >= resumed]
         return LossResult(loss=loss, sent=last - first, readable=readable / max(1, last - first),
-                          recovery_s=(after - resumed) / FPS, dropped_up=relay.up.dropped,
-                          dropped_down=relay.down.dropped)
+                          recovery_s=(min(after) - resumed) / FPS if after else None,
+                          after_outage=_readable(client, resumed, resumed + window) / window,
+                          dropped_up=relay.up.dropped, dropped_down=relay.down.dropped)
     finally:
         await client.close()
         relay.close()

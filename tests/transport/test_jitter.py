@@ -176,3 +176,9 @@ def test_packets_given_up_on_are_no_longer_asked_for() -> None:
     assert nacks.missing == {102, 105, 106}
     nacks.forget_before(105)  # the jitter buffer skipped to 105
     assert nacks.missing == {105, 106}
+
+
+def test_without_recovery_the_buffer_waits_like_aiortc() -> None:
+    packets = one_packet_frames(1000, 60, key_at={0}, lose={5})
+    out, plis = feed(FrameEndJitterBuffer(capacity=128, recover=False), packets)
+    assert out == [3000 * k for k in range(5)] and plis == []  # frozen at the gap, as stock
