@@ -199,6 +199,9 @@ class _Connection:
         if not self.greeted:
             raise wp.ProtocolError("hello_required", "the first message must be a `hello`, got a binary message")
         header, payload = wp.parse_media(data)
+        if header.ref is not None:
+            raise wp.ProtocolError("bad_header", "flag bit 0 (`ref` valid) is for server outputs; a client "
+                                   f"sets flags to 0 (got ref={header.ref})")
         if self.handle is None:
             raise wp.ProtocolError("not_started", "media before `start`: send `start` first")
         arrival = self.t.clock.now()
@@ -243,9 +246,9 @@ class _Connection:
             sid = self.handle.id
             if self._watcher is not None:  # this reply, not the watcher's, reports the end
                 self._watcher.cancel()
-            await self.t.sessions.close(sid, "ended by client")
-            await self._finish(self._reply(msg, {"type": "ended", "reason": "ended by client",
-                                                 "session_id": sid}), wp.CLOSE_NORMAL)
+            await self.t.sessions.close(sid, "ended by client")  # units still in flight are discarded
+            await self._finish(self._reply(msg, {"type": "ended", "reason": "ended by client", "session_id": sid,
+                                                 "stats": self.handle.stats()}), wp.CLOSE_NORMAL)
             raise _Closed
 
     async def _refuse(self, msg: wp.Control, exc: StreamserveError) -> None:
@@ -285,6 +288,7 @@ class _Connection:
                 "latency_budget_ms": round(self.t.config.session.latency_budget_s * 1000, 3),
                 "idle_timeout_s": self.t.config.idle_timeout_s,
                 "default_pipeline": self.t.config.pipeline,
+                "pipelines_url": "/v1/pipelines",  # names, descriptions and parameter schemas
             },
         }))
 
@@ -340,6 +344,7 @@ class _Connection:
         """When the session ends on its own (idle, pipeline error, API), tell the client and close."""
         reason = await handle.wait_closed()
         await asyncio.gather(*self._pumps, return_exceptions=True)  # let them send what was produced
-        await self._finish({"type": "ended", "reason": reason, "session_id": handle.id}, wp.CLOSE_NORMAL)
+        await self._finish({"type": "ended", "reason": reason, "session_id": handle.id, "stats": handle.stats()},
+                           wp.CLOSE_NORMAL)
         if self._reader is not None:
             self._reader.cancel()

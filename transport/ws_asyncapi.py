@@ -97,6 +97,7 @@ def server_messages() -> dict[str, dict[str, Any]]:
                 "flow_control": {"const": "freshest-wins"},
                 "latency_budget_ms": {"type": "number"}, "idle_timeout_s": {"type": "number"},
                 "default_pipeline": {"type": "string"},
+                "pipelines_url": {"const": "/v1/pipelines"},
             }},
         }, ("version", "server", "capabilities")),
         "started": _control("started", "the session runs", {
@@ -117,8 +118,9 @@ def server_messages() -> dict[str, dict[str, Any]]:
                 "required": ["messages_in", "messages_out", "bytes_in", "bytes_out",
                              "video_dropped_out", "audio_dropped_out"]},
         }, ("session", "connection")),
-        "ended": _control("ended", "the session ended; the server closes right after", {
+        "ended": _control("ended", "the session ended (units in flight are discarded); the server closes", {
             "reason": {"type": "string"}, "session_id": {"type": "string"},
+            "stats": {"type": "object", "description": "the session's final stats (when a session ran)"},
         }, ("reason",)),
         "error": _control("error", "a typed error; after a fatal one the server closes", {
             "code": {"enum": sorted(ERROR_CODES)}, "message": {"type": "string"}, "fatal": {"type": "boolean"},
