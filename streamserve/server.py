@@ -52,6 +52,7 @@ def create_app(config: ServerConfig | None = None,
                transports: Sequence[TransportFactory] | None = None) -> FastAPI:
     config = config or ServerConfig()
     metrics = Metrics()
+    metrics.prime(registry.available())  # zero-valued series from the first scrape
     manager = SessionManager(config, metrics=metrics)
     factories = default_transports() if transports is None else list(transports)
     built: list[Transport] = [make(manager, config) for make in factories]
