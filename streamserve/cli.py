@@ -48,6 +48,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             log_level=args.log_level, max_sessions=args.max_sessions, max_batch=args.max_batch,
             tokens=_tokens(args), ice_servers=tuple(args.ice_server or ()), model=args.model,
             session=session, turn_username=turn_username, turn_credential=turn_credential,
+            record_dir=args.record_dir, record_max_bytes=int(args.record_max_mb * 1024 * 1024),
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--turn-credential", default=None,
                        help="credential for the turn:/turns: servers (or STREAMSERVE_TURN_CREDENTIAL)")
     serve.add_argument("--turn-credential-file", default=None, help="file holding the TURN credential")
+    serve.add_argument("--record-dir", default=None,
+                       help="folder for session recordings (default: $TMPDIR/streamserve-recordings)")
+    serve.add_argument("--record-max-mb", type=float, default=512.0, help="size cap of one recording (MiB)")
     serve.add_argument("--max-sessions", type=int, default=16)
     serve.add_argument("--max-batch", type=int, default=8)
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,

@@ -40,12 +40,13 @@ TransportFactory = Callable[[SessionFactory, ServerConfig], Transport]
 
 
 def default_transports() -> list[TransportFactory]:
-    """Every built-in transport: WebRTC offer/answer, WHIP/WHEP (+ viewer page), WebSocket API."""
+    """Every built-in transport: WebRTC offer/answer, WHIP/WHEP (+ viewer page), WebSocket API, recordings."""
+    from streamserve.transport.recordings import RecordingTransport
     from streamserve.transport.webrtc import WebRTCTransport
     from streamserve.transport.whip import WhipTransport
     from streamserve.transport.ws import WebSocketTransport
 
-    return [WebRTCTransport, WhipTransport, WebSocketTransport]
+    return [WebRTCTransport, WhipTransport, WebSocketTransport, RecordingTransport]
 
 
 def create_app(config: ServerConfig | None = None,
