@@ -173,6 +173,10 @@ class StreamClient:
         reply = await self._request({"type": "stats"})
         return {"session": reply.get("session", {}), "connection": reply.get("connection", {})}
 
+    async def record(self, record: bool = True, *, format: str = "mp4", audio: bool = False) -> dict[str, Any]:
+        """Start (or stop) recording the output on the server; its state, `download` names the file's URL."""
+        return await self._request({"type": "record", "record": record, "format": format, "audio": audio}, 30.0)
+
     async def _request(self, body: dict[str, Any], timeout_s: float | None = 10.0) -> dict[str, Any]:
         if self._failure is not None:
             raise self._failure

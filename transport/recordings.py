@@ -88,6 +88,13 @@ def parse_request(body: bytes, max_bytes: int) -> tuple[bool, RecordingOptions]:
         obj = json.loads(body or b"{}")
     except ValueError as exc:
         raise BadRequest(f"the body must be a JSON object: {exc}") from None
+    return parse_fields(obj, max_bytes)
+
+
+def parse_fields(obj: Any, max_bytes: int, ignore: frozenset[str] = frozenset()) -> tuple[bool, RecordingOptions]:
+    """The same for an already parsed object (the WebSocket `record` message ignores `type`/`id`)."""
+    if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if k not in ignore}
     if not isinstance(obj, dict) or not isinstance(obj.get("record"), bool):
         raise BadRequest('the body must be a JSON object with a boolean "record", e.g. {"record": true}')
     unknown = set(obj) - {"record", "format", "audio"}

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
@@ -25,6 +25,9 @@ from streamserve.core.errors import StreamserveError
 from streamserve.core.frames import MediaKind
 from streamserve.core.ports import OutputSubscription, SessionFactory, SessionHandle
 from streamserve.transport import wsproto as wp
+
+if TYPE_CHECKING:
+    from streamserve.transport.recordings import RecordingTransport
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class WebSocketTransport:
         self.router = APIRouter(tags=["websocket"])
         self.router.add_api_websocket_route("/v1/ws", self._endpoint)
         self._connections: set[_Connection] = set()
+        self.recordings: RecordingTransport | None = None  # set by the server: the `record` message
 
     async def _endpoint(self, websocket: WebSocket) -> None:
         conn = _Connection(self, websocket)
@@ -242,6 +246,8 @@ class _Connection:
         elif msg.type == "stats":
             await self._send_text(self._reply(msg, {"type": "stats", "session": self.handle.stats(),
                                                     "connection": self._connection_stats()}))
+        elif msg.type == "record":
+            await self._record(msg)
         elif msg.type == "end":
             sid = self.handle.id
             if self._watcher is not None:  # this reply, not the watcher's, reports the end
@@ -250,6 +256,33 @@ class _Connection:
             await self._finish(self._reply(msg, {"type": "ended", "reason": "ended by client", "session_id": sid,
                                                  "stats": self.handle.stats()}), wp.CLOSE_NORMAL)
             raise _Closed
+
+    async def _record(self, msg: wp.Control) -> None:
+        """`{"type": "record", "record": true|false, "format", "audio"}` -> `recording` (its state)."""
+        from streamserve.transport.recordings import parse_fields  # recordings imports this module
+
+        recordings, handle = self.t.recordings, self.handle
+        if handle is None:  # the caller answered `not_started` already
+            return
+        if recordings is None:
+            await self._refuse(msg, wp.ProtocolError("bad_message", "recording is not served here", fatal=False))
+            return
+        try:
+            record, options = parse_fields(msg.body, self.t.config.record_max_bytes, frozenset({"type", "id"}))
+        except StreamserveError as exc:
+            await self._refuse(msg, wp.ProtocolError("bad_message", str(exc), fatal=False))
+            return
+        if record:
+            recorder = await recordings.start(handle, options)
+        else:
+            stopped = await recordings.stop(handle.id, "stopped by request")
+            if stopped is None:
+                await self._refuse(msg, wp.ProtocolError("bad_message", "this session is not recording",
+                                                         fatal=False))
+                return
+            recorder = stopped
+        await self._send_text(self._reply(msg, {"type": "recording", **recorder.stats(),
+                                                "download": f"/v1/sessions/{handle.id}/recording"}))
 
     async def _refuse(self, msg: wp.Control, exc: StreamserveError) -> None:
         """A non-fatal error answering `msg`: the connection goes on."""

@@ -190,3 +190,27 @@ def test_recorder_writes_video_and_audio(tmp_path: Path, fmt: str, codecs: tuple
         container.seek(0)
         samples = sum(f.samples for f in container.decode(audio))
     assert samples / 48_000 == pytest.approx(1.0, abs=0.05)
+
+
+async def test_websocket_record_message(server: LiveServer, tmp_path: Path) -> None:
+    from streamserve.client import ServerError, StreamClient
+
+    url = server.url.replace("http", "ws") + "/v1/ws"
+    async with StreamClient(url, pipeline="passthrough", kinds=("video",)) as client:
+        with pytest.raises(ServerError, match="not recording"):
+            await client.record(False)
+        with pytest.raises(ServerError, match="format"):
+            await client.record(True, format="avi")
+        started = await client.record(True, format="webm")
+        assert started["type"] == "recording" and started["recording"] is True
+        for seq in range(10):
+            await client.send_frame(np.full((H, W, 3), seq * 20, dtype=np.uint8), pts_us=seq * FRAME_US)
+            await client.receive(timeout_s=10)
+        stopped = await client.record(False)
+    assert stopped["recording"] is False and stopped["frames"] == 10
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        download = await http.get(stopped["download"])
+    assert download.status_code == 200 and download.headers["content-type"] == "video/webm"
+    path = tmp_path / "ws.webm"
+    path.write_bytes(download.content)
+    assert probe(path)[:1] == (10,)
