@@ -56,7 +56,7 @@ def test_eyevinn_whip_web_client_publishes_cross_origin(server_factory: Callable
     server = server_factory(ServerConfig(pipeline="passthrough", port=0, tokens=(TOKEN,)))
     page = browser.new_page()
     errors: list[str] = []
-    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.goto(f"{other_origin}/index.html")
     resource = page.evaluate("([e, k]) => window.publish(e, k)", [f"{server.url}/whip/eyevinn", TOKEN])
     assert resource.startswith(f"{server.url}/whip/eyevinn/"), resource  # read from the exposed Location
