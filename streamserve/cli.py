@@ -114,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             scheduler=args.scheduler, max_utilization=args.max_utilization,
             pipeline_options=_voice_options(args),
             devices=_devices(args.devices),
+            record_dir=args.record_dir, record_max_bytes=int(args.record_max_mb * 1024 * 1024),
         )
     except ValueError as exc:
         raise SystemExit(f"streamserve serve: {exc}") from exc
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--turn-credential", default=None,
                        help="credential for the turn:/turns: servers (or STREAMSERVE_TURN_CREDENTIAL)")
     serve.add_argument("--turn-credential-file", default=None, help="file holding the TURN credential")
+    serve.add_argument("--record-dir", default=None,
+                       help="folder for session recordings (default: $TMPDIR/streamserve-recordings)")
+    serve.add_argument("--record-max-mb", type=float, default=512.0, help="size cap of one recording (MiB)")
     serve.add_argument("--max-sessions", type=int, default=16)
     serve.add_argument("--max-batch", type=int, default=8)
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from streamserve.client_aspect import restore_aspect
 from streamserve.core.frames import AudioChunk, MediaKind, VideoFrame
 from streamserve.transport import wsproto as wp
 
@@ -173,6 +174,10 @@ class StreamClient:
         """`{"session": {...}, "connection": {...}}` as the server reports them."""
         reply = await self._request({"type": "stats"})
         return {"session": reply.get("session", {}), "connection": reply.get("connection", {})}
+
+    async def record(self, record: bool = True, *, format: str = "mp4", audio: bool = False) -> dict[str, Any]:
+        """Start (or stop) recording the output on the server; its state, `download` names the file's URL."""
+        return await self._request({"type": "record", "record": record, "format": format, "audio": audio}, 30.0)
 
     async def _request(self, body: dict[str, Any], timeout_s: float | None = 10.0) -> dict[str, Any]:
         if self._failure is not None:
@@ -339,8 +344,9 @@ def _open_input(path: str) -> Any:
 class _Writer:
     """Encodes output frames into a file whose codec follows the extension (.mp4, .y4m, .avi, ...)."""
 
-    def __init__(self, path: str, fps: float) -> None:
+    def __init__(self, path: str, fps: float, size: tuple[int, int] | None = None, resize: str = "letterbox") -> None:
         ext = os.path.splitext(path)[1].lower()
+        self.size, self.resize = size, resize  # the input's (width, height): outputs get it back
         if ext not in _OUTPUT_CODECS:
             raise ValueError(f"output extension {ext!r} is not one of {sorted(_OUTPUT_CODECS)}")
         self.codec, self.pix_fmt = _OUTPUT_CODECS[ext]
@@ -351,7 +357,7 @@ class _Writer:
         self._first_us: int | None = None
 
     def write(self, frame: OutputFrame) -> bool:
-        rgb = frame.data
+        rgb = frame.data if self.size is None else restore_aspect(frame.data, *self.size, self.resize)
         if self._container is None:
             self._container = av.open(self.path, "w")
             self._stream = self._container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001))
@@ -394,7 +400,8 @@ async def convert(input: str, output: str, *, url: str = DEFAULT_URL, pipeline: 
                               if stream.duration and stream.time_base else None)
     if max_frames is not None:
         total = min(total or max_frames, max_frames)
-    writer = _Writer(output, fps)
+    resize = str((params or {}).get("resize", "letterbox"))
+    writer = _Writer(output, fps, (stream.codec_context.width, stream.codec_context.height), resize)
     inflight: dict[int, float] = {}
     latencies: list[float] = []
     counts = {"in": 0, "out": 0, "lost": 0}

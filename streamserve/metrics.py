@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -13,6 +13,9 @@ from streamserve.core.frames import MediaKind
 from streamserve.schedulers import SloScheduler
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+SOURCES = ("webrtc", "whip", "websocket")  # `source` of SessionFactory.open, one per transport
+DROP_REASONS = ("inbox", "expired")  # Session.count_dropped reasons
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 
@@ -53,6 +56,23 @@ class Metrics:
                              ["pipeline", "kind"], registry=r)
         self._offered: dict[tuple[str, str], int] = {}
         self._on_time: dict[tuple[str, str], int] = {}
+
+    def prime(self, pipelines: Iterable[str], *, sources: Iterable[str] = SOURCES,
+              drop_reasons: Iterable[str] = DROP_REASONS) -> None:
+        """Create every series for `pipelines` at zero, so a scrape of a fresh server shows zeros (and
+        `rate()` works from the first sample) instead of families without samples."""
+        sources, drop_reasons = tuple(sources), tuple(drop_reasons)
+        for name in pipelines:
+            for kind in MediaKind:
+                self.frames_in.labels(name, str(kind))
+                self.frames_out.labels(name, str(kind))
+            for reason in drop_reasons:
+                self.dropped.labels(name, reason)
+            for source in sources:
+                self.sessions_total.labels(name, source)
+            for family in (self.deadline_misses, self.latency, self.step_latency, self.batch_size,
+                           self.active_sessions, self.session_errors):
+                family.labels(name)
 
     # SessionObserver
     def media_in(self, pipeline: str, kind: MediaKind) -> None:

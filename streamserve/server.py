@@ -43,21 +43,35 @@ TransportFactory = Callable[[SessionFactory, ServerConfig], Transport]
 
 
 def default_transports() -> list[TransportFactory]:
-    """Every built-in transport: WebRTC offer/answer, WHIP/WHEP (+ viewer page), WebSocket API."""
+    """Every built-in transport: WebRTC offer/answer, WHIP/WHEP (+ viewer page), WebSocket API, recordings."""
+    from streamserve.transport.recordings import RecordingTransport
     from streamserve.transport.webrtc import WebRTCTransport
     from streamserve.transport.whip import WhipTransport
     from streamserve.transport.ws import WebSocketTransport
 
-    return [WebRTCTransport, WhipTransport, WebSocketTransport]
+    return [WebRTCTransport, WhipTransport, WebSocketTransport, RecordingTransport]
+
+
+def _link_recordings(built: Sequence[Transport]) -> None:
+    """Give the WebSocket transport the recordings (its `record` control message), when both are served."""
+    from streamserve.transport.recordings import RecordingTransport
+    from streamserve.transport.ws import WebSocketTransport
+
+    recordings = next((t for t in built if isinstance(t, RecordingTransport)), None)
+    for transport in built:
+        if isinstance(transport, WebSocketTransport):
+            transport.recordings = recordings
 
 
 def create_app(config: ServerConfig | None = None,
                transports: Sequence[TransportFactory] | None = None) -> FastAPI:
     config = config or ServerConfig()
     metrics = Metrics()
+    metrics.prime(registry.available())  # zero-valued series from the first scrape
     manager = SessionManager(config, metrics=metrics)
     factories = default_transports() if transports is None else list(transports)
     built: list[Transport] = [make(manager, config) for make in factories]
+    _link_recordings(built)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

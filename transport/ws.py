@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
@@ -26,6 +26,9 @@ from streamserve.core.ports import OutputSubscription, SessionFactory, SessionHa
 from streamserve.transport import wsproto as wp
 from streamserve.transport.auth import bearer_token, token_ok
 from streamserve.transport.inputguard import DecodeBudget, check_video
+
+if TYPE_CHECKING:
+    from streamserve.transport.recordings import RecordingTransport
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class WebSocketTransport:
         self.router = APIRouter(tags=["websocket"])
         self.router.add_api_websocket_route("/v1/ws", self._endpoint)
         self._connections: set[_Connection] = set()
+        self.recordings: RecordingTransport | None = None  # set by the server: the `record` message
 
     async def _endpoint(self, websocket: WebSocket) -> None:
         conn = _Connection(self, websocket)
@@ -189,6 +193,9 @@ class _Connection:
         if not self.greeted:
             raise wp.ProtocolError("hello_required", "the first message must be a `hello`, got a binary message")
         header, payload = wp.parse_media(data)
+        if header.ref is not None:
+            raise wp.ProtocolError("bad_header", "flag bit 0 (`ref` valid) is for server outputs; a client "
+                                   f"sets flags to 0 (got ref={header.ref})")
         if self.handle is None:
             raise wp.ProtocolError("not_started", "media before `start`: send `start` first")
         arrival = self.t.clock.now()
@@ -266,14 +273,43 @@ class _Connection:
         elif msg.type == "stats":
             await self._send_text(self._reply(msg, {"type": "stats", "session": self.handle.stats(),
                                                     "connection": self._connection_stats()}))
+        elif msg.type == "record":
+            await self._record(msg)
         elif msg.type == "end":
             sid = self.handle.id
             if self._watcher is not None:  # this reply, not the watcher's, reports the end
                 self._watcher.cancel()
-            await self.t.sessions.close(sid, "ended by client")
-            await self._finish(self._reply(msg, {"type": "ended", "reason": "ended by client",
-                                                 "session_id": sid}), wp.CLOSE_NORMAL)
+            await self.t.sessions.close(sid, "ended by client")  # units still in flight are discarded
+            await self._finish(self._reply(msg, {"type": "ended", "reason": "ended by client", "session_id": sid,
+                                                 "stats": self.handle.stats()}), wp.CLOSE_NORMAL)
             raise _Closed
+
+    async def _record(self, msg: wp.Control) -> None:
+        """`{"type": "record", "record": true|false, "format", "audio"}` -> `recording` (its state)."""
+        from streamserve.transport.recordings import parse_fields  # recordings imports this module
+
+        recordings, handle = self.t.recordings, self.handle
+        if handle is None:  # the caller answered `not_started` already
+            return
+        if recordings is None:
+            await self._refuse(msg, wp.ProtocolError("bad_message", "recording is not served here", fatal=False))
+            return
+        try:
+            record, options = parse_fields(msg.body, self.t.config.record_max_bytes, frozenset({"type", "id"}))
+        except StreamserveError as exc:
+            await self._refuse(msg, wp.ProtocolError("bad_message", str(exc), fatal=False))
+            return
+        if record:
+            recorder = await recordings.start(handle, options)
+        else:
+            stopped = await recordings.stop(handle.id, "stopped by request")
+            if stopped is None:
+                await self._refuse(msg, wp.ProtocolError("bad_message", "this session is not recording",
+                                                         fatal=False))
+                return
+            recorder = stopped
+        await self._send_text(self._reply(msg, {"type": "recording", **recorder.stats(),
+                                                "download": f"/v1/sessions/{handle.id}/recording"}))
 
     async def _refuse(self, msg: wp.Control, exc: StreamserveError) -> None:
         """A non-fatal error answering `msg`: the connection goes on."""
@@ -315,6 +351,7 @@ class _Connection:
                 "latency_budget_ms": round(self.t.config.session.latency_budget_s * 1000, 3),
                 "idle_timeout_s": self.t.config.idle_timeout_s,
                 "default_pipeline": self.t.config.pipeline,
+                "pipelines_url": "/v1/pipelines",  # names, descriptions and parameter schemas
             },
         }))
 
@@ -385,6 +422,7 @@ class _Connection:
         """When the session ends on its own (idle, pipeline error, API), tell the client and close."""
         reason = await handle.wait_closed()
         await asyncio.gather(*self._pumps, return_exceptions=True)  # let them send what was produced
-        await self._finish({"type": "ended", "reason": reason, "session_id": handle.id}, wp.CLOSE_NORMAL)
+        await self._finish({"type": "ended", "reason": reason, "session_id": handle.id, "stats": handle.stats()},
+                           wp.CLOSE_NORMAL)
         if self._reader is not None:
             self._reader.cancel()

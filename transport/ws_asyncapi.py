@@ -78,6 +78,10 @@ def client_messages() -> dict[str, dict[str, Any]]:
         }),
         "update": _control("update", "change parameters live", {"params": _PARAMS}, ("params",)),
         "stats": _control("stats", "ask for a stats message"),
+        "record": _control("record", "start or stop recording the output (docs/recording.md)", {
+            "record": {"type": "boolean"}, "format": {"enum": ["mp4", "webm"], "default": "mp4"},
+            "audio": {"type": "boolean", "default": False},
+        }, ("record",)),
         "end": _control("end", "end the session; the server answers `ended` and closes"),
     }
     _check_covers(messages, wp.CLIENT_TYPES)
@@ -97,6 +101,7 @@ def server_messages() -> dict[str, dict[str, Any]]:
                 "flow_control": {"const": "freshest-wins"},
                 "latency_budget_ms": {"type": "number"}, "idle_timeout_s": {"type": "number"},
                 "default_pipeline": {"type": "string"},
+                "pipelines_url": {"const": "/v1/pipelines"},
             }},
         }, ("version", "server", "capabilities")),
         "started": _control("started", "the session runs", {
@@ -117,8 +122,16 @@ def server_messages() -> dict[str, dict[str, Any]]:
                 "required": ["messages_in", "messages_out", "bytes_in", "bytes_out",
                              "video_dropped_out", "audio_dropped_out"]},
         }, ("session", "connection")),
-        "ended": _control("ended", "the session ended; the server closes right after", {
+        "recording": _control("recording", "the recording's state, answering `record`", {
+            "recording": {"type": "boolean"}, "format": {"enum": ["mp4", "webm"]}, "frames": {"type": "integer"},
+            "audio_samples": {"type": "integer"}, "dropped": {"type": "integer"}, "bytes": {"type": "integer"},
+            "max_bytes": {"type": "integer"}, "reason": {"type": ["string", "null"]},
+            "error": {"type": ["string", "null"]}, "file": {"type": "string"},
+            "download": {"type": "string", "description": "GET this URL for the finished file"},
+        }, ("recording", "frames", "bytes", "download")),
+        "ended": _control("ended", "the session ended (units in flight are discarded); the server closes", {
             "reason": {"type": "string"}, "session_id": {"type": "string"},
+            "stats": {"type": "object", "description": "the session's final stats (when a session ran)"},
         }, ("reason",)),
         "error": _control("error", "a typed error; after a fatal one the server closes", {
             "code": {"enum": sorted(ERROR_CODES)}, "message": {"type": "string"}, "fatal": {"type": "boolean"},

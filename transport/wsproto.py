@@ -69,8 +69,8 @@ VIDEO_FORMATS = {"jpeg": Format.JPEG, "rgb24": Format.RGB24, "i420": Format.I420
 AUDIO_FORMATS = {"pcm_s16le": Format.PCM_S16LE}
 _KIND_FORMATS = {Kind.VIDEO: set(VIDEO_FORMATS.values()), Kind.AUDIO: set(AUDIO_FORMATS.values())}
 
-CLIENT_TYPES = frozenset({"hello", "start", "update", "stats", "end"})
-SERVER_TYPES = frozenset({"hello", "started", "updated", "stats", "ended", "error", "event"})
+CLIENT_TYPES = frozenset({"hello", "start", "update", "stats", "record", "end"})
+SERVER_TYPES = frozenset({"hello", "started", "updated", "stats", "recording", "ended", "error", "event"})
 
 
 class ProtocolError(StreamserveError):
@@ -312,8 +312,14 @@ def _check_nothing(obj: dict[str, Any]) -> None:
     return None
 
 
+def _check_record(obj: dict[str, Any]) -> None:
+    _expect(obj, "record", bool, required=True)
+    _expect(obj, "format", str)
+    _expect(obj, "audio", bool)
+
+
 _VALIDATORS = {"hello": _check_hello, "start": _check_start, "update": _check_update,
-               "stats": _check_nothing, "end": _check_nothing}
+               "stats": _check_nothing, "record": _check_record, "end": _check_nothing}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

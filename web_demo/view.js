@@ -15,7 +15,7 @@
 
   const view = {
     stream: stream,
-    state: "idle",       // idle | connecting | waiting (stream not live) | playing | retrying
+    state: "idle",       // idle | connecting | waiting (stream not live) | playing | retrying | refused
     resource: null,      // the WHEP resource URL while connected
     attempts: 0,
     lastError: null,
@@ -35,6 +35,24 @@
   function setState(state) {
     view.state = state;
     document.body.dataset.state = state;
+    if (state !== "refused") notice.hidden = true;
+  }
+
+  // The page shows nothing but the video, except when the server refuses it (401/403 auth, 503 at a
+  // limit): then a notice says why, instead of a silent black or transparent source.
+  const notice = document.getElementById("notice");
+  async function refused(reply) {
+    let detail = "";
+    try {
+      const body = await reply.json();
+      detail = (body.error ? body.error + ": " : "") + (body.message || "");
+    } catch (e) { /* not JSON */ }
+    const why = reply.status === 503 ? "the server is at its limit" : "the server refused this viewer (authorization)";
+    notice.textContent = "streamserve: " + why + " (HTTP " + reply.status + (detail ? ", " + detail : "") +
+      "). Retrying every 5 s.";
+    notice.hidden = false;
+    view.lastError = notice.textContent;
+    setState("refused");
   }
 
   function preferVp8(transceiver) {
@@ -131,6 +149,12 @@
         peer.close(); pc = null;
         setState("waiting");
         retry(1000);
+        return;
+      }
+      if ([401, 403, 503].includes(reply.status)) {
+        peer.close(); pc = null;
+        await refused(reply);
+        retry(5000);
         return;
       }
       if (reply.status !== 201) throw new Error("WHEP answered " + reply.status + ": " + (await reply.text()));

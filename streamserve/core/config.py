@@ -47,6 +47,8 @@ class ServerConfig:
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs, announced in WHIP Link headers
     turn_username: str | None = None  # for every turn:/turns: URL (Link attributes, the server's peer)
     turn_credential: str | None = None
+    record_dir: str | None = None  # where recordings go; None: $TMPDIR/streamserve-recordings
+    record_max_bytes: int = 512 * 1024 * 1024  # a recording is finalised when it reaches this size
     model: str | None = None  # a model folder for pipelines that load checkpoints
     # extra keyword options for pipelines whose constructor takes them (voice: llm_url, llm_model, ...)
     pipeline_options: tuple[tuple[str, str], ...] = ()
@@ -83,6 +85,8 @@ class ServerConfig:
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ValueError(f"ice server URLs start with stun:, turn: or turns:, got {url!r}")
+        if not 64 * 1024 <= self.record_max_bytes <= 1 << 40:
+            raise ValueError(f"record_max_bytes must be in [65536, 2**40], got {self.record_max_bytes}")
         if (self.turn_username is None) != (self.turn_credential is None):
             raise ValueError("turn_username and turn_credential go together; got only "
                              + ("turn_username" if self.turn_credential is None else "turn_credential"))

@@ -126,7 +126,7 @@ def test_view_page_plays_the_stream(browser: Any, publisher: tuple[LiveServer, P
     assert page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == "rgba(0, 0, 0, 0)"
     assert page.evaluate("document.getElementById('output').controls") is False
     assert page.evaluate("document.body.innerText.trim()") == ""
-    assert page.evaluate("document.querySelectorAll('body *:not(script)').length") == 1
+    assert page.evaluate("document.querySelectorAll('body *:not(script):not([hidden])').length") == 1
     stats = httpx.get(f"{server.url}/v1/streams/cam1", timeout=5).json()
     assert stats["viewers"] == 1
     codec = page.evaluate("""async () => {

@@ -173,6 +173,7 @@ def test_session_ended_by_the_server_is_announced(server: LiveServer) -> None:
     reply = httpx.delete(f"{server.url}/v1/sessions/{sid}", timeout=5, headers=owner)
     assert reply.status_code == 200
     msg = json.loads(ws.recv(timeout=5))
+    assert msg.pop("stats")["session_id"] == sid  # the final stats (docs/protocol.md 3.1)
     assert msg == {"type": "ended", "reason": "ended by API request", "session_id": sid}
     with pytest.raises(ConnectionClosed):
         ws.recv(timeout=5)
