@@ -14,7 +14,9 @@
 4. **Hold** (SLO-aware batching): if sessions of a pipeline are missing from its batch but their
    next frame is due before the batch's latest start (earliest deadline minus the full batch's
    predicted cost, and never later than the next frame of a session already waiting), the batch
-   waits for them (`wake_at`): one batch of n costs far less than n batches of one. Voice never holds.
+   waits for them (`wake_at`): one batch of n costs far less than n batches of one. It holds only
+   when running every unit alone would load the device past half its `max_utilization` (sum of
+   rate x single cost): below that, waiting would only add latency. Voice never holds.
 5. **Chores** (stall-free joins, Sarathi-Serve style): the pieces of opening a session (prompt
    encoding, cache allocation, first encode) run after the batches only while their predicted cost
    fits the slack of every live session (its budget minus a round of batches, and the time until
@@ -43,6 +45,7 @@ from streamserve.schedulers.stats import SloStats
 
 OnTier = Callable[[Tier], None]
 UNKNOWN_PIECE_S = 0.05  # a chore piece never measured is assumed this long (and runs alone)
+HOLD_ABOVE = 0.5  # hold batches open only above this fraction of max_utilization (unbatched load)
 DECIMATE_TOLERANCE = 0.9  # a unit is due on a 1/f tier if it arrived >= 0.9 periods after the last taken
 
 
@@ -164,13 +167,16 @@ class SloScheduler:
         batches: list[Batch] = []
         wake_at: float | None = None
         plan_cost = 0.0
+        # Holding only pays when the device would be busy running every unit in a batch of its own.
+        solo = sum(self._fps(lv) * self.cost.cost(lv.spec.pipeline, self._shape(lv), 1) for lv in self._live.values())
+        hold = self.hold and solo > HOLD_ABOVE * self.admission.config.max_utilization
         # Voice backlog (chunks queued behind the last video batch): drain it before more video.
         backlog = any(len(lv.inbox) > 1 for lv in voice)
         for pipeline, group in groups.items():
             if backlog and group[0][0].spec.lane != "voice":
                 wake_at = now if wake_at is None else min(wake_at, now)
                 continue
-            hold_until = self._hold_until(now, pipeline, group, video_cap)
+            hold_until = self._hold_until(now, pipeline, group, video_cap) if hold else None
             if hold_until is not None:
                 wake_at = hold_until if wake_at is None else min(wake_at, hold_until)
                 continue
@@ -222,7 +228,7 @@ class SloScheduler:
 
     def _hold_until(self, now: float, pipeline: str, group: list[tuple[_Live, Media]], cap: int) -> float | None:
         """When to run this pipeline's batch if it should wait for more sessions, else None."""
-        if not self.hold or len(group) >= cap or any(lv.spec.lane == "voice" for lv, _ in group):
+        if len(group) >= cap or any(lv.spec.lane == "voice" for lv, _ in group):
             return None
         present = {lv.session_id for lv, _ in group}
         expected: list[tuple[float, _Live]] = []
