@@ -4,8 +4,8 @@
 
 1. **Tiers** the policy or admission moved since the last plan are applied: a tier that changes the
    work shape queues a re-tier chore (the pipeline's params change between batches).
-2. Each session offers its oldest unit. Units that cannot finish by their deadline any more are
-   expired (dropped, counted). A session on a lower frame-rate tier skips units to its rate
+2. Each session offers its oldest unit. Video units that cannot finish by their deadline any more
+   are expired (dropped, counted); voice units only once their deadline has passed. A session on a lower frame-rate tier skips units to its rate
    (`skipped`, counted as such): a deliberate, even decimation instead of random drops.
 3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`.
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
@@ -207,7 +207,9 @@ class SloScheduler:
             else live.spec.fps
 
     def _head(self, live: _Live, now: float, expired: list[WorkItem], skipped: list[WorkItem]) -> Media | None:
-        own = self.cost.cost(live.spec.pipeline, self._shape(live), 1)
+        # Video that cannot finish by its deadline is dropped now; voice only once past it (as EDF
+        # does): a voice pipeline aggregates chunks and may still use a late one.
+        own = 0.0 if live.spec.lane == "voice" else self.cost.cost(live.spec.pipeline, self._shape(live), 1)
         fps = self._fps(live)
         head = live.inbox.peek()
         while head is not None:
