@@ -325,6 +325,8 @@ class SloScheduler:
             live.applied = tier.level
             live.changed_at = now
             self.stats.tier_change(live.spec.pipeline, "down" if tier.level > old.level else "up")
+            if tier.level > old.level:  # lowered by admission (a preemption) or the policy: hold restores
+                self.policy.lowered(now)
             if live.on_tier is not None and tier.shape != old.shape:
                 self._retier.append(Chore(live.session_id, f"{live.spec.pipeline}#retier",
                                           functools.partial(live.on_tier, tier)))
