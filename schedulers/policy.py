@@ -66,6 +66,10 @@ class DegradePolicy:
     def left(self, session_id: str) -> None:
         self._created.pop(session_id, None)
 
+    def lowered(self, now: float) -> None:
+        """A tier was lowered outside `tick` (admission preempting): restores wait from now."""
+        self._last_down = max(self._last_down, now)
+
     def tick(self, now: float, ledger: Admission, late: int, samples: int) -> TierChange | None:
         """One decision: maybe lower or restore one session's tier (applied to the ledger)."""
         cfg, limit = self.config, ledger.config.max_utilization

@@ -4,8 +4,8 @@
 
 1. **Tiers** the policy or admission moved since the last plan are applied: a tier that changes the
    work shape queues a re-tier chore (the pipeline's params change between batches).
-2. Each session offers its oldest unit. Units that cannot finish by their deadline any more are
-   expired (dropped, counted). A session on a lower frame-rate tier skips units to its rate
+2. Each session offers its oldest unit. Video units that cannot finish by their deadline any more
+   are expired (dropped, counted); voice units only once their deadline has passed. A session on a lower frame-rate tier skips units to its rate
    (`skipped`, counted as such): a deliberate, even decimation instead of random drops.
 3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`.
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
@@ -14,7 +14,9 @@
 4. **Hold** (SLO-aware batching): if sessions of a pipeline are missing from its batch but their
    next frame is due before the batch's latest start (earliest deadline minus the full batch's
    predicted cost, and never later than the next frame of a session already waiting), the batch
-   waits for them (`wake_at`): one batch of n costs far less than n batches of one. Voice never holds.
+   waits for them (`wake_at`): one batch of n costs far less than n batches of one. It holds only
+   when running every unit alone would load the device past half its `max_utilization` (sum of
+   rate x single cost): below that, waiting would only add latency. Voice never holds.
 5. **Chores** (stall-free joins, Sarathi-Serve style): the pieces of opening a session (prompt
    encoding, cache allocation, first encode) run after the batches only while their predicted cost
    fits the slack of every live session (its budget minus a round of batches, and the time until
@@ -43,6 +45,7 @@ from streamserve.schedulers.stats import SloStats
 
 OnTier = Callable[[Tier], None]
 UNKNOWN_PIECE_S = 0.05  # a chore piece never measured is assumed this long (and runs alone)
+HOLD_ABOVE = 0.5  # hold batches open only above this fraction of max_utilization (unbatched load)
 DECIMATE_TOLERANCE = 0.9  # a unit is due on a 1/f tier if it arrived >= 0.9 periods after the last taken
 
 
@@ -164,13 +167,16 @@ class SloScheduler:
         batches: list[Batch] = []
         wake_at: float | None = None
         plan_cost = 0.0
+        # Holding only pays when the device would be busy running every unit in a batch of its own.
+        solo = sum(self._fps(lv) * self.cost.cost(lv.spec.pipeline, self._shape(lv), 1) for lv in self._live.values())
+        hold = self.hold and solo > HOLD_ABOVE * self.admission.config.max_utilization
         # Voice backlog (chunks queued behind the last video batch): drain it before more video.
         backlog = any(len(lv.inbox) > 1 for lv in voice)
         for pipeline, group in groups.items():
             if backlog and group[0][0].spec.lane != "voice":
                 wake_at = now if wake_at is None else min(wake_at, now)
                 continue
-            hold_until = self._hold_until(now, pipeline, group, video_cap)
+            hold_until = self._hold_until(now, pipeline, group, video_cap) if hold else None
             if hold_until is not None:
                 wake_at = hold_until if wake_at is None else min(wake_at, hold_until)
                 continue
@@ -201,7 +207,9 @@ class SloScheduler:
             else live.spec.fps
 
     def _head(self, live: _Live, now: float, expired: list[WorkItem], skipped: list[WorkItem]) -> Media | None:
-        own = self.cost.cost(live.spec.pipeline, self._shape(live), 1)
+        # Video that cannot finish by its deadline is dropped now; voice only once past it (as EDF
+        # does): a voice pipeline aggregates chunks and may still use a late one.
+        own = 0.0 if live.spec.lane == "voice" else self.cost.cost(live.spec.pipeline, self._shape(live), 1)
         fps = self._fps(live)
         head = live.inbox.peek()
         while head is not None:
@@ -222,7 +230,7 @@ class SloScheduler:
 
     def _hold_until(self, now: float, pipeline: str, group: list[tuple[_Live, Media]], cap: int) -> float | None:
         """When to run this pipeline's batch if it should wait for more sessions, else None."""
-        if not self.hold or len(group) >= cap or any(lv.spec.lane == "voice" for lv, _ in group):
+        if len(group) >= cap or any(lv.spec.lane == "voice" for lv, _ in group):
             return None
         present = {lv.session_id for lv, _ in group}
         expected: list[tuple[float, _Live]] = []
@@ -317,6 +325,8 @@ class SloScheduler:
             live.applied = tier.level
             live.changed_at = now
             self.stats.tier_change(live.spec.pipeline, "down" if tier.level > old.level else "up")
+            if tier.level > old.level:  # lowered by admission (a preemption) or the policy: hold restores
+                self.policy.lowered(now)
             if live.on_tier is not None and tier.shape != old.shape:
                 self._retier.append(Chore(live.session_id, f"{live.spec.pipeline}#retier",
                                           functools.partial(live.on_tier, tier)))
