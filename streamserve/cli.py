@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("transport", "video", "attention")
+BENCHMARKS = ("transport", "video", "attention", "voice")
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -230,7 +231,7 @@ class VoiceAgent:
         def done(text: Any, error: BaseException | None) -> None:
             self.mailbox.post(self._on_pause_text, uid, pid, end, "" if error else str(text))
 
-        self.worker.submit(PRIORITY_TURN, lambda: asr(tail, prompt), done,
+        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt), done,
                            stale=lambda: self.closed or (uid != self._utt_seq and self._awaiting_final is None))
 
     def _on_semantic(self, uid: int, pid: int, prob: float) -> None:
@@ -287,6 +288,12 @@ class VoiceAgent:
             return
         if utt.samples - self._partial_from < int(self.cfg.partial_every_s * MODEL_RATE):
             return
+        if self.asr_cost_s > self.cfg.partial_every_s or self.worker.pending():
+            # Whisper cannot keep up (a busy CPU): partials would only slow the transcript that
+            # matters, the one at the pause. Skip this one (counted); duplex degrades to the cascade.
+            self._partial_from = utt.samples
+            self.stats["partials_skipped"] += 1
+            return
         self._partial_inflight = True
         self._partial_from = end = utt.samples
         uid, asr, prompt, tail = self._utt_seq, self.m.asr, utt.committed_text, utt.tail(utt.samples)
@@ -300,7 +307,16 @@ class VoiceAgent:
                 return True
             return False
 
-        self.background.submit(PRIORITY_PARTIAL, lambda: asr(tail, prompt), done, stale=stale)
+        self.background.submit(PRIORITY_PARTIAL, lambda: self._timed_asr(asr, tail, prompt), done, stale=stale)
+
+    def _timed_asr(self, asr: Transcriber, audio: np.ndarray, prompt: str) -> str:
+        """Run ASR (worker thread) and keep a moving average of its wall time."""
+        t0 = time.perf_counter()
+        text = asr(audio, prompt)
+        self.asr_cost_s = 0.7 * self.asr_cost_s + 0.3 * (time.perf_counter() - t0)
+        return text
+
+    asr_cost_s = 0.0
 
     def _partial_skipped(self) -> None:
         self._partial_inflight = False
