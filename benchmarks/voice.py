@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import threading
 import time
 from typing import Any
@@ -59,6 +58,43 @@ def speech_span(audio: np.ndarray) -> tuple[int, int]:
     return int(loud[0]), int(loud[-1]) + 1
 
 
+ANSWER = "Sure. Here is a short answer to your question, in a few words."
+
+
+def start_instant_llm(token_s: float) -> str:
+    """A local OpenAI-compatible streaming endpoint that answers every question with ANSWER, one
+    word per `token_s` (a stand-in for a GPU LLM server: it isolates the voice pipeline's own cost)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                for i, word in enumerate(ANSWER.split(" ")):
+                    time.sleep(token_s)
+                    chunk = {"choices": [{"delta": {"content": (" " if i else "") + word}}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
 def start_server(llm_url: str | None, llm_model: str | None) -> tuple[Any, int]:
     import uvicorn
 
@@ -88,6 +124,7 @@ class Caller:
         self.barge_ins: list[float] = []
         self.turn_events: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        self.session_stats: dict[str, int] = {}
 
     async def run(self) -> None:
         from streamserve.client import StreamClient
@@ -103,6 +140,9 @@ class Caller:
                 for i, q in enumerate(self.questions):
                     interrupt_next = i % 2 == 0 and i + 1 < len(self.questions)
                     await self._turn(client, q, interrupt_next)
+                s = (await client.stats())["session"]
+                self.session_stats = {k: s[k] for k in ("audio_in", "dropped_overload", "dropped_expired",
+                                                        "dropped_inbox", "deadline_misses", "audio_out")}
             finally:
                 reader.cancel()
                 events.cancel()
@@ -179,7 +219,15 @@ async def measure(port: int, think: bool, sessions: int, questions: list[np.ndar
         "barge_ins": len(barge), "speculative_hits": sum(1 for h in hits if h),
         "server_latency_p50_ms": _ms(percentile([e["latency_ms"] / 1000 for c in callers for e in c.turn_events], 50)),
         "errors": [e for c in callers for e in c.errors][:5], "wall_s": round(time.monotonic() - t0, 1),
+        "input": {k: sum(c.session_stats.get(k, 0) for c in callers)
+                  for k in ("audio_in", "dropped_overload", "dropped_expired", "dropped_inbox", "deadline_misses")},
     }
+
+
+def brain_name(args: argparse.Namespace) -> str:
+    if args.instant_llm is not None:
+        return f"instant local endpoint, {args.instant_llm * 1000:g} ms/word"
+    return str(args.llm_url or args.llm_model or "local SmolLM2-135M-Instruct")
 
 
 def _ms(v: float | None) -> float | None:
@@ -192,6 +240,9 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--llm-url", default=None, help="an OpenAI-compatible endpoint instead of the local LM")
     ap.add_argument("--llm-model", default=None, help="a local HF folder or .gguf instead of the default")
+    ap.add_argument("--instant-llm", type=float, default=None, metavar="TOKEN_S",
+                    help="use a built-in local endpoint streaming a fixed answer, one word per TOKEN_S "
+                         "(stands in for a GPU LLM server)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -201,6 +252,8 @@ def main() -> None:
 
     tts = Hibari()
     questions = [resample(tts(q, seed=0), 24000, RATE) for q in (QUESTIONS * 4)[:args.utterances]]
+    if args.instant_llm is not None:
+        args.llm_url = start_instant_llm(args.instant_llm)
     server, port = start_server(args.llm_url, args.llm_model)
     rows = []
     try:
@@ -213,7 +266,7 @@ def main() -> None:
         server.should_exit = True
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {load:.1f}, "
-          f"brain: {args.llm_url or args.llm_model or 'local SmolLM2-135M-Instruct'}\n")
+          f"brain: {brain_name(args)}\n")
     print("| mode | sessions | turns | response p50 / p95 ms | barge-in p50 / p95 ms | speculative hits |")
     print("|---|---|---|---|---|---|")
     for r in rows:

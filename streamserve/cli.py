@@ -157,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(create_app(config), config)
 
 
-BENCHMARKS = ("transport", "video", "attention", "serving", "multigpu")
+BENCHMARKS = ("transport", "video", "attention", "serving", "multigpu", "voice")
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,6 +50,7 @@ class AgentConfig:
     max_reply_tokens: int = 48
     history_turns: int = 6  # user+agent pairs kept in the prompt (older ones roll out)
     partial_every_s: float = 0.5
+    partial_cover_s: float = 0.15  # a partial this close to the end of speech starts a reply at the pause
     backchannel_s: float = 0.4  # user speech shorter than this during agent speech is not a barge-in
     lead_s: float = 0.06  # agent audio released this far ahead of the input clock
     tentative_hold_s: float = 0.15  # a speech window while the agent talks holds it this long at least
@@ -68,7 +70,7 @@ class AgentConfig:
             raise ValueError(f"max_reply_tokens must be in [1, 1024], got {self.max_reply_tokens}")
         if not 0 <= self.history_turns <= 64:
             raise ValueError(f"history_turns must be in [0, 64], got {self.history_turns}")
-        for name in ("partial_every_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
+        for name in ("partial_every_s", "partial_cover_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
             v = getattr(self, name)
             if not 0.0 <= v <= 10.0:
                 raise ValueError(f"{name} must be in [0, 10] s, got {v}")
@@ -95,11 +97,13 @@ class AgentOutput:
 
 
 class VoiceAgent:
-    def __init__(self, key: str, config: AgentConfig, models: VoiceModels, worker: VoiceWorker) -> None:
+    def __init__(self, key: str, config: AgentConfig, models: VoiceModels, worker: VoiceWorker,
+                 background: VoiceWorker | None = None) -> None:
         self.key = key
         self.cfg = config
         self.m = models
-        self.worker = worker
+        self.worker = worker  # turn-critical jobs: pause transcripts, Smart Turn, TTS
+        self.background = background or worker  # speculative work (partials) never delays those
         self.mailbox = Mailbox()
         self.vad = FrameVad(models.vad())
         self.turn = TurnDetector(config.turn)
@@ -204,6 +208,12 @@ class VoiceAgent:
         uid, pid = self._utt_seq, self._pause_seq
         if self.cfg.think:  # the words so far, decoded now: the final then needs only what follows
             self._transcribe_tail(utt, uid, pid)
+            # The last partial already covers (almost) all the speech: answer it right away; the
+            # pause transcript confirms it or replaces the reply when it arrives.
+            speech_end = utt.samples - int(self.turn.silence_s * MODEL_RATE)
+            if (utt.partial and utt.partial_samples >= speech_end - int(self.cfg.partial_cover_s * MODEL_RATE)
+                    and not self._utt_during_agent):
+                self._start_reply(utt.partial, speculative=True)
         if self.cfg.semantic_turn and self.m.smart_turn is not None:
             smart, audio = self.m.smart_turn, utt.audio()
 
@@ -221,7 +231,7 @@ class VoiceAgent:
         def done(text: Any, error: BaseException | None) -> None:
             self.mailbox.post(self._on_pause_text, uid, pid, end, "" if error else str(text))
 
-        self.worker.submit(PRIORITY_TURN, lambda: asr(tail, prompt), done,
+        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt), done,
                            stale=lambda: self.closed or (uid != self._utt_seq and self._awaiting_final is None))
 
     def _on_semantic(self, uid: int, pid: int, prob: float) -> None:
@@ -246,7 +256,9 @@ class VoiceAgent:
         self._emit("transcript", role="user", final=False, text=full)
         if (self.cfg.think and pid == self._pause_seq and self.turn.state is TurnState.PAUSED and full
                 and not self._utt_during_agent):
-            self._start_reply(full, speculative=True)
+            reply = self.reply
+            if reply is None or reply.released or normalize(reply.user_text) != normalize(full):
+                self._start_reply(full, speculative=True)
 
     def _on_turn_end(self, ev: TurnEvent) -> None:
         utt, self.utt = self.utt, None
@@ -276,6 +288,12 @@ class VoiceAgent:
             return
         if utt.samples - self._partial_from < int(self.cfg.partial_every_s * MODEL_RATE):
             return
+        if self.asr_cost_s > self.cfg.partial_every_s or self.worker.pending():
+            # Whisper cannot keep up (a busy CPU): partials would only slow the transcript that
+            # matters, the one at the pause. Skip this one (counted); duplex degrades to the cascade.
+            self._partial_from = utt.samples
+            self.stats["partials_skipped"] += 1
+            return
         self._partial_inflight = True
         self._partial_from = end = utt.samples
         uid, asr, prompt, tail = self._utt_seq, self.m.asr, utt.committed_text, utt.tail(utt.samples)
@@ -289,7 +307,16 @@ class VoiceAgent:
                 return True
             return False
 
-        self.worker.submit(PRIORITY_PARTIAL, lambda: asr(tail, prompt), done, stale=stale)
+        self.background.submit(PRIORITY_PARTIAL, lambda: self._timed_asr(asr, tail, prompt), done, stale=stale)
+
+    def _timed_asr(self, asr: Transcriber, audio: np.ndarray, prompt: str) -> str:
+        """Run ASR (worker thread) and keep a moving average of its wall time."""
+        t0 = time.perf_counter()
+        text = asr(audio, prompt)
+        self.asr_cost_s = 0.7 * self.asr_cost_s + 0.3 * (time.perf_counter() - t0)
+        return text
+
+    asr_cost_s = 0.0
 
     def _partial_skipped(self) -> None:
         self._partial_inflight = False

@@ -60,11 +60,24 @@ def cached_default() -> Path:
         return folder
     model, tok = load_lm(gguf)
     try:
+        import shutil
+
+        from safetensors.torch import save_model
+
+        # transformers refuses save_pretrained on a GGUF-loaded model (it counts as quantized); the
+        # weights are plain de-quantized tensors by now, so the config and weights are saved directly.
         tmp = folder.with_name(folder.name + ".tmp")
-        model.save_pretrained(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # handles the tied embeddings
         tok.save_pretrained(tmp)
         tmp.rename(folder)
-    except OSError as exc:  # a read-only home: keep using the GGUF
+    except (OSError, ValueError) as exc:  # a read-only home, an unusual model: keep using the GGUF
         log.warning("could not cache the converted LM in %s: %s", folder, exc)
         return gguf
     return folder

@@ -102,7 +102,8 @@ class VoicePipeline(Pipeline):
         self.models = models
         self._owns_models = models is None
         self._load_lock = threading.Lock()
-        self.worker = VoiceWorker()
+        self.worker = VoiceWorker()  # turn-critical model calls
+        self.background = VoiceWorker("voice-background")  # partial transcripts
         self._agents: dict[str, VoiceAgent] = {}
         self._resamplers: dict[str, InputResampler] = {}
 
@@ -126,7 +127,8 @@ class VoicePipeline(Pipeline):
 
     def open_session(self, session_id: str, params: Any) -> None:
         models = self._ensure_models()
-        self._agents[session_id] = VoiceAgent(session_id, params.agent_config(), models, self.worker)
+        self._agents[session_id] = VoiceAgent(session_id, params.agent_config(), models, self.worker,
+                                              self.background)
         self._resamplers[session_id] = InputResampler()
 
     def update_params(self, session_id: str, params: Any) -> None:
@@ -164,6 +166,7 @@ class VoicePipeline(Pipeline):
         for sid in list(self._agents):
             self.close_session(sid)
         self.worker.stop()
+        self.background.stop()
         if self.models is not None and self._owns_models:
             close = getattr(self.models.brain, "close", None)
             if close is not None:

@@ -64,7 +64,15 @@ async def test_spoken_question_over_webrtc(server: LiveServer, say: Any, parts: 
     pc.addTrack(mic)  # sendrecv: the agent answers on the same audio m-line
     control = pc.createDataChannel("control")
     events: list[dict[str, Any]] = []
-    control.on("message", lambda m: events.append(json.loads(m)))
+    agent_said = asyncio.Event()
+
+    def on_message(message: str) -> None:
+        events.append(json.loads(message))
+        ev = events[-1]
+        if ev.get("event") == "transcript" and ev.get("role") == "agent" and ev.get("final"):
+            agent_said.set()
+
+    control.on("message", on_message)
     received: list[tuple[float, av.AudioFrame]] = []
     tasks: list[asyncio.Task[None]] = []
 
@@ -84,14 +92,9 @@ async def test_spoken_question_over_webrtc(server: LiveServer, say: Any, parts: 
         answer = reply.json()
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
 
-        def agent_done() -> bool:
-            return any(e.get("event") == "transcript" and e.get("role") == "agent" and e.get("final")
-                       for e in events)
-
         async with asyncio.timeout(30):
-            while not agent_done():
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+            await agent_said.wait()
+        await asyncio.sleep(0.5)  # the last frames of the reply arrive
     finally:
         await pc.close()
         for t in tasks:
