@@ -80,7 +80,7 @@ async def test_sessions_spread_over_devices_and_run_there(manager: SessionManage
     assert set(pipe1._params) == {sessions[1].id, sessions[3].id}  # type: ignore[attr-defined]
     assert e0.steps > 0 and e1.steps > 0
     # A live update reaches the right engine.
-    sessions[1].update({"mirror": True})
+    await sessions[1].update({"mirror": True})
     await asyncio.wrap_future(e1.call(lambda: None))  # the update ran before this call
     assert pipe1._params[sessions[1].id].mirror is True  # type: ignore[attr-defined]
     # Ending a session frees its device: the next one goes there.

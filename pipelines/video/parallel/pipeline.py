@@ -27,6 +27,7 @@ from streamserve.kv_rolling import KVPool
 from ..demo_config import WEIGHTS_DIR
 from ..params import VideoParams
 from ..pipeline import VideoDiffusionPipeline
+from ..presets import make_rules
 from ..sampler import predict_x0
 from ..session import SessionState, Work
 from .ring import GroupSpec, StageGroup
@@ -57,6 +58,9 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
         if options.get("causal_weights"):
             raise ValueError("video-pp loads plain diffusers transformer folders; causal_weights is not supported")
         super().__init__(device, model, **options)
+        if self.rules != make_rules("streamserve", self.num_sinks, self.window):
+            raise ValueError("video-pp runs the streamserve stream preset only (its stages keep one plain "
+                             f"rolling cache per block), got preset rules {self.rules}")
         self._start_group(stages, stage_devices, timeout_s, rebalance, balancer)
 
     def _start_group(self, stages: int, stage_devices: Sequence[str] | None, timeout_s: float, rebalance: bool,
@@ -101,14 +105,15 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
     def close(self) -> None:
         self.group.shutdown()
 
-    def _pool(self, key: tuple[int, int, int], grid: tuple[int, int]) -> KVPool:
+    def _pool(self, key: tuple[int, int, int, int], grid: tuple[int, int]) -> KVPool:
         """Rank 0's slot ledger (one layer): the KV itself lives on the stages, per block."""
         pool = self._pools.get(key)
         if pool is None:
-            pool = KVPool(1, self.max_sessions, self.num_sinks, self.window + key[2], grid[0] * grid[1],
+            pool = KVPool(1, self.max_sessions * key[3], self.num_sinks, self.window + key[2], grid[0] * grid[1],
                           self.dit.heads, self.dit.head_dim, dtype=self.dit.dtype, device=self.dit.device,
                           position_policy=self.position_policy,  # type: ignore[arg-type]
-                          refresh_every=self.loaded.defaults.refresh_every)
+                          refresh_every=self.loaded.defaults.refresh_every, restart_at=self.rules.restart_at,
+                          sink_refresh_threshold=self.rules.sink_refresh_threshold)
             self._pools[key] = pool
         return pool
 
