@@ -106,12 +106,15 @@ def test_http_shows_devices(server_factory) -> None:
     server: LiveServer = server_factory(ServerConfig(pipeline="passthrough", devices=("cpu", "cpu")),
                                         transports=[])
     loop = server.manager._loop
-    for _ in range(3):
-        asyncio.run_coroutine_threadsafe(server.manager.open("passthrough", None, source="test"), loop).result(10)
+    opened = [asyncio.run_coroutine_threadsafe(server.manager.open("passthrough", None, source="test"),
+                                               loop).result(10) for _ in range(3)]
     with httpx.Client(base_url=server.url, timeout=10) as http:
         health = http.get("/healthz").json()
         assert health["status"] == "ok" and health["devices"] == ["cpu:0", "cpu:1"]
-        assert sorted(s["device"] for s in http.get("/v1/sessions").json()) == ["cpu:0", "cpu:0", "cpu:1"]
+        # Each session's stats (read with its own secret) name its device.
+        devices = [http.get(f"/v1/sessions/{s.id}", headers={"Authorization": f"Bearer {s.secret}"}).json()["device"]
+                   for s in opened]
+        assert sorted(devices) == ["cpu:0", "cpu:0", "cpu:1"]
         text = http.get("/metrics").text
         assert 'streamserve_device_sessions{device="cpu:0"} 2.0' in text
         assert 'streamserve_device_sessions{device="cpu:1"} 1.0' in text
