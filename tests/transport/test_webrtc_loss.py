@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 async def test_five_percent_loss_each_way_stays_readable_and_recovers_from_a_burst(
         server_factory: Callable[..., LiveServer]) -> None:
     server = server_factory()
-    result = await measure(server.url, 0.05, seconds=6.0, outage_s=0.5, seed=7)
+    # 96x96: less CPU for the four encodes and decodes per frame on a busy machine.
+    result = await measure(server.url, 0.05, seconds=6.0, outage_s=0.5, seed=7, size=96)
     print(result)
     assert result.dropped_up > 5 and result.dropped_down > 5  # the path really was lossy
     assert result.readable >= 0.90, result
