@@ -103,6 +103,7 @@ class StreamClient:
         self.output = {"video": output_format, "jpeg_quality": jpeg_quality, "kinds": list(kinds)}
         self.open_timeout = open_timeout
         self.session_id: str | None = None
+        self.session_secret: str | None = None  # the session's credential for /v1/sessions/{id}
         self.server_hello: dict[str, Any] = {}
         self.started: dict[str, Any] = {}
         self.end_reason: str | None = None
@@ -141,6 +142,7 @@ class StreamClient:
             start = {"type": "start", "pipeline": self.pipeline, "params": self.params, "output": self.output}
             self.started = await self._request(start, timeout_s=self.open_timeout)
             self.session_id = self.started["session_id"]
+            self.session_secret = self.started.get("session_secret")
         except BaseException:
             await self.close()
             raise

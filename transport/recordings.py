@@ -9,8 +9,8 @@ Routes (a transport like the others, built by the server):
   is still recording, `404` when the session never recorded. The file stays downloadable after the
   session ended (every recording is finalised when its session ends or the server stops).
 
-Guarded like the other session control routes: with bearer tokens configured, a valid token is
-needed (`authorize` is the one place to change that).
+Guarded like the other session routes: the session's own secret or an admin token, as a bearer
+header or `?token=` (so a plain download link works); `authorize` is the one place that checks.
 
 Each recording is fed by its own output subscriptions of the session (bounded, freshest wins, like
 any viewer), and written by the `Recorder`'s thread: the engine and the event loop only enqueue.
@@ -35,8 +35,8 @@ from streamserve.core.config import ServerConfig
 from streamserve.core.errors import BadRequest, StreamserveError
 from streamserve.core.frames import MediaKind
 from streamserve.core.ports import SessionFactory, SessionHandle
+from streamserve.transport import auth
 from streamserve.transport.recorder import CODECS, Recorder, RecordingOptions
-from streamserve.transport.whip_http import check_token
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,10 @@ class RecordingTransport:
                         openapi_extra=GET_OPENAPI)
 
     def authorize(self, request: Request, handle: SessionHandle) -> None:
-        """Raise Unauthorized unless `request` may control `handle` (the session routes' guard)."""
-        check_token(request, self.config.tokens)
+        """Raise Unauthorized unless `request` may control `handle`: its session secret or an admin token,
+        as `Authorization: Bearer` or `?token=` (a download link cannot set a header; query tokens are
+        redacted from logs, docs/security.md)."""
+        auth.require_owner(auth.request_token(request.headers, request.query_params), handle, self.config)
 
     # --- control --------------------------------------------------------------------------------
     async def start(self, handle: SessionHandle, options: RecordingOptions) -> Recorder:

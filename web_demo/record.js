@@ -35,7 +35,8 @@ async function setRecording(record) {
 }
 
 function showLink(sessionId) {
-  recordLink.href = `/v1/sessions/${sessionId}/recording`;
+  const secret = window.streamserve?.sessionSecret; // a link cannot send a header: the secret rides in the URL
+  recordLink.href = `/v1/sessions/${sessionId}/recording` + (secret ? `?token=${encodeURIComponent(secret)}` : "");
   recordLink.download = `streamserve-${sessionId}.mp4`;
   recordLink.hidden = false;
 }

@@ -28,8 +28,9 @@ def test_record_button_records_and_offers_the_file(live_server: LiveServer, brow
     page.wait_for_selector("#recording-link:not([hidden])", timeout=20_000)
     info = page.text_content("#recording-info") or ""
     href = page.get_attribute("#recording-link", "href")
-    assert href and href.endswith("/recording") and "frames" in info
+    assert href and "/recording?token=" in href and "frames" in info  # the session's secret, for the link
     with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        assert http.get(href.split("?")[0]).status_code == 401  # without it the file is not anyone's
         download = http.get(href)
     assert download.status_code == 200 and download.headers["content-type"] == "video/mp4"
     path = tmp_path / "recorded.mp4"

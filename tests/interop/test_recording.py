@@ -44,7 +44,16 @@ async def open_session(server: LiveServer) -> tuple[Any, str]:
     await ws.recv()
     await ws.send(json.dumps({"type": "start", "pipeline": "passthrough",
                               "output": {"video": "rgb24", "kinds": ["video"]}}))
-    return ws, json.loads(await ws.recv())["session_id"]
+    started = json.loads(await ws.recv())
+    SECRETS[started["session_id"]] = started["session_secret"]
+    return ws, started["session_id"]
+
+
+SECRETS: dict[str, str] = {}  # session id -> its secret, the credential of its /v1/sessions routes
+
+
+def owner(sid: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {SECRETS[sid]}"}
 
 
 async def send_frames(ws: Any, count: int, *, noise: bool = False) -> None:
@@ -78,16 +87,16 @@ def server(server_factory: Callable[..., LiveServer], tmp_path: Path) -> LiveSer
 async def test_record_stop_and_download_mp4(server: LiveServer, tmp_path: Path) -> None:
     ws, sid = await open_session(server)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        started = await http.patch(f"/v1/sessions/{sid}/recording", json={"record": True, "format": "mp4"})
+        started = await http.patch(f"/v1/sessions/{sid}/recording", headers=owner(sid), json={"record": True, "format": "mp4"})
         assert started.status_code == 200 and started.json()["recording"] is True
-        busy = await http.get(f"/v1/sessions/{sid}/recording")
+        busy = await http.get(f"/v1/sessions/{sid}/recording", headers=owner(sid))
         assert busy.status_code == 409 and busy.json()["error"] == "still_recording"
         await send_frames(ws, 30)
-        stopped = await http.patch(f"/v1/sessions/{sid}/recording", json={"record": False})
+        stopped = await http.patch(f"/v1/sessions/{sid}/recording", headers=owner(sid), json={"record": False})
         assert stopped.status_code == 200, stopped.text
         state = stopped.json()
         assert state["recording"] is False and state["frames"] == 30 and state["dropped"] == 0
-        download = await http.get(f"/v1/sessions/{sid}/recording")
+        download = await http.get(f"/v1/sessions/{sid}/recording", headers=owner(sid))
     await ws.close()
     assert download.status_code == 200 and download.headers["content-type"] == "video/mp4"
     path = tmp_path / "download.mp4"
@@ -101,7 +110,7 @@ async def test_record_stop_and_download_mp4(server: LiveServer, tmp_path: Path) 
 async def test_session_end_finalises_a_webm_recording(server: LiveServer, tmp_path: Path) -> None:
     ws, sid = await open_session(server)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        reply = await http.patch(f"/v1/sessions/{sid}/recording", json={"record": True, "format": "webm"})
+        reply = await http.patch(f"/v1/sessions/{sid}/recording", headers=owner(sid), json={"record": True, "format": "webm"})
         assert reply.status_code == 200
         await send_frames(ws, 20)
         await ws.send(json.dumps({"type": "end"}))
@@ -109,7 +118,7 @@ async def test_session_end_finalises_a_webm_recording(server: LiveServer, tmp_pa
             pass
         assert json.loads(message)["type"] == "ended"
         for _ in range(100):  # the recording finalises on the loop right after the session ends
-            download = await http.get(f"/v1/sessions/{sid}/recording")
+            download = await http.get(f"/v1/sessions/{sid}/recording", headers=owner(sid))
             if download.status_code != 409:
                 break
             await asyncio.sleep(0.1)
@@ -129,10 +138,10 @@ async def test_server_stop_finalises_and_size_cap_stops(server_factory: Callable
     plain_ws, plain = await open_session(server)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         for sid in (capped, plain):
-            assert (await http.patch(f"/v1/sessions/{sid}/recording", json={"record": True})).status_code == 200
+            assert (await http.patch(f"/v1/sessions/{sid}/recording", headers=owner(sid), json={"record": True})).status_code == 200
         await send_frames(capped_ws, 30, noise=True)  # tens of KB a frame: the 64 KiB cap is hit
         await send_frames(plain_ws, 15)
-        state = (await http.patch(f"/v1/sessions/{capped}/recording", json={"record": False})).json()
+        state = (await http.patch(f"/v1/sessions/{capped}/recording", headers=owner(capped), json={"record": False})).json()
     assert state["reason"].startswith("size cap of 65536 bytes"), state
     assert 0 < state["frames"] < 30 and state["bytes"] <= 64 * 1024 + 128 * 1024  # + the frame that crossed it
     frames, _, _ = probe(tmp_path / state["file"])
@@ -207,9 +216,11 @@ async def test_websocket_record_message(server: LiveServer, tmp_path: Path) -> N
             await client.send_frame(np.full((H, W, 3), seq * 20, dtype=np.uint8), pts_us=seq * FRAME_US)
             await client.receive(timeout_s=10)
         stopped = await client.record(False)
+        secret = client.session_secret
     assert stopped["recording"] is False and stopped["frames"] == 10
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-        download = await http.get(stopped["download"])
+        assert (await http.get(stopped["download"])).status_code == 401  # the file is the session's
+        download = await http.get(stopped["download"], headers={"Authorization": f"Bearer {secret}"})
     assert download.status_code == 200 and download.headers["content-type"] == "video/webm"
     path = tmp_path / "ws.webm"
     path.write_bytes(download.content)

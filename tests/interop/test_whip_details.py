@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -149,3 +150,23 @@ async def test_turn_servers_with_credentials_reach_clients_and_the_servers_peer(
     # The server's own peer allocated a relay on coturn with those credentials.
     relays = [line for line in reply.text.splitlines() if line.startswith("a=candidate:") and "typ relay" in line]
     assert relays and all(" 127.0.0.1 " in line for line in relays), reply.text
+
+
+def test_turn_credentials_from_flags_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamserve.cli import build_parser, config_from_args
+
+    base = ["serve", "--ice-server", "turn:t.example:3478"]
+    parser = build_parser()
+    flags = config_from_args(parser.parse_args([*base, "--turn-username", "u", "--turn-credential", "p"]))
+    assert (flags.turn_username, flags.turn_credential) == ("u", "p")
+    monkeypatch.setenv("STREAMSERVE_TURN_USERNAME", "env-user")
+    monkeypatch.setenv("STREAMSERVE_TURN_CREDENTIAL", "env-pass")
+    env = config_from_args(parser.parse_args(base))
+    assert (env.turn_username, env.turn_credential) == ("env-user", "env-pass")
+    secret = tmp_path / "turn-secret"
+    secret.write_text("file-pass\n")
+    from_file = config_from_args(parser.parse_args([*base, "--turn-credential-file", str(secret)]))
+    assert (from_file.turn_username, from_file.turn_credential) == ("env-user", "file-pass")
+    monkeypatch.delenv("STREAMSERVE_TURN_CREDENTIAL")
+    with pytest.raises(SystemExit, match="turn_username and turn_credential go together"):
+        config_from_args(parser.parse_args(base))
