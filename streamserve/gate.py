@@ -145,7 +145,8 @@ class SloGate:
             headroom[name] = {"more_sessions": room.more_sessions, "spec": {"fps": spec.fps, **spec.shape.to_dict()}}
         return {"scheduler": "slo", "admission": True, "utilization": round(load.utilization, 4),
                 "max_utilization": self.admission.config.max_utilization, "headroom": headroom,
-                "sessions": {sid: self.scheduler.tier_info(sid) for sid in self.admission.levels()},
+                "sessions": [{"session_id": sid, **(self.scheduler.tier_info(sid) or {})}
+                             for sid in self.admission.levels()],
                 "cost_model_error": self.scheduler.cost.errors(), "profile": self.scheduler.cost.to_dict()}
 
     def info(self, session_id: str, admitted: str) -> dict[str, Any] | None:

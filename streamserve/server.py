@@ -136,14 +136,17 @@ def create_app(config: ServerConfig | None = None,
         return listed
 
     @app.get("/v1/capacity", tags=["ops"])
-    async def capacity() -> dict[str, Any]:
+    async def capacity(request: Request) -> dict[str, Any]:
         """What this engine still holds (docs/serving.md): predicted utilization, headroom in sessions
         of the default pipeline at its defaults, each session's tier, and the learned cost profile
-        (`streamserve plan --profile` reads it)."""
+        (`streamserve plan --profile` reads it). Session ids only for an admin token."""
         gate = manager.gate
         if gate is None:
             return {"scheduler": config.scheduler, "admission": False}
-        return await asyncio.to_thread(gate.capacity)
+        report = await asyncio.to_thread(gate.capacity)
+        if not auth.is_admin(auth.request_token(request.headers), config):
+            report["sessions"] = [{k: v for k, v in s.items() if k != "session_id"} for s in report["sessions"]]
+        return report
 
     @app.get("/v1/sessions", tags=["sessions"])
     async def list_sessions(request: Request) -> list[dict[str, Any]]:

@@ -99,6 +99,7 @@ async def test_the_n_plus_first_session_is_refused_and_the_first_n_keep_their_ra
         assert capacity["utilization"] == pytest.approx(0.85, abs=0.05)
         assert capacity["headroom"]["slowpass"]["more_sessions"] == 0
         assert len(capacity["sessions"]) == 3 and "slowpass" in capacity["profile"]
+        assert all("session_id" not in s and "fps" in s for s in capacity["sessions"])  # ids: admin only
         await pc.close()
         assert resp.status_code == 503 and resp.headers["retry-after"] == "5"
         body: dict[str, Any] = resp.json()
