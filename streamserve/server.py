@@ -126,14 +126,18 @@ def create_app(config: ServerConfig | None = None,
     @app.get("/v1/pipelines", tags=["pipelines"])
     async def pipelines() -> list[dict[str, Any]]:
         """Every pipeline that loads, with its parameter schema (one that fails to import is logged
-        and left out, so a broken plugin never takes the demo page down)."""
-        listed = []
-        for name in registry.available():
-            try:
-                listed.append(dataclasses.asdict(registry.info(name)))
-            except Exception:
-                log.exception("pipeline %r cannot be described; leaving it out of /v1/pipelines", name)
-        return listed
+        and left out, so a broken plugin never takes the demo page down). The first call imports the
+        pipelines' modules (torch, diffusers: seconds), so it runs off the event loop."""
+        def describe() -> list[dict[str, Any]]:
+            listed = []
+            for name in registry.available():
+                try:
+                    listed.append(dataclasses.asdict(registry.info(name)))
+                except Exception:
+                    log.exception("pipeline %r cannot be described; leaving it out of /v1/pipelines", name)
+            return listed
+
+        return await asyncio.to_thread(describe)
 
     @app.get("/v1/capacity", tags=["ops"])
     async def capacity(request: Request) -> dict[str, Any]:
