@@ -19,7 +19,8 @@ def open_session(server: LiveServer, params: dict | None = None) -> tuple[str, s
 
 def test_health_metrics_pipelines(server_factory) -> None:
     server = server_factory(transports=[])
-    with httpx.Client(base_url=server.url, timeout=60)  # the first /v1/pipelines imports torch and diffusers as http:
+    # timeout: the first /v1/pipelines imports torch and diffusers (seconds on a loaded machine)
+    with httpx.Client(base_url=server.url, timeout=60) as http:
         health = http.get("/healthz")
         assert health.status_code == 200 and health.json()["status"] == "ok"
         metrics = http.get("/metrics")
