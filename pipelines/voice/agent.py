@@ -231,8 +231,14 @@ class VoiceAgent:
         def done(text: Any, error: BaseException | None) -> None:
             self.mailbox.post(self._on_pause_text, uid, pid, end, "" if error else str(text))
 
-        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt), done,
-                           stale=lambda: self.closed or (uid != self._utt_seq and self._awaiting_final is None))
+        def stale() -> bool:  # a newer pause of the same utterance re-decodes this audio anyway
+            if self.closed:
+                return True
+            if uid != self._utt_seq:
+                return self._awaiting_final is None or self._awaiting_final[1] != pid
+            return pid != self._pause_seq
+
+        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt), done, stale=stale)
 
     def _on_semantic(self, uid: int, pid: int, prob: float) -> None:
         if uid != self._utt_seq or pid != self._pause_seq or self.utt is None:
