@@ -20,81 +20,27 @@ Runs on the engine thread, one `feed` per input chunk; the input's stream clock 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from streamserve.pipelines.voice.agent_config import (
+    DEFAULT_SYSTEM_PROMPT,
+    AgentBrain,
+    AgentConfig,
+    AgentOutput,
+    VoiceModels,
+)
 from streamserve.pipelines.voice.asr import Transcriber, Utterance, normalize
 from streamserve.pipelines.voice.audio import MODEL_RATE
 from streamserve.pipelines.voice.brain import Generation, Message
 from streamserve.pipelines.voice.reply import Mailbox, Reply, ReplyConfig
-from streamserve.pipelines.voice.tts import Synthesizer
-from streamserve.pipelines.voice.turn import EventKind, TurnConfig, TurnDetector, TurnEvent, TurnState
-from streamserve.pipelines.voice.vad import FrameVad, SpeechProbability
+from streamserve.pipelines.voice.turn import EventKind, TurnDetector, TurnEvent, TurnState
+from streamserve.pipelines.voice.vad import FrameVad
 from streamserve.pipelines.voice.worker import PRIORITY_PARTIAL, PRIORITY_TURN, VoiceWorker
 
-DEFAULT_SYSTEM_PROMPT = ("You are a helpful voice assistant. Answer in one or two short spoken sentences, "
-                         "without lists or markdown.")
-
-
-class AgentBrain(Protocol):
-    def start(self, messages: list[Message], max_tokens: int, key: str | None = None) -> Generation: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class AgentConfig:
-    turn: TurnConfig = dataclasses.field(default_factory=TurnConfig)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_reply_tokens: int = 48
-    history_turns: int = 6  # user+agent pairs kept in the prompt (older ones roll out)
-    partial_every_s: float = 0.5
-    partial_cover_s: float = 0.15  # a partial this close to the end of speech starts a reply at the pause
-    backchannel_s: float = 0.4  # user speech shorter than this during agent speech is not a barge-in
-    lead_s: float = 0.06  # agent audio released this far ahead of the input clock
-    tentative_hold_s: float = 0.15  # a speech window while the agent talks holds it this long at least
-    preroll_s: float = 0.3  # audio before the detected onset kept for ASR
-    echo_tail_s: float = 0.3  # without client AEC: input ignored until this long after agent audio
-    client_aec: bool = True
-    semantic_turn: bool = True
-    # duplex: partials warm the brain, each pause is transcribed and starts a speculative reply.
-    # False is the sequential cascade (turn end -> ASR -> LLM -> TTS), the benchmark's baseline.
-    think: bool = True
-    out_rate: int = 24_000
-    frame_s: float = 0.02
-    fallback_text: str = "Sorry, I cannot reach my language model right now."
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_reply_tokens <= 1024:
-            raise ValueError(f"max_reply_tokens must be in [1, 1024], got {self.max_reply_tokens}")
-        if not 0 <= self.history_turns <= 64:
-            raise ValueError(f"history_turns must be in [0, 64], got {self.history_turns}")
-        for name in ("partial_every_s", "partial_cover_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 10.0:
-                raise ValueError(f"{name} must be in [0, 10] s, got {v}")
-        if self.out_rate not in (8_000, 16_000, 24_000, 48_000):
-            raise ValueError(f"out_rate must be 8000, 16000, 24000 or 48000, got {self.out_rate}")
-
-
-@dataclasses.dataclass
-class VoiceModels:
-    """The parts one pipeline shares between its sessions."""
-
-    vad: type[SpeechProbability] | Any  # a factory: one stateful VAD per session
-    asr: Transcriber
-    tts: Synthesizer
-    brain: AgentBrain
-    smart_turn: Any | None = None  # callable audio -> P(turn complete), or None
-
-
-@dataclasses.dataclass
-class AgentOutput:
-    frames: list[tuple[np.ndarray, int]] = dataclasses.field(default_factory=list)  # ([samples] f32, pts)
-    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    flush: bool = False  # drop agent audio queued in the transport before these frames
-
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentBrain", "AgentConfig", "AgentOutput", "VoiceAgent", "VoiceModels"]
 
 class VoiceAgent:
     def __init__(self, key: str, config: AgentConfig, models: VoiceModels, worker: VoiceWorker,
@@ -231,8 +177,14 @@ class VoiceAgent:
         def done(text: Any, error: BaseException | None) -> None:
             self.mailbox.post(self._on_pause_text, uid, pid, end, "" if error else str(text))
 
-        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt), done,
-                           stale=lambda: self.closed or (uid != self._utt_seq and self._awaiting_final is None))
+        def stale() -> bool:  # a newer pause of the same utterance re-decodes this audio anyway
+            if self.closed:
+                return True
+            if uid != self._utt_seq:
+                return self._awaiting_final is None or self._awaiting_final[1] != pid
+            return pid != self._pause_seq
+
+        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt), done, stale=stale)
 
     def _on_semantic(self, uid: int, pid: int, prob: float) -> None:
         if uid != self._utt_seq or pid != self._pause_seq or self.utt is None:

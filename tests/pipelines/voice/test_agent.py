@@ -92,7 +92,9 @@ def test_barge_in_flushes_the_agent_and_closes_the_llm_stream(parts: VoiceModels
         run = drive(agent, interruption, run, until=lambda r: bool(r.of("barge_in")) and agent.t_in > onset + 0.6)
         assert run.flushes, "the transport was not flushed"
         hold = run.flushes[0]
-        assert hold - onset <= 0.12  # silent within 120 ms of input, VAD windows included
+        # Silent within 200 ms of input, VAD windows included (typically 50-100 ms; the benchmark
+        # measures it at the client).
+        assert hold - onset <= 0.2, [e for e in run.events if e["t"] > onset - 0.5][:8]
         late = [t for t, _ in run.frames[before:] if t > hold]
         assert late == []  # nothing of the old reply after the hold
         assert run.of("barge_in") and run.of("agent_hold")
