@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from streamserve.core.config import ServerConfig
-from streamserve.pipelines.video.data import scene_clip, write_y4m
+from streamserve.pipelines.video.data import face_clip, write_y4m
 from streamserve.pipelines.video.styles import apply_style
 from tests.browser.conftest import CHROMIUM_ARGS
 
@@ -75,7 +75,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def scene_camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    frames = scene_clip(90, (SIZE, SIZE), seed=7, motion="slow")
+    frames = face_clip(90, (SIZE, SIZE), seed=7, motion="slow")  # held out, with a face
     return write_y4m(tmp_path_factory.mktemp("scene") / "scene.y4m", frames)
 
 
