@@ -63,8 +63,8 @@ class TrainArgs:
     batch_tokens: int = 2560  # tokens per DiT iteration
     threads: int = 2
     device: str = "cpu"
-    guide_iters: int = 8000
-    guide_clips: int = 60  # the first clips of the data train the guided decoder
+    guide_iters: int = 12000
+    guide_clips: int = 150  # the first clips of the data train the guided decoder
     work: Path | None = None
     from_weights: Path | None = None
 

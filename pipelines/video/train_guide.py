@@ -32,7 +32,7 @@ CROP = 128  # training crop (pixels); latents are cropped to CROP / factor
 
 @dataclasses.dataclass
 class GuideArgs:
-    iters: int = 8000
+    iters: int = 12000
     batch: int = 8
     lr: float = 2e-3
     hidden: int = 48
