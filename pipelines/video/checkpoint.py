@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from .demo_config import WEIGHTS_DIR, DemoConfig
+from .guided import GuidedDecoder
 from .model import CausalWanDiT
 from .prompts import PromptEncoder, StyleTable, T5PromptEncoder
 from .vae import DemoVAE, StreamingVAE, TinyAutoencoder
@@ -263,7 +264,8 @@ def load_demo(folder: Path, device: str, dtype: torch.dtype) -> LoadedModel:
         strength=cfg.strength, shift=cfg.shift, width=cfg.width, height=cfg.height,
         min_size=cfg.min_size, max_size=cfg.max_size,
     )
-    return LoadedModel(dit, DemoVAE(ae), StyleTable(cfg.styles, styles), defaults, str(folder))
+    guide = GuidedDecoder.load(folder / "guide").to(device=device, dtype=dtype) if (folder / "guide").is_dir() else None
+    return LoadedModel(dit, DemoVAE(ae, guide), StyleTable(cfg.styles, styles), defaults, str(folder))
 
 
 def load_wan(

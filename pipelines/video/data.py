@@ -23,7 +23,9 @@ TRAIN_IMAGES: tuple[str, ...] = (
     "astronaut", "chelsea", "coffee", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel",
     "camera", "brick", "grass", "gravel", "moon", "coins", "clock", "page", "text", "cell", "logo",
 )
-HOLDOUT_IMAGES: tuple[str, ...] = ("rocket",)
+HOLDOUT_IMAGES: tuple[str, ...] = ("rocket", "grace_hopper")
+"""Never trained on: the rocket launch (scikit-image) and a portrait with a face (matplotlib's sample
+photo of Grace Hopper; scikit-image's only face, the astronaut, is a training image)."""
 
 Motion = Literal["static", "slow", "fast", "mixed"]
 
@@ -41,7 +43,13 @@ def load_image(name: str) -> np.ndarray:
 
     if name not in TRAIN_IMAGES + HOLDOUT_IMAGES:
         raise ValueError(f"unknown image {name!r}; known: {', '.join(TRAIN_IMAGES + HOLDOUT_IMAGES)}")
-    img = np.asarray(getattr(skimage.data, name)())
+    if name == "grace_hopper":
+        import matplotlib.cbook
+        from PIL import Image
+
+        img = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    else:
+        img = np.asarray(getattr(skimage.data, name)())
     if img.dtype != np.uint8:
         img = (255 * (img.astype(np.float64) / max(float(img.max()), 1e-9))).astype(np.uint8)
     if img.ndim == 2:
@@ -165,6 +173,11 @@ def make_clip(
 def scene_clip(frames: int, size: tuple[int, int] = (256, 256), seed: int = 0, motion: Motion = "slow") -> np.ndarray:
     """A held-out "real-looking scene" (the rocket photo, slow camera, two moving shapes)."""
     return make_clip(HOLDOUT_IMAGES[0], frames, size, seed=seed, motion=motion, shapes=2, noise=1.5)
+
+
+def face_clip(frames: int, size: tuple[int, int] = (256, 256), seed: int = 0, motion: Motion = "slow") -> np.ndarray:
+    """A held-out clip with a person's face (Grace Hopper's portrait, slow camera, one moving shape)."""
+    return make_clip(HOLDOUT_IMAGES[1], frames, size, seed=seed, motion=motion, shapes=1, noise=1.5)
 
 
 def rgb_to_i420(rgb: np.ndarray) -> bytes:

@@ -1,5 +1,5 @@
-"""Quality figures of a video model on held-out synthetic video: PSNR against the filter target,
-compared with the same network with untrained weights, and flicker on a static camera.
+"""Quality figures of a video model on held-out video: PSNR and SSIM against the filter target,
+blockiness (an 8-pixel grid), chroma (monochrome styles) and flicker on a static camera.
 
 Used by ``train_demo`` (figures stored in ``streamserve.json``), the quality tests and the benchmark.
 Needs the dev dependencies (scikit-image, OpenCV) for the clips and the filter targets.
@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from streamserve.core.frames import VideoFrame
 from streamserve.core.plan import Batch, WorkItem
 
-from .data import make_clip, scene_clip
+from .data import face_clip, make_clip, scene_clip
 from .params import VideoParams
 from .pipeline import VideoDiffusionPipeline
 from .styles import STYLES, apply_style
@@ -47,6 +46,63 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10.0 * math.log10(255.0**2 / max(mse, 1e-10))
 
 
+def luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def blockiness(rgb: np.ndarray, block: int = 8) -> float:
+    """Mean absolute luma step across ``block``-pixel boundaries over the mean step elsewhere, both
+    directions (a natural image or a filter target: ~1.0; a visible block grid: well above)."""
+    y = luma(rgb)
+    dx = np.abs(np.diff(y, axis=1))  # step between column x and x + 1
+    dy = np.abs(np.diff(y, axis=0))
+    on_x = (np.arange(dx.shape[1]) + 1) % block == 0
+    on_y = (np.arange(dy.shape[0]) + 1) % block == 0
+    at = np.concatenate([dx[:, on_x].ravel(), dy[on_y, :].ravel()])
+    off = np.concatenate([dx[:, ~on_x].ravel(), dy[~on_y, :].ravel()])
+    return float(at.mean() / max(off.mean(), 1e-6))
+
+
+def chroma(rgb: np.ndarray) -> float:
+    """Mean chroma, max(R, G, B) - min(R, G, B), in 8-bit levels (0 for a grey image)."""
+    x = rgb.astype(np.int16)
+    return float((x.max(axis=2) - x.min(axis=2)).mean())
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity of two RGB frames (scikit-image, 8-bit range)."""
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
+
+
+@dataclasses.dataclass
+class StyleFigures:
+    """Quality of one style on one clip (means over its output frames)."""
+
+    psnr: float
+    ssim: float
+    blockiness: float
+    chroma: float
+    target_blockiness: float
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in dataclasses.asdict(self).items()}
+
+
+def style_figures(pipe: VideoDiffusionPipeline, clip: np.ndarray, style: str, **params: Any) -> StyleFigures:
+    """PSNR/SSIM to ``style``'s filter target, blockiness and chroma of the output over a clip."""
+    outs = run_clip(pipe, clip, VideoParams(style=style, **params))  # type: ignore[arg-type]
+    targets = {i: apply_style(style, clip[i]) for i in outs}
+    return StyleFigures(
+        psnr=float(np.mean([psnr(o, targets[i]) for i, o in outs.items()])),
+        ssim=float(np.mean([ssim(o, targets[i]) for i, o in outs.items()])),
+        blockiness=float(np.mean([blockiness(o) for o in outs.values()])),
+        chroma=float(np.mean([chroma(o) for o in outs.values()])),
+        target_blockiness=float(np.mean([blockiness(t) for t in targets.values()])),
+    )
+
+
 def mean_change(frames: list[np.ndarray]) -> float:
     """Mean absolute frame-to-frame change (8-bit levels)."""
     diffs = [np.mean(np.abs(b.astype(np.float32) - a.astype(np.float32))) for a, b in zip(frames, frames[1:], strict=False)]
@@ -68,56 +124,78 @@ def flicker_ratio(pipe: VideoDiffusionPipeline, clip: np.ndarray, style: str, **
     return out_change / max(tgt_change, 1e-6)
 
 
-@torch.no_grad()
-def untrained(pipe: VideoDiffusionPipeline, seed: int = 0, keep_vae: bool = True) -> VideoDiffusionPipeline:
-    """The same network with untrained weights, in place: the DiT and the style embeddings are
-    re-initialised as their constructors do. ``keep_vae`` (default) keeps the trained autoencoder,
-    the stricter baseline (an untrained autoencoder alone makes the output unrecognisable);
-    ``keep_vae=False`` re-initialises it too."""
-    from diffusers import WanTransformer3DModel
-
-    from .prompts import StyleTable
-    from .vae import DemoVAE, TinyAutoencoder
-
-    torch.manual_seed(seed)
-    fresh: Any = WanTransformer3DModel(**dict(pipe.dit.transformer.config))
-    pipe.dit.transformer.load_state_dict(fresh.state_dict())
-    table = pipe.loaded.prompts
-    if isinstance(table, StyleTable):
-        pipe.loaded.prompts = StyleTable(table.names, torch.randn_like(table.embeddings))
-    if not keep_vae and isinstance(pipe.vae, DemoVAE):
-        ae = pipe.vae.model
-        ae.load_state_dict(TinyAutoencoder(**ae.config).state_dict())
-    return pipe
+def held_out_clips(frames: int = 8, seed: int = 21) -> dict[str, np.ndarray]:
+    """The held-out evaluation clips: the rocket scene and a portrait with a face (never trained on)."""
+    return {"rocket": scene_clip(frames, seed=seed), "face": face_clip(frames, seed=seed)}
 
 
-@dataclasses.dataclass
-class Report:
-    psnr_trained: dict[str, float]
-    psnr_untrained: dict[str, float]  # the whole network untrained
-    psnr_untrained_dit: dict[str, float]  # DiT and styles untrained, trained autoencoder
-    flicker: dict[str, float]
-
-    def as_dict(self) -> dict[str, Any]:
-        lines = [f"{s:>10}: PSNR {t:5.2f} dB; untrained network {self.psnr_untrained[s]:5.2f} "
-                 f"(+{t - self.psnr_untrained[s]:.2f}); untrained DiT, trained VAE {self.psnr_untrained_dit[s]:5.2f} "
-                 f"(+{t - self.psnr_untrained_dit[s]:.2f}); static flicker {self.flicker[s]:.2f}x target"
-                 for s, t in self.psnr_trained.items()]
-        return {**dataclasses.asdict(self), "lines": lines}
+def quality_report(
+    pipe: VideoDiffusionPipeline, clips: dict[str, np.ndarray], styles: tuple[str, ...] = STYLES,
+) -> dict[str, dict[str, StyleFigures]]:
+    """Figures per clip and style (default parameters)."""
+    return {name: {s: style_figures(pipe, clip, s) for s in styles} for name, clip in clips.items()}
 
 
-def evaluate_folder(folder: str | Path | None, device: str = "cpu", frames: int = 12,
+def summary(report: dict[str, dict[str, StyleFigures]]) -> dict[str, Any]:
+    """Per style: PSNR/SSIM/blockiness/chroma averaged over the clips; the mean PSNR over styles."""
+    styles = list(next(iter(report.values())))
+    per_style = {
+        s: {k: round(float(np.mean([getattr(report[c][s], k) for c in report])), 3)
+            for k in ("psnr", "ssim", "blockiness", "chroma", "target_blockiness")}
+        for s in styles
+    }
+    return {"per_style": per_style, "mean_psnr": round(float(np.mean([v["psnr"] for v in per_style.values()])), 3),
+            "per_clip": {c: {s: f.rounded() for s, f in r.items()} for c, r in report.items()}}
+
+
+def evaluate_folder(folder: str | Path | None, device: str = "cpu", frames: int = 8,
                     styles: tuple[str, ...] = STYLES) -> dict[str, Any]:
-    """PSNR on the held-out scene (trained vs untrained network, vs untrained DiT with the trained
-    autoencoder) and static-camera flicker, per style."""
-    clip = scene_clip(frames, seed=7)
-    still = make_clip("rocket", frames, seed=8, motion="static", shapes=2, noise=1.5)
-    model = str(folder) if folder else None
-    pipe = VideoDiffusionPipeline(device=device, model=model)
-    trained = {s: style_psnr(pipe, clip, s) for s in styles}
-    flicker = {s: flicker_ratio(pipe, still, s) for s in styles}
-    base_dit = untrained(VideoDiffusionPipeline(device=device, model=model))
-    untrained_dit = {s: style_psnr(base_dit, clip, s) for s in styles}
-    base = untrained(VideoDiffusionPipeline(device=device, model=model), keep_vae=False)
-    untrained_all = {s: style_psnr(base, clip, s) for s in styles}
-    return Report(trained, untrained_all, untrained_dit, flicker).as_dict()
+    """Held-out figures (PSNR, SSIM, blockiness, chroma per clip and style) and static-camera flicker."""
+    still = make_clip("rocket", 10, seed=8, motion="static", shapes=2, noise=1.5)
+    pipe = VideoDiffusionPipeline(device=device, model=str(folder) if folder else None)
+    out = summary(quality_report(pipe, held_out_clips(frames), styles))
+    out["flicker"] = {s: round(flicker_ratio(pipe, still, s), 3) for s in styles}
+    out["lines"] = [
+        f"{s:>10}: PSNR {v['psnr']:5.2f} dB  SSIM {v['ssim']:.3f}  blockiness {v['blockiness']:.2f} "
+        f"(target {v['target_blockiness']:.2f})  chroma {v['chroma']:5.1f}  flicker {out['flicker'][s]:.2f}x"
+        for s, v in out["per_style"].items()
+    ] + [f"mean PSNR {out['mean_psnr']:.2f} dB"]
+    return out
+
+
+def style_grid(pipe: VideoDiffusionPipeline, clips: dict[str, np.ndarray], frame: int = -1) -> np.ndarray:
+    """One row per clip: its camera frame, then that frame in every style (``[rows*H, 7*W, 3]``)."""
+    rows = []
+    for clip in clips.values():
+        cells = [clip[frame]]
+        for s in STYLES:
+            outs = run_clip(pipe, clip, VideoParams(style=s))  # type: ignore[arg-type]
+            cells.append(outs[sorted(outs)[frame]])
+        rows.append(np.concatenate(cells, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Held-out quality figures of a demo-format model folder.")
+    parser.add_argument("--model", default=None, help="model folder (default: the embedded demo model)")
+    parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--grid", default=None, help="write a PNG grid of held-out frames in every style here")
+    ns = parser.parse_args(argv)
+    if ns.grid:
+        from PIL import Image
+
+        pipe = VideoDiffusionPipeline(model=ns.model)
+        Image.fromarray(style_grid(pipe, held_out_clips(frames=6))).save(ns.grid)
+        return 0
+    report = evaluate_folder(ns.model)
+    print("\n".join(report["lines"]))
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,9 +12,16 @@ camera, with moving shapes and sensor noise; each style's target is its classica
 4. **DiT** -- the causal Wan-architecture DiT learns ``noisy input latent -> target latent`` for each
    style (a learned style embedding is its prompt), with per-frame noise levels and the block-causal
    sink+window mask the rolling cache reproduces when serving;
-5. **save** -- the demo-format folder (:mod:`.demo_config`), then a held-out evaluation.
+5. **guide** -- the guided decoder (:mod:`.guided`, :mod:`.train_guide`) learns ``(DiT latent, camera
+   frame) -> target`` on the latents the trained DiT produces when serving;
+6. **save** -- the demo-format folder (:mod:`.demo_config`), then a held-out evaluation.
 
-On 2 CPU cores the default budget takes about 15-20 minutes; on a GPU a few minutes.
+Resumable: each finished stage is kept in ``--work`` (default ``<out>.work``: the data, the
+autoencoder + DiT folder, the DiT latents, the decoder's checkpoint every few minutes); a rerun
+skips what is there. ``--from-weights DIR`` takes the autoencoder, DiT and styles of an existing
+demo folder and runs only the guide stage.
+
+On 2 idle CPU cores stages 1-4 take about 20 minutes and the guide stage about 10; on a GPU minutes.
 """
 
 from __future__ import annotations
@@ -56,6 +63,10 @@ class TrainArgs:
     batch_tokens: int = 2560  # tokens per DiT iteration
     threads: int = 2
     device: str = "cpu"
+    guide_iters: int = 12000
+    guide_clips: int = 150  # the first clips of the data train the guided decoder
+    work: Path | None = None
+    from_weights: Path | None = None
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -208,6 +219,30 @@ def save_demo(out: Path, cfg: DemoConfig, dit: CausalWanDiT, ae: TinyAutoencoder
     (out / "streamserve.json").write_text(cfg.to_json() + "\n")
 
 
+def stages_1_to_4(args: TrainArgs, cfg: DemoConfig, work: Path) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Data, autoencoder, encode, DiT -- or what ``work`` already holds. Returns the inputs, the
+    targets and the demo folder holding the autoencoder, DiT and styles."""
+    data = work / "data.npz"
+    if data.is_file():
+        with np.load(data) as f:
+            inputs, targets = f["inputs"], f["targets"]
+    else:  # the first clips are the same whatever the count: the guide alone needs only guide_clips
+        n = min(args.clips, args.guide_clips) if args.from_weights else args.clips
+        inputs, targets = build_data(dataclasses.replace(args, clips=n), cfg)
+        work.mkdir(parents=True, exist_ok=True)
+        np.savez(work / "data.tmp.npz", inputs=inputs, targets=targets)
+        (work / "data.tmp.npz").replace(data)
+    stage = args.from_weights or work / "dit"
+    if not (stage / "streamserve.json").is_file():
+        ae = train_autoencoder(args, cfg, inputs, targets)
+        z_in, z_tg = encode_all(ae, inputs, args.device), encode_all(ae, targets, args.device)
+        t0 = time.perf_counter()
+        dit, styles = train_dit(args, cfg, z_in, z_tg, channel_weights(ae).cpu())
+        extra = {"dit_minutes": round((time.perf_counter() - t0) / 60, 1), "iters": args.iters, "seed": args.seed}
+        save_demo(stage, dataclasses.replace(cfg, extra=extra), dit, ae, styles)
+    return inputs, targets, stage
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = TrainArgs()
@@ -219,23 +254,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--guide-iters", type=int, default=defaults.guide_iters, help="guided decoder iterations")
+    parser.add_argument("--guide-clips", type=int, default=defaults.guide_clips, help="clips that train the guide")
+    parser.add_argument("--work", type=Path, default=None, help="stage folder for resuming (default <out>.work)")
+    parser.add_argument("--from-weights", type=Path, default=None,
+                        help="take the autoencoder, DiT and styles of this demo folder; train only the guide")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
     ns = parser.parse_args(argv)
     args = TrainArgs(out=ns.out, seed=ns.seed, clips=ns.clips, ae_iters=ns.ae_iters, iters=ns.iters, lr=ns.lr,
-                     threads=ns.threads, device=ns.device)
+                     threads=ns.threads, device=ns.device, guide_iters=ns.guide_iters, guide_clips=ns.guide_clips,
+                     from_weights=ns.from_weights)
+    work = ns.work or args.out.with_name(args.out.name + ".work")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    cfg = DemoConfig()
     t0 = time.perf_counter()
-    inputs, targets = build_data(args, cfg)
-    ae = train_autoencoder(args, cfg, inputs, targets)
-    z_in, z_tg = encode_all(ae, inputs, args.device), encode_all(ae, targets, args.device)
-    del inputs, targets
-    dit, styles = train_dit(args, cfg, z_in, z_tg, channel_weights(ae).cpu())
+    inputs, targets, stage = stages_1_to_4(args, DemoConfig(), work)
+    from .checkpoint import load_demo
+    from .train_guide import GuideArgs, predict_latents, train_guide
+
+    loaded = load_demo(stage, "cpu", torch.float32)
+    cfg = DemoConfig.from_json((stage / "streamserve.json").read_text())
+    ae = loaded.vae.model  # type: ignore[attr-defined]
+    styles = loaded.prompts.embeddings  # type: ignore[attr-defined]
+    lat_path = work / "latents.pt"
+    inputs, targets = inputs[: args.guide_clips], targets[: args.guide_clips]
+    if lat_path.is_file():
+        latents = torch.load(str(lat_path))
+    else:
+        latents = predict_latents(loaded.dit, ae, styles, inputs, cfg, args.seed)
+        work.mkdir(parents=True, exist_ok=True)
+        torch.save(latents, str(lat_path))
+    guide = train_guide(GuideArgs(iters=args.guide_iters, seed=args.seed), inputs, targets, latents, work,
+                        factor=ae.factor)
+    del inputs, targets, latents
     minutes = (time.perf_counter() - t0) / 60
-    cfg = dataclasses.replace(cfg, extra={"train_minutes": round(minutes, 1), "train_device": args.device,
-                                          "train_threads": args.threads, "iters": args.iters, "seed": args.seed})
-    save_demo(args.out, cfg, dit, ae, styles)
+    extra = {**cfg.extra, "guide_minutes": round(minutes, 1), "guide_iters": args.guide_iters,
+             "train_device": args.device, "train_threads": args.threads, "seed": args.seed}
+    cfg = dataclasses.replace(cfg, extra=extra)
+    save_demo(args.out, cfg, loaded.dit, ae, styles)
+    guide.save(args.out / "guide")
     print(f"saved {args.out} after {minutes:.1f} min")
     if not ns.no_eval:
         from .evaluate import evaluate_folder

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .guided import GuidedDecoder
 
 
 class StreamingVAE(abc.ABC):
@@ -148,33 +151,47 @@ class TinyAutoencoder(nn.Module):
 
 
 class DemoVAE(StreamingVAE):
-    """:class:`TinyAutoencoder` behind the streaming interface: one video frame per latent frame."""
+    """:class:`TinyAutoencoder` behind the streaming interface: one video frame per latent frame.
+
+    With a ``guide`` (:class:`~.guided.GuidedDecoder`) the decoder also reads the camera frame each
+    latent frame came from: the per-session state is the queue of encoded frames not yet decoded
+    (blocks are decoded in the order they were encoded, possibly a few steps later)."""
 
     temporal_factor = 1
 
-    def __init__(self, model: TinyAutoencoder) -> None:
+    def __init__(self, model: TinyAutoencoder, guide: GuidedDecoder | None = None) -> None:
         self.model = model.eval()
+        self.guide = guide.eval() if guide is not None else None
         self.latent_channels = model.latent_channels
         self.spatial_factor = model.factor
 
-    def new_state(self) -> None:
-        return None
+    def new_state(self) -> deque[torch.Tensor] | None:
+        return deque() if self.guide is not None else None
 
     def frames_needed(self, state: Any) -> int:
         return 1
 
     @torch.inference_mode()
     def encode(self, frames: list[torch.Tensor], states: list[Any]) -> torch.Tensor:
-        x = torch.stack([f[:, -1] for f in frames])  # [N, 3, H, W]
         p = next(self.model.parameters())
-        return self.model.encode(x.to(p.device, p.dtype))[:, :, None]  # [N, C, 1, h, w]
+        x = torch.stack([f[:, -1] for f in frames]).to(p.device, p.dtype)  # [N, 3, H, W]
+        if self.guide is not None:
+            for frame, st in zip(x.unbind(0), states, strict=True):
+                st.append(frame)  # [3, H, W], decoded with the block it makes
+        return self.model.encode(x)[:, :, None]  # [N, C, 1, h, w]
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, states: list[Any]) -> list[torch.Tensor]:
         p = next(self.model.parameters())
-        x = self.model.decode(latents[:, :, 0].to(p.device, p.dtype)).clamp(-1, 1)  # [N, 3, H, W]
+        z = latents[:, :, 0].to(p.device, p.dtype)  # [N, C, h, w]
+        if self.guide is not None:
+            guides = torch.stack([st.popleft() for st in states])  # [N, 3, H, W]
+            x = self.guide(z, guides).clamp(-1, 1)
+        else:
+            x = self.model.decode(z).clamp(-1, 1)  # [N, 3, H, W]
         return list(x[:, :, None].unbind(0))
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        mods = [self.model] + ([self.guide] if self.guide is not None else [])
+        return sum(t.numel() * t.element_size() for m in mods for t in m.state_dict().values())

