@@ -88,8 +88,10 @@ class DeviceEngines:
         self._of: dict[str, int] = {}
         self._count = [0] * len(self.engines)
         self.draining: set[int] = set()
-        for name in self.names:
+        for name in self.names:  # zero-valued series from the first scrape
             self.metrics.sessions.labels(name).set(0)
+            self.metrics.steps.labels(name)
+            self.metrics.busy.labels(name)
 
     def __len__(self) -> int:
         return len(self.engines)

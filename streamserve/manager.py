@@ -83,7 +83,7 @@ class SessionManager:
         if isinstance(scheduler, SloScheduler):
             gate = SloGate(engine, scheduler, self.metrics)
             if not any(self.gates):  # the scheduler figures in /metrics are the first device's
-                self.metrics.watch_scheduler(scheduler)
+                self.metrics.watch_scheduler(scheduler, registry.available())
         self.gates.append(gate)
         return engine
 

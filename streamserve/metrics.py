@@ -13,6 +13,8 @@ from streamserve.core.frames import MediaKind
 from streamserve.schedulers import SloScheduler
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+ADMITTED_HOW = ("none", "degraded", "preempted")  # schedulers.admission.Decision.limit when admitted
+REFUSAL_LIMITS = ("utilization", "latency", "voice_slack")  # ... when refused
 
 SOURCES = ("webrtc", "whip", "websocket")  # `source` of SessionFactory.open, one per transport
 DROP_REASONS = ("inbox", "expired")  # Session.count_dropped reasons
@@ -73,6 +75,13 @@ class Metrics:
             for family in (self.deadline_misses, self.latency, self.step_latency, self.batch_size,
                            self.active_sessions, self.session_errors):
                 family.labels(name)
+            for kind in MediaKind:
+                self.frames_on_time.labels(name, str(kind))
+                self.goodput.labels(name, str(kind))
+            for how in ADMITTED_HOW:
+                self.admissions.labels(name, how)
+            for limit in REFUSAL_LIMITS:
+                self.admission_refusals.labels(name, limit)
 
     # SessionObserver
     def media_in(self, pipeline: str, kind: MediaKind) -> None:
@@ -101,9 +110,10 @@ class Metrics:
         self.step_latency.labels(pipeline).observe(seconds)
         self.batch_size.labels(pipeline).observe(batch_size)
 
-    def watch_scheduler(self, scheduler: SloScheduler) -> None:
-        """Report the SLO scheduler's own figures (read when /metrics is scraped)."""
-        self.registry.register(SchedulerCollector(scheduler))
+    def watch_scheduler(self, scheduler: SloScheduler, pipelines: Iterable[str] = ()) -> None:
+        """Report the SLO scheduler's own figures (read when /metrics is scraped), at zero for
+        `pipelines` until they have some."""
+        self.registry.register(SchedulerCollector(scheduler, pipelines))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -113,19 +123,24 @@ class Metrics:
 class SchedulerCollector(Collector):
     """Tier changes, cost-model error, queueing delay vs compute, units late, predicted utilization."""
 
-    def __init__(self, scheduler: SloScheduler) -> None:
+    def __init__(self, scheduler: SloScheduler, pipelines: Iterable[str] = ()) -> None:
         self._scheduler = scheduler
+        self._pipelines = tuple(pipelines)  # series at zero for these until they have figures
+
+    def _per_pipeline(self, values: dict[str, float]) -> dict[str, float]:
+        return {**dict.fromkeys(self._pipelines, 0.0), **values}
 
     def collect(self) -> Iterator[Metric]:
         snap = self._scheduler.stats.snapshot()  # copies; the engine thread may add a key meanwhile
         tiers = CounterMetricFamily("streamserve_tier_changes", "Session tier changes by the degradation "
                                     "policy", labels=["pipeline", "direction"])
-        for (pipeline, direction), n in snap["tier_changes"].items():
+        changes = {**{(p, d): 0 for p in self._pipelines for d in ("down", "up")}, **snap["tier_changes"]}
+        for (pipeline, direction), n in changes.items():
             tiers.add_metric([pipeline, direction], n)
         yield tiers
         err = GaugeMetricFamily("streamserve_cost_model_error", "Mean absolute relative error of the cost "
                                 "model's step-time predictions (running)", labels=["pipeline"])
-        for pipeline, e in snap["cost_error"].items():
+        for pipeline, e in self._per_pipeline(snap["cost_error"]).items():
             err.add_metric([pipeline], e)
         yield err
         for name, key, doc in (
@@ -136,7 +151,7 @@ class SchedulerCollector(Collector):
             ("streamserve_units_expired", "expired", "Units dropped because they could no longer make it"),
         ):
             fam = CounterMetricFamily(name, doc, labels=["pipeline"])
-            for pipeline, v in snap[key].items():
+            for pipeline, v in self._per_pipeline(snap[key]).items():
                 fam.add_metric([pipeline], v)
             yield fam
         util = GaugeMetricFamily("streamserve_predicted_utilization", "The cost model's predicted busy "

@@ -10,9 +10,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+import torch
 import uvicorn
 
 from streamserve.core.config import ServerConfig
+
+# The Triton kernels read TRITON_INTERPRET when they are decorated, that is when streamserve.kernels is
+# first imported, which any test module may do at collection (through the server or a pipeline). Without
+# CUDA they run under the interpreter, so it is set here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 class LiveServer:

@@ -105,9 +105,11 @@ def server_messages() -> dict[str, dict[str, Any]]:
             }},
         }, ("version", "server", "capabilities")),
         "started": _control("started", "the session runs", {
-            "session_id": {"type": "string"}, "pipeline": {"type": "string"}, "params": _PARAMS,
-            "output": _OUTPUT,
-        }, ("session_id", "pipeline", "params", "output")),
+            "session_id": {"type": "string"},
+            "session_secret": {"type": "string", "description": "this session's own credential for "
+                               "GET|PATCH|DELETE /v1/sessions/{id}; sent only here (docs/security.md)"},
+            "pipeline": {"type": "string"}, "params": _PARAMS, "output": _OUTPUT,
+        }, ("session_id", "session_secret", "pipeline", "params", "output")),
         "updated": _control("updated", "the full parameters after an update", {"params": _PARAMS}, ("params",)),
         "stats": _control("stats", "session and connection counters", {
             "session": {"type": "object", "properties": {
@@ -133,6 +135,10 @@ def server_messages() -> dict[str, dict[str, Any]]:
             "reason": {"type": "string"}, "session_id": {"type": "string"},
             "stats": {"type": "object", "description": "the session's final stats (when a session ran)"},
         }, ("reason",)),
+        "event": _control("event", "a pipeline's control event, in order (the voice pipeline: transcripts, "
+                          "thinking, per-turn latency, barge-in; docs/voice.md); clients ignore unknown ones", {
+            "event": {"type": "string"},
+        }, ("event",)),
         "error": _control("error", "a typed error; after a fatal one the server closes", {
             "code": {"enum": sorted(ERROR_CODES)}, "message": {"type": "string"}, "fatal": {"type": "boolean"},
             "field": {"type": "string"}, "available": {"type": "array", "items": {"type": "string"}},
