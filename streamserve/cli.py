@@ -85,9 +85,11 @@ def _turn(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return username, credential
 
 
-def _voice_options(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    """The voice pipeline's model options (docs/voice.md), as ServerConfig.pipeline_options."""
-    names = ("llm_url", "llm_model", "llm_api_key", "asr_model", "tts")
+def _pipeline_options(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """Model options as ServerConfig.pipeline_options (each goes to the pipelines whose constructor takes
+    it): the voice pipeline's (docs/voice.md) and the video pipeline's checkpoint options (docs/video.md)."""
+    names = ("llm_url", "llm_model", "llm_api_key", "asr_model", "tts", "causal_weights", "checkpoint_key",
+             "preset")
     return tuple((n, getattr(args, n)) for n in names if getattr(args, n, None))
 
 
@@ -112,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             session=session, viewer_tokens=_viewer_tokens(args), limits=_limits(args),
             turn_username=turn_username, turn_credential=turn_credential,
             scheduler=args.scheduler, max_utilization=args.max_utilization,
-            pipeline_options=_voice_options(args),
+            pipeline_options=_pipeline_options(args),
             devices=_devices(args.devices),
             record_dir=args.record_dir, record_max_bytes=int(args.record_max_mb * 1024 * 1024),
         )
@@ -144,6 +146,8 @@ def _serve(args: argparse.Namespace) -> int:
                          f"available: {', '.join(registry.available())}")
     if config.model is not None and not Path(config.model).exists():
         raise SystemExit(f"streamserve serve: --model {config.model} does not exist")
+    if args.causal_weights and not Path(args.causal_weights).is_file():
+        raise SystemExit(f"streamserve serve: --causal-weights {args.causal_weights} is not a file")
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_log_filter()
@@ -213,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "cpu,cpu); new sessions go to the device with the most headroom")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--model", default=None, help="model folder for pipelines that load checkpoints")
+    serve.add_argument("--causal-weights", default=None, metavar="PT",
+                       help="CausVid / StreamDiffusionV2 .pt for the --model Wan folder; selects the "
+                       "streamdiffusionv2 stream preset (docs/video.md)")
+    serve.add_argument("--checkpoint-key", default=None, choices=["generator", "generator_ema"],
+                       help="which state dict of --causal-weights to load (default generator)")
+    serve.add_argument("--preset", default=None, choices=["streamserve", "streamdiffusionv2"],
+                       help="video stream rules, overriding the one the weights select")
     serve.add_argument("--token", action="append", help="operator/ingest (admin) bearer token, repeatable; "
                        "also STREAMSERVE_TOKENS=a,b. When set, opening a session needs one "
                        "(docs/security.md)")

@@ -122,6 +122,26 @@ def test_wan_folder_through_the_cli_path(tiny_wan_dir: Path) -> None:
     assert pipe.session_stats("s")["blocks_out"] == 3
 
 
+def test_causal_weights_through_the_cli_path(tmp_path: Path, tiny_wan_dir: Path) -> None:
+    """`serve --model DIR --causal-weights PT --checkpoint-key generator_ema`: the options reach the
+    video pipeline, which loads that state dict and runs the StreamDiffusionV2 preset."""
+    from streamserve.cli import build_parser, config_from_args
+    from streamserve.manager import SessionManager
+
+    torch.manual_seed(7)
+    src = _tiny()
+    weights = tmp_path / "causal.pt"
+    torch.save({"generator": {}, "generator_ema": {"model." + to_original(k): v for k, v in src.state_dict().items()}},
+               weights)
+    args = build_parser().parse_args(["serve", "--pipeline", "video", "--model", str(tiny_wan_dir),
+                                      "--causal-weights", str(weights), "--checkpoint-key", "generator_ema"])
+    config = config_from_args(args)
+    assert dict(config.pipeline_options) == {"causal_weights": str(weights), "checkpoint_key": "generator_ema"}
+    pipe = SessionManager(config)._create_pipeline("video")
+    assert isinstance(pipe, VideoDiffusionPipeline) and pipe.rules.cache_per_step  # the SDV2 preset
+    torch.testing.assert_close(pipe.dit.transformer.blocks[1].ffn.net[2].weight, src.blocks[1].ffn.net[2].weight)
+
+
 def test_wan_folder_loads_causal_weights_from_the_folder(tmp_path: Path, tiny_wan_dir: Path) -> None:
     folder = tmp_path / "wan"
     shutil.copytree(tiny_wan_dir, folder)
