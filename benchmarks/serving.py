@@ -31,8 +31,6 @@ import json
 import math
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -40,6 +38,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from streamserve.serverproc import free_port, server_process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUDGET_S = 0.25
@@ -122,42 +122,19 @@ def _admit_all(admission: Any, sid: str, spec: Any) -> Any:
     return Decision(True, ladder(spec)[0], "none", "admission off (benchmark)", admission.load().utilization)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_server(gpu: bool, scheduler: str = "slo", max_batch: int = 8, no_admission: bool = False,
                    inbox_size: int = 2, blocking_joins: bool = False, sleep_ms: str = "") -> Iterator[str]:
     port = free_port()
-    cmd = [sys.executable, os.path.abspath(__file__), "--serve", "--port", str(port), "--scheduler", scheduler,
+    cmd = [os.path.abspath(__file__), "--serve", "--port", str(port), "--scheduler", scheduler,
            "--max-batch", str(max_batch), "--inbox-size", str(inbox_size)]
     cmd += ["--gpu"] * gpu + ["--no-admission"] * no_admission + ["--blocking-joins"] * blocking_joins
     cmd += ["--sleep-ms", sleep_ms] if sleep_ms else []
-    proc = subprocess.Popen(cmd)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.3)
+    with server_process(cmd, port, timeout_s=300) as url:
         if scheduler == "slo":  # wait for the warm-up profile (it runs before any session opens)
             while not get_json(f"{url}/v1/capacity").get("profile", {}).get("video"):
                 time.sleep(0.3)
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def get_json(url: str) -> dict[str, Any]:

@@ -26,14 +26,14 @@ import dataclasses
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+
+from streamserve.serverproc import free_port, server_process
 
 SERVERS = ("streamserve", "streamserve-stock-jb", "echo")
 
@@ -180,35 +180,13 @@ async def measure(server: str, base_url: str, size: int, fps: float, warmup_s: f
 
 # --- orchestration ---------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running(kind: str) -> Iterator[str]:
     """Start one server in a subprocess; yields its base URL once /healthz answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port)])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the {kind} server did not start") from None
-                time.sleep(0.2)
+    args = [os.path.abspath(__file__), "--serve", kind, "--port", str(port)]
+    with server_process(args, port, timeout_s=60, poll_s=0.2, name=f"the {kind} server") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def machine() -> str:

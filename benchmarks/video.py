@@ -29,8 +29,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -38,6 +36,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from streamserve.serverproc import free_port, server_process
 
 SDV2_FPS = {1: 26.2, 2: 24.0, 3: 21.5, 4: 19.4}  # StreamDiffusionV2, Wan2.1-1.3B, 512x512, one H100
 SDV2_TTFF_S = 0.37
@@ -87,34 +87,11 @@ def serve(port: int) -> None:
     uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_level="warning")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_server() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", "--port", str(port)])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.3)
+    with server_process([os.path.abspath(__file__), "--serve", "--port", str(port)], port, timeout_s=120) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def http_json(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

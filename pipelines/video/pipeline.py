@@ -11,7 +11,8 @@ One call of :meth:`VideoDiffusionPipeline.step` takes at most one camera frame p
 4. decodes finished blocks and returns them with the timing (pts, arrival, deadline) of the frames
    they answer.
 
-Everything runs on the engine thread; per-session state lives in :class:`~.session.SessionState`.
+Everything runs on the engine thread; per-session state lives in :class:`~.session.SessionState`, opened
+and released (with its KV-pool slots) by :class:`~.session_cache.SessionCache`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .presets import StreamRules, make_rules
 from .resize import fit_frame, to_rgb
 from .sampler import Schedule, SigmaTable, add_noise, predict_x0
 from .session import PromptBlend, SessionState, Work
+from .session_cache import SessionCache
 from .stream_attention import AttendFn, StreamAttention, dense_attend
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def set_cpu_threads(device: str, threads: int | None) -> None:
     torch.set_num_threads(n)
 
 
-class VideoDiffusionPipeline(Pipeline):
+class VideoDiffusionPipeline(SessionCache, Pipeline):
     """Causal streaming video diffusion. ``model``: a diffusers Wan2.1 T2V folder or a demo-format
     folder; ``None`` loads the embedded demo model (camera stylization, trained offline on CPU).
 
@@ -209,18 +211,6 @@ class VideoDiffusionPipeline(Pipeline):
             st.prompt.start(self.loaded.prompts.encode(self._prompt_for(new)), new.blend_frames)
             st.prompt.text = new.prompt_text()
 
-    def close_session(self, session_id: str) -> None:
-        st = self._sessions.pop(session_id, None)
-        if st is None:
-            return
-        pool = self._pools.get(st.pool_key)
-        if pool is not None:
-            for cid in st.caches:
-                if cid in pool:
-                    pool.release(cid)
-            if not pool.sessions:
-                del self._pools[st.pool_key]
-
     # ------------------------------------------------------------------ validation
 
     def _prompt_for(self, params: VideoParams) -> str:
@@ -251,49 +241,6 @@ class VideoDiffusionPipeline(Pipeline):
         from .sla import make_sla_attend
 
         return make_sla_attend(self.dit)
-
-    # ------------------------------------------------------------------ session state
-
-    def _new_state(self, session_id: str, params: VideoParams, prompt: PromptBlend | None = None) -> SessionState:
-        d = self.loaded.defaults
-        width, height = params.width or d.width, params.height or d.height
-        f = self.vae.spatial_factor
-        lh, lw = height // f, width // f
-        grid = self.dit.token_grid(lh, lw)
-        per_step = self.rules.cache_per_step and params.stream_batch
-        copies = params.num_steps if per_step else 1  # StreamDiffusionV2: one cache per denoising step
-        key = (lh, lw, 0 if per_step else params.extra_cache_blocks, copies)
-        pool = self._pool(key, grid)
-        caches: list[Any] = [(session_id, k) for k in range(copies)] if per_step else [session_id]
-        if caches[0] not in pool:
-            if pool.num_free < copies:
-                raise ValueError(f"the video pipeline holds at most {self.max_sessions} sessions at "
-                                 f"{width}x{height} with {params.num_steps} step(s); all are in use")
-            for cid in caches:
-                pool.view(cid)
-        if prompt is None:
-            prompt = PromptBlend(self.dit, self.loaded.prompts.encode(self._prompt_for(params)))
-            prompt.text = params.prompt_text()
-        gen = torch.Generator(device=self.dit.device).manual_seed(params.seed)
-        shape = (self.vae.latent_channels, 1, lh, lw)
-        noise = [torch.randn(shape, generator=gen, device=self.dit.device, dtype=self.dit.dtype)
-                 for _ in range(params.num_steps)]
-        return SessionState(session_id, params, width, height, (lh, lw), grid, key, self.vae.new_state(),
-                            prompt, gen, noise, caches=caches)
-
-    def _pool(self, key: tuple[int, int, int, int], grid: tuple[int, int]) -> KVPool:
-        """The pool of one resolution/lag; ``key[3]`` caches per session (one per step or one)."""
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = KVPool(
-                self.dit.num_layers, self.max_sessions * key[3], self.num_sinks, self.window + key[2],
-                grid[0] * grid[1], self.dit.heads, self.dit.head_dim, dtype=self.dit.dtype, device=self.dit.device,
-                position_policy=self.position_policy,  # type: ignore[arg-type]
-                refresh_every=self.loaded.defaults.refresh_every, restart_at=self.rules.restart_at,
-                sink_refresh_threshold=self.rules.sink_refresh_threshold,
-            )
-            self._pools[key] = pool
-        return pool
 
     def schedule(self, st: SessionState) -> Schedule:
         p, d = st.params, self.loaded.defaults
@@ -491,28 +438,3 @@ class VideoDiffusionPipeline(Pipeline):
                 parts = [self.vae.decode(z[None], [st.vae_state])[0] for z in w.x.split(1, dim=1)]
                 videos[i] = torch.cat(parts, dim=1)
         return [videos[i] for i in range(len(group))]
-
-    # ------------------------------------------------------------------ introspection
-
-    def session_stats(self, session_id: str) -> dict[str, Any]:
-        """Live figures of one session (blocks, lag, noise level, motion, KV memory and positions)."""
-        st = self._sessions[session_id]
-        pool = self._pools[st.pool_key]
-        view = pool.view(st.caches[0])
-        return {
-            "blocks_in": st.next_block,
-            "blocks_out": st.blocks_done,
-            "lag_blocks": st.params.lag_blocks,
-            "sigma": st.last_sigma,
-            "motion": st.motion.motion,
-            "prompt_blend": st.prompt.alpha,
-            "kv_blocks": view.fill_blocks,
-            "kv_bytes_per_session": pool.bytes_per_session,
-            "kv_max_position": int(view.layer(0).block_positions().max()) if view.fill_blocks else 0,
-            "resolution": (st.width, st.height),
-        }
-
-    @property
-    def kv_bytes(self) -> int:
-        """All KV memory the pipeline holds (every pool)."""
-        return sum(p.total_bytes for p in self._pools.values())
