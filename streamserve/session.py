@@ -14,7 +14,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from streamserve.core.clock import SYSTEM_CLOCK, Clock
 from streamserve.core.config import SessionConfig
@@ -22,6 +22,7 @@ from streamserve.core.frames import Media, MediaKind
 from streamserve.core.params import parse_params
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LATENCY_WINDOW = 512  # outputs kept for the latency percentiles
 
@@ -128,12 +129,12 @@ class MediaInbox:
         return sum(len(q) for q in self._queues.values())
 
 
-class Subscription:
-    """One consumer of a session's output of one kind; bounded, the freshest units win (loop thread)."""
+class Feed(Generic[T]):
+    """One consumer's bounded queue of a session's outputs (loop thread): the freshest units win, the
+    end-of-stream marker (None) is never dropped and keeps answering None."""
 
-    def __init__(self, kind: MediaKind, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
-        self.kind = kind
-        self._items: collections.deque[Media | None] = collections.deque()
+    def __init__(self, maxsize: int, on_close: Callable[[Any], None]) -> None:
+        self._items: collections.deque[T | None] = collections.deque()
         self._maxsize = maxsize
         self._ready = asyncio.Event()
         self._on_close = on_close
@@ -144,16 +145,16 @@ class Subscription:
     def dropped(self) -> int:
         return self._dropped
 
-    def offer(self, media: Media | None) -> None:
+    def offer(self, item: T | None) -> None:
         if self._closed:
             return
-        if media is not None and len(self._items) >= self._maxsize:
+        if item is not None and len(self._items) >= self._maxsize:
             self._items.popleft()
             self._dropped += 1
-        self._items.append(media)
+        self._items.append(item)
         self._ready.set()
 
-    async def get(self) -> Media | None:
+    async def get(self) -> T | None:
         while not self._items:
             if self._closed:
                 return None
@@ -178,37 +179,16 @@ class Subscription:
             self._on_close(self)
 
 
-class EventSubscription:
+class Subscription(Feed[Media]):
+    """One consumer of a session's output of one kind."""
+
+    def __init__(self, kind: MediaKind, maxsize: int, on_close: Callable[[Subscription], None]) -> None:
+        super().__init__(maxsize, on_close)
+        self.kind = kind
+
+
+class EventSubscription(Feed[dict[str, Any]]):
     """A consumer of a session's control events (JSON-able dicts), in order; bounded, oldest dropped."""
-
-    def __init__(self, maxsize: int, on_close: Callable[[EventSubscription], None]) -> None:
-        self._items: collections.deque[dict[str, Any] | None] = collections.deque(maxlen=maxsize)
-        self._ready = asyncio.Event()
-        self._on_close = on_close
-        self._closed = False
-
-    def offer(self, event: dict[str, Any] | None) -> None:
-        if not self._closed:
-            self._items.append(event)
-            self._ready.set()
-
-    async def get(self) -> dict[str, Any] | None:
-        """The next event, or None once the session has ended."""
-        while not self._items:
-            if self._closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        item = self._items.popleft()
-        if item is None:
-            self._items.appendleft(None)
-        return item
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._ready.set()
-            self._on_close(self)
 
 
 class LatencyWindow:

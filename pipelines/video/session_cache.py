@@ -8,6 +8,7 @@ declared here; subclasses (the pipelined variant) override :meth:`SessionCache._
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -36,8 +37,9 @@ class SessionCache:
     _pools: dict[tuple[int, int, int, int], KVPool]
     _sessions: dict[str, SessionState]
 
+    @abc.abstractmethod
     def _prompt_for(self, params: VideoParams) -> str:
-        raise NotImplementedError  # the pipeline's: the text handed to the prompt encoder
+        """The text handed to the prompt encoder (the pipeline defines it)."""
 
     def _new_state(self, session_id: str, params: VideoParams, prompt: PromptBlend | None = None) -> SessionState:
         d = self.loaded.defaults
