@@ -172,8 +172,7 @@ class WhipTransport:
     # --- WHEP -----------------------------------------------------------------------------------
     async def whep_post(self, stream: str, request: Request) -> Response:
         try:
-            check_stream_name(stream)
-            auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
+            self._check_viewer(request, stream)
             offer = await read_offer(await read_sdp(request))
             peer, answer = await self.whep.accept(stream, offer)
         except StreamserveError as exc:
@@ -281,14 +280,19 @@ class WhipTransport:
             return response
         return Response(status_code=204, headers={**CORS_HEADERS, "Allow": RESOURCE_METHODS, "Accept-Patch": TRICKLE})
 
+    def _check_viewer(self, request: Request, stream: str | None = None) -> None:
+        """A valid stream name (400) and, with viewer tokens configured, one of them (401)."""
+        if stream is not None:
+            check_stream_name(stream)
+        auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
+
     async def not_allowed(self) -> Response:
         return Response(status_code=405, headers={**CORS_HEADERS, "Allow": RESOURCE_METHODS})
 
     # --- viewer page and stream control ---------------------------------------------------------
     async def view(self, stream: str, request: Request) -> Response:
         try:
-            check_stream_name(stream)
-            auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
+            self._check_viewer(request, stream)
         except StreamserveError as exc:
             return error_response(exc)
         return FileResponse(web_demo_dir() / "view.html", media_type="text/html",
@@ -302,7 +306,7 @@ class WhipTransport:
 
     async def stream_list(self, request: Request) -> Response:
         try:
-            auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
+            self._check_viewer(request)
         except StreamserveError as exc:
             return error_response(exc)
         streams = []
@@ -317,8 +321,7 @@ class WhipTransport:
 
     async def stream_get(self, stream: str, request: Request) -> Response:
         try:
-            check_stream_name(stream)
-            auth.require_view(auth.request_token(request.headers, request.query_params), self.config)
+            self._check_viewer(request, stream)
         except StreamserveError as exc:
             return error_response(exc)
         handle = self.sessions.by_stream(stream)
