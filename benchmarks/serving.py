@@ -347,13 +347,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def planner(profile: dict[str, Any], size: int, seconds: float) -> dict[str, Any]:
+def planner(profile: dict[str, Any], size: int, seconds: float, max_sessions: int = 6) -> dict[str, Any]:
+    """`streamserve plan` on a profile read from the server (its learned overhead included)."""
     from streamserve.planner import plan
     from streamserve.schedulers import CostModel, SessionSpec, WorkShape
 
     report = plan(CostModel.from_dict(profile), SessionSpec("video", WorkShape(size, size, 1), budget_s=BUDGET_S),
-                  duration=max(10.0, seconds), max_sessions=6)
+                  duration=max(20.0, 2 * seconds), max_sessions=max_sessions)
     return report.to_dict()
+
+
+def planner_check(args: argparse.Namespace) -> dict[str, Any]:
+    """Planner vs the real server for the demo model: one session calibrates (the server learns its
+    cost model and overhead), `streamserve plan` reads that profile from the server (`--from`), and
+    the sweep 1..N (admission off) is measured beside the prediction."""
+    from streamserve.planner import profile_from_server
+
+    size, secs = args.size, args.seconds
+    fixed = {"width": size, "height": size, "degrade": []}
+    res: dict[str, Any] = {"size": size, "seconds": secs, "machine": machine(args.gpu), "sweep": {}}
+    with running_server(args.gpu, no_admission=True) as url:
+        print("calibration: 1 session ...", flush=True)
+        res["calibration"] = measure(url, 1, size, secs, fixed)
+        res["profile"] = profile_from_server(url).to_dict()
+        res["overhead"] = get_json(f"{url}/v1/capacity").get("overhead", {})
+        for n in range(1, args.max_sweep + 1):
+            print(f"sweep: {n} session(s) ...", flush=True)
+            res["sweep"][n] = measure(url, n, size, secs, fixed)
+    res["load_end"] = os.getloadavg()[0]
+    res["plan"] = planner(res["profile"], size, secs, max_sessions=args.max_sweep)
+    res["measured_capacity"] = _capacity(res["sweep"])
+    return res
+
+
+def _capacity(sweep: dict[int, dict[str, Any]]) -> int:
+    cap = 0
+    for n, point in sorted(sweep.items()):
+        if point["goodput"] < 0.99:
+            break
+        cap = n
+    return cap
+
+
+def planner_table(res: dict[str, Any]) -> str:
+    plan, sweep, cap = res["plan"], res["sweep"], res["measured_capacity"]
+    planned = {p["sessions"]: p for p in plan["sweep"]}
+    over = res.get("overhead", {}).get("video", {})
+    p99_cap = sweep[cap]["server_p99_ms"] if cap else float("nan")
+    pl_cap = planned.get(plan["simulated_capacity"], {}).get("p99_ms", float("nan"))
+    lines = [f"Machine: {res['machine']} (load {res.get('load_end', float('nan')):.1f} at the end); demo video model "
+             f"{res['size']}x{res['size']}, 1 step; 30 fps RGB24 clients over WebSocket; {res['seconds']:g} s per point.",
+             "", "Learned by the server during the 1-session calibration (read by `streamserve plan --from URL`): "
+             + ", ".join(f"{part} mean {v['mean'] * (1 if part == 'jitter' else 1000):.2f}"
+                         f"{'x' if part == 'jitter' else ' ms'} / p99 {v['p99'] * (1 if part == 'jitter' else 1000):.2f}"
+                         f"{'x' if part == 'jitter' else ' ms'}" for part, v in over.items()), "",
+             "| capacity at 30 fps | planner | measured | ratio |", "|---|---|---|---|",
+             f"| sessions with >= 99% on time | {plan['simulated_capacity']} (admission: {plan['admission_capacity']}) "
+             f"| {cap} | |",
+             f"| p99 at capacity (server side) | {pl_cap:.0f} ms | {p99_cap:.0f} ms | "
+             f"{pl_cap / p99_cap if p99_cap else float('nan'):.2f} |", "",
+             "| sessions | measured goodput | planner goodput | measured p99, server | planner p99 | planner/measured p99 "
+             "| measured p99, client |", "|---|---|---|---|---|---|---|"]
+    for n, point in sorted(sweep.items()):
+        pl = planned.get(int(n), {})
+        ratio = pl.get("p99_ms", float("nan")) / point["server_p99_ms"] if point["server_p99_ms"] else float("nan")
+        lines.append(f"| {n} | {point['goodput']:.3f} | {pl.get('goodput', float('nan')):.3f} | "
+                     f"{point['server_p99_ms']:.0f} ms | {pl.get('p99_ms', float('nan')):.0f} ms | {ratio:.2f} | "
+                     f"{point['p99_ms']:.0f} ms |")
+    return "\n".join(lines)
 
 
 def machine(gpu: bool) -> str:
@@ -430,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep-ms", default="", help=argparse.SUPPRESS)
     parser.add_argument("--only-sleep", action="store_true",
                         help="only the planner check on a sleep-paced pipeline (fast, insensitive to CPU load)")
+    parser.add_argument("--only-planner", action="store_true",
+                        help="only the planner vs server check for the demo model (calibrate, plan --from, sweep)")
     args = parser.parse_args(argv)
     if args.serve:
         serve(args)
@@ -438,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_sleep:
         res = {"sleep_check": sleep_check(args.seconds)}
         print(sleep_table(res["sleep_check"]))
+    elif args.only_planner:
+        res = planner_check(args)
+        print(planner_table(res))
     else:
         res = run(args)
         print(table(res))

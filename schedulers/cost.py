@@ -22,8 +22,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from streamserve.schedulers.latency import LatencyModel
+from streamserve.schedulers.overhead import Overhead
 
 DEFAULT_UNKNOWN_S = 0.010  # the guess for a pipeline never measured (admission then learns quickly)
+OVERHEAD_KEY = "_overhead"  # the profile's entry for the learned non-compute latency (`Overhead`)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ class CostModel:
         self._error_alpha = error_alpha
         self._error: dict[str, float] = {}
         self._observations: dict[str, int] = {}
+        self.overhead = Overhead()  # the latency outside the step itself (schedulers/overhead.py)
 
     @staticmethod
     def _name(pipeline: str, shape: WorkShape) -> str:
@@ -121,6 +124,8 @@ class CostModel:
         self._observations[pipeline] = self._observations.get(pipeline, 0) + 1
         if predicted is None or seconds <= 0:
             return None
+        if predicted > 0 and "#" not in pipeline:  # chores ("video#open") are not steps
+            self.overhead.observe(pipeline, "jitter", seconds / predicted)
         err = abs(predicted - seconds) / seconds
         old = self._error.get(pipeline)
         self._error[pipeline] = err if old is None else old + self._error_alpha * (err - old)
@@ -164,19 +169,29 @@ class CostModel:
         return self._observations.get(pipeline, 0)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able profile: per pipeline, per shape, seconds by batch size."""
+        """A JSON-able profile: per pipeline, per shape, seconds by batch size as predicted now (the
+        speed factor applied), and under `_overhead` the learned non-compute latency."""
         snap = self._table.snapshot()
         out: dict[str, Any] = {}
         for pipeline, shapes in self._shapes.items():
-            out[pipeline] = [{"shape": s.to_dict(), "seconds": {str(n): t for n, t in
+            factor = self._factor.get(pipeline, 1.0)
+            out[pipeline] = [{"shape": s.to_dict(), "seconds": {str(n): t * factor for n, t in
                                                                  snap.get(self._name(pipeline, s), {}).items()}}
                              for s in shapes.values()]
+        overhead = self.overhead.to_dict()
+        if len(overhead) > 1:
+            out[OVERHEAD_KEY] = overhead
         return out
 
     @classmethod
     def from_dict(cls, profile: Mapping[str, Any]) -> CostModel:
         model = cls()
         for pipeline, entries in profile.items():
+            if pipeline == OVERHEAD_KEY:
+                if not isinstance(entries, Mapping):
+                    raise ValueError(f"bad cost profile: {OVERHEAD_KEY} must be an object, got {entries!r}")
+                model.overhead = Overhead.from_dict(entries)
+                continue
             for entry in entries:
                 try:
                     shape = WorkShape(**entry["shape"])

@@ -96,6 +96,8 @@ class SloScheduler:
         self._joins: collections.deque[Join] = collections.deque()
         self._retier: collections.deque[Chore] = collections.deque()
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
+        self._free_at = float("-inf")  # when the engine finished its last plan (the scheduler's clock)
+        self._held: dict[str, float] = {}  # pipeline -> until when its batch was last held
 
     # --- sessions -------------------------------------------------------------------------------
     def add(self, session_id: str, pipeline: str, inbox: InboxView, spec: SessionSpec | None = None,
@@ -112,6 +114,21 @@ class SloScheduler:
             live.reason = "admitted at a lower tier: the device was busy"
         self._live[session_id] = live
         self.policy.joined(session_id)
+
+    def respec(self, session_id: str, spec: SessionSpec, reason: str) -> None:
+        """A live session now asks for `spec` and runs at the level admission gave it (`Admission.change`),
+        its pipeline params already changed to match (engine thread)."""
+        live = self._live.get(session_id)
+        if live is None:
+            return
+        if spec.pipeline != live.spec.pipeline:
+            raise ValueError(f"spec is for pipeline {spec.pipeline!r}, not {live.spec.pipeline!r}")
+        old_level = live.applied
+        live.spec = spec
+        live.applied = self.admission.tier(session_id).level if session_id in self.admission else 0
+        live.reason = reason
+        if live.applied > old_level:  # a clamped change counts as a lowering: restores wait for the hold
+            self.policy.lowered(self._free_at)
 
     def remove(self, session_id: str) -> None:
         self._live.pop(session_id, None)
@@ -179,6 +196,7 @@ class SloScheduler:
             hold_until = self._hold_until(now, pipeline, group, video_cap) if hold else None
             if hold_until is not None:
                 wake_at = hold_until if wake_at is None else min(wake_at, hold_until)
+                self._held[pipeline] = hold_until
                 continue
             items = []
             for live, _ in group:
@@ -187,11 +205,22 @@ class SloScheduler:
                     live.last_taken = media.arrival
                     items.append(WorkItem(live.session_id, media))
             if items:
+                self._observe_pre(now, pipeline, items)
                 batches.append(Batch(pipeline, tuple(items)))
                 plan_cost += self.cost.batch_cost(pipeline, [self._shape(self._live[i.session_id]) for i in items])
         chores = self._chores(now, plan_cost)
         return StepPlan(now=now, batches=tuple(batches), expired=tuple(expired), skipped=tuple(skipped),
                         chores=tuple(chores), wake_at=wake_at)
+
+    def _observe_pre(self, now: float, pipeline: str, items: list[WorkItem]) -> None:
+        """The batch could have started at its first unit's arrival (its last one's when the batch
+        was held for it, at most the hold's end), or when the engine became free: any later is
+        overhead outside the scheduler (`schedulers/overhead.py`)."""
+        arrivals = [i.media.arrival for i in items]
+        held = self._held.pop(pipeline, None)
+        ready = min(max(arrivals), held) if held is not None else min(arrivals)
+        ready = max(ready, self._free_at)
+        self.cost.overhead.observe(pipeline, "pre", max(0.0, now - ready))
 
     def shape_of(self, session_id: str) -> WorkShape:
         """The work shape a session's units run at now (its applied tier)."""
@@ -334,6 +363,7 @@ class SloScheduler:
     # --- learning -------------------------------------------------------------------------------
     def update(self, plan: StepPlan, outputs: Sequence[StepOutput], elapsed: dict[str, float]) -> None:
         t = plan.now
+        ends: dict[str, float] = {}
         for batch in plan.batches:
             seconds = elapsed.get(batch.pipeline)
             if seconds is None:
@@ -345,6 +375,7 @@ class SloScheduler:
                 self.stats.cost_error[batch.pipeline] = self.cost.errors()[batch.pipeline]
             t += seconds
             for item in batch.items:
+                ends[item.session_id] = t
                 late = t > item.deadline
                 self._outcomes.append((t, late))
                 self.stats.unit_done(batch.pipeline, late, plan.now - item.media.arrival, seconds, batch.size)
@@ -355,6 +386,8 @@ class SloScheduler:
             self._outcomes.append((plan.now, True))
             self.stats.unit_expired(self._pipeline_of(item))
         t += sum(v for k, v in elapsed.items() if "#" in k)
+        self._free_at = t
+        _stamp_step_end(outputs, ends)
         horizon = t - self.policy.config.window_s
         while self._outcomes and self._outcomes[0][0] < horizon:
             self._outcomes.popleft()
@@ -373,3 +406,16 @@ class SloScheduler:
             live.reason = change.reason
         if change.direction == "down":
             self._outcomes.clear()  # judge the new tier on its own units
+
+
+def _stamp_step_end(outputs: Sequence[StepOutput], ends: dict[str, float]) -> None:
+    """Mark each output with its step's end (`meta["step_end"]`, the scheduler's clock) so that the
+    server can measure the step-end-to-session part of the latency (`post`)."""
+    for out in outputs:
+        end = ends.get(out.session_id)
+        if end is None:
+            continue
+        for media in out.media:
+            meta = getattr(media, "meta", None)
+            if isinstance(meta, dict):
+                meta["step_end"] = end

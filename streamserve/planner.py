@@ -5,6 +5,11 @@ Capacity is the most sessions for which >= 99% of frames meet their deadline (do
 planner reports it two ways: what admission predicts (the analytic load model) and what the
 simulated engine achieves when everyone is let in at the requested tier; and, at 150% of capacity
 with admission and degradation on, who is admitted, at what tier, and the goodput and p99 then.
+
+The cost model may come from a running server (`--from URL`: its `GET /v1/capacity` profile) or a
+saved profile; either carries the server's learned non-compute latency (`schedulers/overhead.py`:
+wake-up and event-loop delay before a step, step-time spread, step end to session), which the
+simulator samples so that its latencies are the server's, not only the device's.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import dataclasses
 import json
 import math
 import random
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ from streamserve.schedulers import (
     SloScheduler,
     WorkShape,
 )
+from streamserve.schedulers.overhead import Overhead
 from streamserve.schedulers.sim import SimResult, SimSession, simulate
 
 GOODPUT_TARGET = 0.99
@@ -52,6 +60,7 @@ class PlanReport:
     p99_at_capacity_ms: float
     sweep: list[SweepPoint]
     overload: dict[str, Any]
+    overhead: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # part -> mean/p99 (s)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,6 +72,11 @@ class PlanReport:
                  f"  capacity (>= 99% of frames on time): {self.simulated_capacity} session(s) simulated, "
                  f"{self.admission_capacity} admitted by the cost model",
                  f"  p99 latency at capacity: {self.p99_at_capacity_ms:.1f} ms",
+                 "  non-compute latency: " + (", ".join(
+                     f"{part} mean {v['mean'] * (1 if part == 'jitter' else 1000):.2f}"
+                     f"{'x' if part == 'jitter' else ' ms'} p99 {v['p99'] * (1 if part == 'jitter' else 1000):.2f}"
+                     f"{'x' if part == 'jitter' else ' ms'}" for part, v in self.overhead.items())
+                     or "not modelled (no server measurements in the profile)"),
                  "  sessions  goodput  p50 ms  p99 ms  on-time fps"]
         for p in self.sweep:
             lines.append(f"  {p.sessions:8d}  {p.goodput:7.3f}  {p.p50_ms:6.1f}  {p.p99_ms:6.1f}  {p.on_time_fps:11.1f}")
@@ -86,7 +100,13 @@ def _sessions(spec: SessionSpec, n: int, seed: int, stagger: float = 0.0) -> lis
 
 
 def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilization: float = 0.9,
-         duration: float = 20.0, max_sessions: int | None = None, seed: int = 0) -> PlanReport:
+         duration: float = 20.0, max_sessions: int | None = None, seed: int = 0,
+         overhead: Overhead | None = None) -> PlanReport:
+    """`overhead`: the non-compute latency to simulate (default: the one `cost` carries, learned by
+    the server it came from; none when it carries nothing)."""
+    overhead = cost.overhead if overhead is None else overhead
+    modelled = overhead.summary().get(spec.pipeline, {})
+
     def truth(pipeline: str, shapes: Any, now: float) -> float:
         return cost.batch_cost(pipeline, shapes)
 
@@ -98,7 +118,7 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
     results: dict[int, SimResult] = {}
     for n in range(1, limit + 1):
         r = simulate(_sessions(fixed, n, seed), truth, _scheduler(cost, max_batch, max_utilization), duration,
-                     warmup=min(2.0, duration / 4), admit_all=True)
+                     warmup=min(2.0, duration / 4), admit_all=True, overhead=overhead, seed=seed + n)
         results[n] = r
         sweep.append(SweepPoint(n, r.goodput(), 1000 * r.latency_percentile(50), 1000 * r.latency_percentile(99),
                                 r.on_time_fps()))
@@ -111,7 +131,7 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
     offered = max(2, math.ceil(1.5 * max(1, sim_cap)))
     sched = _scheduler(cost, max_batch, max_utilization)
     over = simulate(_sessions(spec, offered, seed + 1, stagger=0.25), truth, sched, duration,
-                    warmup=min(2.0, duration / 4) + 0.25 * offered)
+                    warmup=min(2.0, duration / 4) + 0.25 * offered, overhead=overhead, seed=seed)
     admitted = over.admitted
     refusals = sorted({s.reason for s in over.sessions if not s.admitted})
     tiers = [s.tiers[-1][1] if s.tiers else 0 for s in admitted]
@@ -122,7 +142,8 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
                 "goodput": over.goodput(), "p99_ms": 1000 * over.latency_percentile(99),
                 "on_time_fps": over.on_time_fps()}
     return PlanReport(spec.pipeline, dataclasses.asdict(spec.shape), spec.fps, 1000 * spec.budget_s, adm_cap,
-                      sim_cap, p99_cap, sweep, overload)
+                      sim_cap, p99_cap, sweep, overload,
+                      {part: {k: v[k] for k in ("mean", "p99")} for part, v in modelled.items()})
 
 
 def plot(report: PlanReport, path: Path) -> None:
@@ -187,11 +208,14 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=None, help="sweep up to this many sessions")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--profile", default=None, help="cost profile JSON (GET /v1/capacity's `profile`)")
+    src.add_argument("--from", dest="from_url", default=None, metavar="URL",
+                     help="read the learned cost profile from a running server (its GET /v1/capacity)")
     src.add_argument("--step-ms", default=None, help="a hypothetical device: 'A,B' = A + B x batch ms")
     parser.add_argument("--model", default=None, help="model folder (when profiling the real pipeline)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--png", default=None, help="write latency and goodput vs sessions here")
     parser.add_argument("--json", default=None, help="write the report as JSON here")
+    parser.add_argument("--save-profile", default=None, help="write the cost profile used (for --profile)")
 
 
 def main_plan(args: argparse.Namespace) -> int:
@@ -213,7 +237,12 @@ def main_plan(args: argparse.Namespace) -> int:
         path = Path(args.profile)
         if not path.is_file():
             raise SystemExit(f"streamserve plan: --profile {path} does not exist")
-        cost = CostModel.from_dict(json.loads(path.read_text()))
+        try:
+            cost = CostModel.from_dict(json.loads(path.read_text()))
+        except ValueError as exc:
+            raise SystemExit(f"streamserve plan: --profile {path}: {exc}") from None
+    elif args.from_url:
+        cost = profile_from_server(args.from_url)
     else:
         cost = measure(args.pipeline, spec, args.max_batch, args.model, args.device)
     report = plan(cost, spec, max_batch=args.max_batch, max_utilization=args.max_utilization,
@@ -224,4 +253,27 @@ def main_plan(args: argparse.Namespace) -> int:
         print(f"plot: {args.png}")
     if args.json:
         Path(args.json).write_text(json.dumps({**report.to_dict(), "profile": cost.to_dict()}, indent=1))
+    if args.save_profile:
+        Path(args.save_profile).write_text(json.dumps(cost.to_dict(), indent=1))
     return 0
+
+
+def profile_from_server(url: str, timeout_s: float = 10.0) -> CostModel:
+    """The cost model a running server learned (`GET {url}/v1/capacity`'s `profile`)."""
+    base = url.rstrip("/")
+    target = base if base.endswith("/v1/capacity") else f"{base}/v1/capacity"
+    if not target.startswith(("http://", "https://")):
+        raise SystemExit(f"streamserve plan: --from wants an http(s) URL, got {url!r}")
+    try:
+        with urllib.request.urlopen(target, timeout=timeout_s) as reply:
+            report = json.loads(reply.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SystemExit(f"streamserve plan: could not read {target}: {exc}") from None
+    profile = report.get("profile") if isinstance(report, dict) else None
+    if not profile:
+        raise SystemExit(f"streamserve plan: {target} has no cost profile (scheduler "
+                         f"{report.get('scheduler') if isinstance(report, dict) else '?'}; the slo scheduler has one)")
+    try:
+        return CostModel.from_dict(profile)
+    except ValueError as exc:
+        raise SystemExit(f"streamserve plan: {target}: {exc}") from None
