@@ -197,8 +197,8 @@ def measure(pipeline: str, spec: SessionSpec, max_batch: int, model: str | None,
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="video")
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=None, help="default 256, or the profile's shape")
+    parser.add_argument("--height", type=int, default=None, help="default 256, or the profile's shape")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps")
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second each client sends")
     parser.add_argument("--budget-ms", type=float, default=250.0, help="per-frame deadline after arrival")
@@ -220,8 +220,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_plan(args: argparse.Namespace) -> int:
     video = args.pipeline != "passthrough"
+    width, height = args.width or 256, args.height or 256
     try:
-        shape = WorkShape(args.width if video else 0, args.height if video else 0, args.steps)
+        shape = WorkShape(width if video else 0, height if video else 0, args.steps)
         spec = SessionSpec(args.pipeline, shape, fps=args.fps, budget_s=args.budget_ms / 1000)
         SessionConfig(latency_budget_s=args.budget_ms / 1000)
     except ValueError as exc:
@@ -245,6 +246,8 @@ def main_plan(args: argparse.Namespace) -> int:
         cost = profile_from_server(args.from_url)
     else:
         cost = measure(args.pipeline, spec, args.max_batch, args.model, args.device)
+    if (args.profile or args.from_url) and args.width is None and args.height is None:
+        spec = dataclasses.replace(spec, shape=_profiled_shape(cost, args.pipeline, spec.shape))
     report = plan(cost, spec, max_batch=args.max_batch, max_utilization=args.max_utilization,
                   duration=args.duration, max_sessions=args.max_sessions)
     print(report.text())
@@ -256,6 +259,16 @@ def main_plan(args: argparse.Namespace) -> int:
     if args.save_profile:
         Path(args.save_profile).write_text(json.dumps(cost.to_dict(), indent=1))
     return 0
+
+
+def _profiled_shape(cost: CostModel, pipeline: str, default: WorkShape) -> WorkShape:
+    """The shape a profile measured `pipeline` at (its server's default), when none was asked for."""
+    entries = cost.to_dict().get(pipeline)
+    if not entries:
+        raise SystemExit(f"streamserve plan: the profile has no pipeline {pipeline!r} "
+                         f"(it has: {', '.join(k for k in cost.to_dict() if not k.startswith('_')) or 'none'})")
+    return WorkShape(**entries[0]["shape"]) if default.steps == 1 else dataclasses.replace(
+        WorkShape(**entries[0]["shape"]), steps=default.steps)
 
 
 def profile_from_server(url: str, timeout_s: float = 10.0) -> CostModel:

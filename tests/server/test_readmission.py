@@ -152,3 +152,33 @@ async def test_a_raise_that_fits_only_lower_is_clamped_to_a_tier_the_client_sees
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.slow
+async def test_plan_reads_the_cost_model_a_running_server_learned(sleepy_server, capsys) -> None:  # type: ignore[no-untyped-def]
+    from streamserve.cli import main
+
+    a = ws_client(sleepy_server, FIXED)
+    await a.connect()
+    try:
+        sent, got = await stream(a, 3.0, FPS)  # ~30 steps: the server learns pre, post and jitter
+        assert got >= 0.9 * sent
+        async with httpx.AsyncClient(base_url=sleepy_server.url, timeout=20) as http:
+            capacity = (await http.get("/v1/capacity")).json()
+            metrics = (await http.get("/metrics")).text
+    finally:
+        await a.close()
+    overhead = capacity["overhead"]["sleepypass"]
+    assert set(overhead) == {"pre", "post", "jitter"} and overhead["jitter"]["samples"] >= 20
+    assert 0.8 < overhead["jitter"]["p50"] < 1.25  # the sleeps are what the profile measured
+    assert 'streamserve_latency_overhead_seconds{part="post",pipeline="sleepypass",stat="p99"}' in metrics
+    assert set(capacity["profile"]["_overhead"]["sleepypass"]) == {"pre", "post", "jitter"}
+    code = await asyncio.to_thread(main, ["plan", "--from", sleepy_server.url, "--pipeline", "sleepypass",
+                                          "--fps", "10", "--duration", "6", "--max-sessions", "5"])
+    text = capsys.readouterr().out
+    assert code == 0 and "non-compute latency: pre mean" in text
+    # 65 ms + 10 ms per extra session at 10 fps: U(n) = 0.55 + 0.1 n. Admission keeps 0.1 of headroom
+    # (3 sessions); the simulated engine keeps every deadline up to U(4) = 0.95, not at U(5) = 1.05.
+    assert "capacity (>= 99% of frames on time): 4 session(s) simulated, 3 admitted" in text, text
+    with pytest.raises(SystemExit, match="could not read"):
+        main(["plan", "--from", "http://127.0.0.1:9/", "--pipeline", "sleepypass"])
