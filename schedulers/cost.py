@@ -12,6 +12,8 @@ every step the engine measures (`observe`): a per-pipeline *speed factor* follow
 slower or faster (a noisy neighbour, thermal throttling) within a few steps, for every batch size
 and shape at once, while the tables learn the shape of the cost curve slowly, in the factor's units. Each observation first scores the prediction it replaces:
 `errors()` gives the running mean absolute relative error per pipeline, which /metrics reports.
+`overhead` (`schedulers/overhead.py`) learns the latency outside the step (wake-up and event-loop
+delay, step-time spread, step end to session); `to_dict` exports both, predictions as of now.
 """
 
 from __future__ import annotations
