@@ -417,6 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             break
         measured_cap = n
     res["measured_capacity"] = measured_cap
+    res["measured_capacity_server"] = _capacity(res["sweep"], "server_goodput")
     offered = max(2, math.ceil(1.5 * max(1, measured_cap)))
     res["p3_offered"] = offered
     with running_server(gpu, scheduler="fifo", inbox_size=64) as url:
@@ -473,6 +474,14 @@ def _capacity(sweep: dict[int, dict[str, Any]], key: str = "goodput") -> int:
     return cap
 
 
+def _overhead_text(over: dict[str, Any]) -> str:
+    def fmt(part: str, v: float) -> str:
+        return f"{v:.2f}x" if part == "jitter" else f"{v * 1000:.2f} ms"
+
+    return ", ".join(f"{part} mean {fmt(part, v['mean'])} / p99 {fmt(part, v['p99'])}" for part, v in over.items()) \
+        or "nothing (no overhead in the profile)"
+
+
 def planner_table(res: dict[str, Any]) -> str:
     plan, sweep, cap = res["plan"], res["sweep"], res["measured_capacity"]
     planned = {p["sessions"]: p for p in plan["sweep"]}
@@ -483,9 +492,7 @@ def planner_table(res: dict[str, Any]) -> str:
              f"{res['size']}x{res['size']}, 1 step; {res.get('fps', 30):g} fps RGB24 clients over WebSocket; "
              f"{res['seconds']:g} s per point.",
              "", "Learned by the server during the 1-session calibration (read by `streamserve plan --from URL`): "
-             + ", ".join(f"{part} mean {v['mean'] * (1 if part == 'jitter' else 1000):.2f}"
-                         f"{'x' if part == 'jitter' else ' ms'} / p99 {v['p99'] * (1 if part == 'jitter' else 1000):.2f}"
-                         f"{'x' if part == 'jitter' else ' ms'}" for part, v in over.items()), "",
+             + _overhead_text(over), "",
              f"| capacity at {res.get('fps', 30):g} fps | planner | measured | ratio |", "|---|---|---|---|",
              f"| sessions with >= 99% on time | {plan['simulated_capacity']} (admission: {plan['admission_capacity']}) "
              f"| {cap} server side ({res.get('measured_capacity_client', cap)} client side) | |",
@@ -545,19 +552,22 @@ def table(res: dict[str, Any]) -> str:
                      f"{j['live_server_missed']} | {j['live_p99_ms']:.0f} / {j['live_server_p99_ms']:.0f} ms |")
     plan = res["plan"]
     sweep = res["sweep"]
-    cap = res["measured_capacity"]
+    cap = res.get("measured_capacity_server", res["measured_capacity"])
     p99_cap = sweep[cap]["server_p99_ms"] if cap else float("nan")
-    lines += ["", "| capacity at 30 fps | planner | measured |", "|---|---|---|",
+    lines += ["", "Planner input: the cost model the server learned serving P1's one session (`plan --from URL`); "
+              "latency outside the step: " + _overhead_text(res.get("overhead", {}).get("video", {})), "",
+              "| capacity at 30 fps | planner | measured |", "|---|---|---|",
               f"| sessions with >= 99% on time | {plan['simulated_capacity']} (admission: "
-              f"{plan['admission_capacity']}) | {cap} |",
+              f"{plan['admission_capacity']}) | {cap} server side ({res['measured_capacity']} client side) |",
               f"| p99 at capacity (server side) | {plan['p99_at_capacity_ms']:.0f} ms | {p99_cap:.0f} ms |", "",
-              "| sessions (admission off) | measured goodput | planner goodput | measured p99, server | "
+              "| sessions (admission off) | measured goodput, server (client) | planner goodput | measured p99, server | "
               "planner p99 | measured p99, client |", "|---|---|---|---|---|---|"]
     planned = {p["sessions"]: p for p in plan["sweep"]}
     for n, point in sorted(sweep.items()):
         pl = planned.get(int(n), {})
-        lines.append(f"| {n} | {point['goodput']:.3f} | {pl.get('goodput', float('nan')):.3f} | "
-                     f"{point['server_p99_ms']:.0f} ms | {pl.get('p99_ms', float('nan')):.0f} ms | {point['p99_ms']:.0f} ms |")
+        lines.append(f"| {n} | {point.get('server_goodput', float('nan')):.3f} ({point['goodput']:.3f}) | "
+                     f"{pl.get('goodput', float('nan')):.3f} | {point['server_p99_ms']:.0f} ms | "
+                     f"{pl.get('p99_ms', float('nan')):.0f} ms | {point['p99_ms']:.0f} ms |")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ the cost model, what the engine must do per second to serve them all at their ti
   second the device computes; above `max_utilization` queues grow and deadlines slip.
 - **latency**: a video unit may wait for one round of every group's batch before its own runs:
   round + own batch <= the session's budget (voice, served first, is bounded by the voice slack).
+  Every batch also loses the delay the server learned before a batch starts (`pre`).
 - **voice slack**: video batches are cut so that a voice chunk never waits behind one longer than
   its slack (budget minus the voice work queued meanwhile, `voice_slack`); that smaller batch is
   what the utilization uses.
@@ -157,9 +158,12 @@ def _groups(items: list[tuple[SessionSpec, Tier]]) -> dict[tuple[str, WorkShape]
 
 
 def _chunked(cost: CostModel, pipeline: str, shape: WorkShape, n: int, cap: int) -> float:
+    """n sessions' batches of at most `cap`, each also losing the learned delay before its start
+    (`pre`, schedulers/overhead.py: zero until the server measured it)."""
     full, rest = divmod(n, cap)
     total = full * cost.cost(pipeline, shape, cap)
-    return total + (cost.cost(pipeline, shape, rest) if rest else 0.0)
+    batches = full + (1 if rest else 0)
+    return total + (cost.cost(pipeline, shape, rest) if rest else 0.0) + batches * cost.overhead.mean(pipeline, "pre")
 
 
 def _utilization(cost: CostModel, items: list[tuple[SessionSpec, Tier]], cap: int) -> float:

@@ -44,6 +44,7 @@ class Overhead:
         self._window = window
         self._samples: dict[tuple[str, str], collections.deque[float]] = {}
         self._loaded: dict[tuple[str, str], list[float]] = {}
+        self._sums: dict[tuple[str, str], float] = {}  # running sum of each window (a cheap mean)
         self._lock = threading.Lock()
 
     def observe(self, pipeline: str, part: str, value: float) -> None:
@@ -51,11 +52,14 @@ class Overhead:
             raise ValueError(f"part must be one of {PARTS}, got {part!r}")
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{part} must be a finite number >= 0, got {value}")
+        key = (pipeline, part)
         with self._lock:
-            window = self._samples.get((pipeline, part))
+            window = self._samples.get(key)
             if window is None:
-                window = self._samples[(pipeline, part)] = collections.deque(maxlen=self._window)
+                window = self._samples[key] = collections.deque(maxlen=self._window)
+            evicted = window[0] if len(window) == window.maxlen else 0.0
             window.append(value)
+            self._sums[key] = self._sums.get(key, 0.0) + value - evicted
 
     def count(self, pipeline: str, part: str) -> int:
         with self._lock:
@@ -83,9 +87,9 @@ class Overhead:
     def mean(self, pipeline: str, part: str) -> float:
         """The part's mean (from the quantiles when only a profile is loaded; neutral if unknown)."""
         with self._lock:
-            samples = list(self._samples.get((pipeline, part), ()))
-        if len(samples) >= MIN_SAMPLES:
-            return sum(samples) / len(samples)
+            n = len(self._samples.get((pipeline, part), ()))
+            if n >= MIN_SAMPLES:
+                return self._sums[(pipeline, part)] / n
         qs = self.quantiles(pipeline, part)
         if qs is None:
             return NEUTRAL[part]

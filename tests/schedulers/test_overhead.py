@@ -89,6 +89,6 @@ def test_planner_adds_the_learned_overhead_exactly() -> None:
     report = plan(cost, SessionSpec("video", S256), duration=8.0, max_sessions=5)
     assert report.sweep[0].p99_ms == pytest.approx(30.0) and report.sweep[0].goodput == 1.0
     assert report.overhead["pre"]["mean"] == pytest.approx(0.005)
-    assert report.simulated_capacity == 3
+    assert report.simulated_capacity == 3 and report.admission_capacity == 3  # admission counts `pre` too
     bare = plan(cost, SessionSpec("video", S256), duration=8.0, max_sessions=5, overhead=Overhead())
     assert bare.sweep[0].p99_ms == pytest.approx(15.0) and bare.simulated_capacity == 4
