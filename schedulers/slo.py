@@ -218,7 +218,7 @@ class SloScheduler:
         overhead outside the scheduler (`schedulers/overhead.py`)."""
         arrivals = [i.media.arrival for i in items]
         held = self._held.pop(pipeline, None)
-        ready = min(max(arrivals), held) if held is not None else min(arrivals)
+        ready = min(arrivals) if held is None else max(min(arrivals), min(max(arrivals), held))
         ready = max(ready, self._free_at)
         self.cost.overhead.observe(pipeline, "pre", max(0.0, now - ready))
 
