@@ -5,7 +5,9 @@
 1. **Tiers** the policy or admission moved since the last plan are applied: a tier that changes the
    work shape queues a re-tier chore (the pipeline's params change between batches).
 2. Each session offers its oldest unit. Video units that cannot finish by their deadline any more
-   are expired (dropped, counted); voice units only once their deadline has passed. A session on a lower frame-rate tier skips units to its rate
+   are expired (dropped, counted); voice units only once their deadline has passed. If that
+   prediction has stopped every step of a pipeline for `PROBE_AFTER_S`, one unit runs anyway (a
+   probe: the cost model learns only from steps, and may be stuck on a slow spell that ended). A session on a lower frame-rate tier skips units to its rate
    (`skipped`, counted as such): a deliberate, even decimation instead of random drops.
 3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`.
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
@@ -47,6 +49,7 @@ OnTier = Callable[[Tier], None]
 UNKNOWN_PIECE_S = 0.05  # a chore piece never measured is assumed this long (and runs alone)
 HOLD_ABOVE = 0.5  # hold batches open only above this fraction of max_utilization (unbatched load)
 DECIMATE_TOLERANCE = 0.9  # a unit is due on a 1/f tier if it arrived >= 0.9 periods after the last taken
+PROBE_AFTER_S = 0.5  # after this long without a step of a pipeline, units are no longer expired by prediction
 
 
 @dataclasses.dataclass
@@ -98,6 +101,7 @@ class SloScheduler:
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
         self._free_at = float("-inf")  # when the engine finished its last plan (the scheduler's clock)
         self._held: dict[str, float] = {}  # pipeline -> until when its batch was last held
+        self._last_step: dict[str, float] = {}  # pipeline -> when its last batch was planned
 
     # --- sessions -------------------------------------------------------------------------------
     def add(self, session_id: str, pipeline: str, inbox: InboxView, spec: SessionSpec | None = None,
@@ -205,6 +209,7 @@ class SloScheduler:
                     live.last_taken = media.arrival
                     items.append(WorkItem(live.session_id, media))
             if items:
+                self._last_step[pipeline] = now
                 self._observe_pre(now, pipeline, items)
                 batches.append(Batch(pipeline, tuple(items)))
                 plan_cost += self.cost.batch_cost(pipeline, [self._shape(self._live[i.session_id]) for i in items])
@@ -239,6 +244,11 @@ class SloScheduler:
         # Video that cannot finish by its deadline is dropped now; voice only once past it (as EDF
         # does): a voice pipeline aggregates chunks and may still use a late one.
         own = 0.0 if live.spec.lane == "voice" else self.cost.cost(live.spec.pipeline, self._shape(live), 1)
+        # A prediction that nothing can make it is only a prediction: if it has stopped every step of
+        # this pipeline for PROBE_AFTER_S, run one unit anyway, or the model could never learn that the
+        # device is fast again (a noisy neighbour gone) and the session would get nothing for ever.
+        if now - self._last_step.get(live.spec.pipeline, float("-inf")) >= PROBE_AFTER_S:
+            own = 0.0
         fps = self._fps(live)
         head = live.inbox.peek()
         while head is not None:

@@ -92,3 +92,17 @@ def test_planner_adds_the_learned_overhead_exactly() -> None:
     assert report.simulated_capacity == 3 and report.admission_capacity == 3  # admission counts `pre` too
     bare = plan(cost, SessionSpec("video", S256), duration=8.0, max_sessions=5, overhead=Overhead())
     assert bare.sweep[0].p99_ms == pytest.approx(15.0) and bare.simulated_capacity == 4
+
+
+def test_a_pessimistic_cost_model_probes_and_recovers() -> None:
+    # The model believes a step takes 400 ms (a slow spell that ended), longer than the 250 ms
+    # deadline: every unit looks hopeless. The device really takes 15 ms. A probe every 0.5 s
+    # lets it measure that, and the session is then served at its full rate.
+    from streamserve.schedulers.sim import SimSession, simulate
+
+    cost = CostModel(factor_alpha=0.5)
+    cost.seed("video", S256, {1: 0.400, 2: 0.600})
+    result = simulate([SimSession(SessionSpec("video", S256))], Affine(0.010, 0.005), scheduler(cost), 8.0,
+                      warmup=3.0, admit_all=True)
+    assert cost.predict("video", S256, 1) == pytest.approx(0.015, rel=0.2)
+    assert result.goodput() >= 0.99 and result.on_time_fps() == pytest.approx(30, rel=0.05)
