@@ -143,11 +143,32 @@ class CostModel:
             return None
         factor = self._factor.get(pipeline, 1.0)
         if shape.key in shapes:
-            base = self._table.predict(self._name(pipeline, shape), batch_size)
+            name = self._name(pipeline, shape)
+            sizes = self._table.sizes(name)
+            if len(sizes) == 1 and sizes[0] != batch_size:  # one size measured: borrow the curve's shape
+                curved = self._along_curve(pipeline, shape, sizes[0], batch_size)
+                if curved is not None:
+                    return curved * factor
+            base = self._table.predict(name, batch_size)
             return None if base is None else base * factor
         ref = min(shapes.values(), key=lambda s: abs(math.log(s.work / shape.work)))
         base = self._table.predict(self._name(pipeline, ref), batch_size)
         return None if base is None else base * factor * shape.work / ref.work
+
+    def _along_curve(self, pipeline: str, shape: WorkShape, measured: int, batch_size: int) -> float | None:
+        """A shape measured at one batch size only: scale that measurement along the batch curve of
+        the nearest shape measured at several (a 128x128 session after a 256x256 warm-up profile
+        batches like 256x256 does, not linearly)."""
+        others = [s for s in self._shapes[pipeline].values()
+                  if s.key != shape.key and len(self._table.sizes(self._name(pipeline, s))) >= 2]
+        if not others:
+            return None
+        ref = self._name(pipeline, min(others, key=lambda s: abs(math.log(s.work / shape.work))))
+        at_n, at_m = self._table.predict(ref, batch_size), self._table.predict(ref, measured)
+        own = self._table.predict(self._name(pipeline, shape), measured)
+        if at_n is None or not at_m or own is None:
+            return None
+        return own * at_n / at_m
 
     def cost(self, pipeline: str, shape: WorkShape, batch_size: int) -> float:
         """`predict`, with a default guess for a pipeline never measured."""
