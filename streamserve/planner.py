@@ -47,6 +47,7 @@ class SweepPoint:
     p50_ms: float
     p99_ms: float
     on_time_fps: float
+    p99_worst_session_ms: float = math.nan  # the largest per-session p99 (what a server's session stats show)
 
 
 @dataclasses.dataclass
@@ -94,16 +95,23 @@ def _scheduler(cost: CostModel, max_batch: int, max_utilization: float) -> SloSc
     return SloScheduler(truthful, admission, max_batch=max_batch, policy=DegradePolicy())
 
 
-def _sessions(spec: SessionSpec, n: int, seed: int, stagger: float = 0.0) -> list[SimSession]:
-    rnd = random.Random(seed)  # clients' frame clocks are not aligned
-    return [SimSession(spec, start=stagger * i, phase=rnd.random() / spec.fps) for i in range(n)]
+def _sessions(spec: SessionSpec, n: int, seed: int, stagger: float = 0.0,
+              phase_step: float | None = None) -> list[SimSession]:
+    """`n` clients; their frame clocks are not aligned (random phases), or, with `phase_step`, the
+    i-th starts i x `phase_step` seconds after the first on the same clock (a benchmark's clients)."""
+    rnd = random.Random(seed)
+    period = 1.0 / spec.fps
+    phases = [rnd.random() * period for _ in range(n)] if phase_step is None else \
+        [(i * phase_step) % period for i in range(n)]
+    return [SimSession(spec, start=stagger * i, phase=phases[i]) for i in range(n)]
 
 
 def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilization: float = 0.9,
          duration: float = 20.0, max_sessions: int | None = None, seed: int = 0,
-         overhead: Overhead | None = None) -> PlanReport:
+         overhead: Overhead | None = None, phase_step: float | None = None) -> PlanReport:
     """`overhead`: the non-compute latency to simulate (default: the one `cost` carries, learned by
-    the server it came from; none when it carries nothing)."""
+    the server it came from; none when it carries nothing). `phase_step`: the sweep's clients start
+    this many seconds apart on one frame clock (default: random phases)."""
     overhead = cost.overhead if overhead is None else overhead
     modelled = overhead.summary().get(spec.pipeline, {})
 
@@ -117,11 +125,12 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
     sweep: list[SweepPoint] = []
     results: dict[int, SimResult] = {}
     for n in range(1, limit + 1):
-        r = simulate(_sessions(fixed, n, seed), truth, _scheduler(cost, max_batch, max_utilization), duration,
+        r = simulate(_sessions(fixed, n, seed, phase_step=phase_step), truth, _scheduler(cost, max_batch, max_utilization), duration,
                      warmup=min(2.0, duration / 4), admit_all=True, overhead=overhead, seed=seed + n)
         results[n] = r
+        worst = max((_percentile(s.latencies, 99) for s in r.admitted if s.latencies), default=math.nan)
         sweep.append(SweepPoint(n, r.goodput(), 1000 * r.latency_percentile(50), 1000 * r.latency_percentile(99),
-                                r.on_time_fps()))
+                                r.on_time_fps(), 1000 * worst))
     sim_cap = 0
     for p in sweep:  # the largest n such that every count up to it meets the target
         if p.goodput < GOODPUT_TARGET:
@@ -144,6 +153,11 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
     return PlanReport(spec.pipeline, dataclasses.asdict(spec.shape), spec.fps, 1000 * spec.budget_s, adm_cap,
                       sim_cap, p99_cap, sweep, overload,
                       {part: {k: v[k] for k in ("mean", "p99")} for part, v in modelled.items()})
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def plot(report: PlanReport, path: Path) -> None:
