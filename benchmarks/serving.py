@@ -13,10 +13,16 @@ server runs in a subprocess (its own torch threads), the clients in this one.
 - **P3 overload** at 150% of capacity: a FIFO server that never drops (StreamDiffusionV2's demo
   policy; inbox 64 frames) vs ours: p99 ratio (goal >= 10x), ours <= deadline, every admitted session
   at its tier's frame rate, refused ones told why.
-- **joins**: 2 sessions stream at 10 fps while 5 more open, stall-free (ours) vs opened in one
-  blocking call: the live sessions' frames not delivered on time.
-- **planner**: `streamserve plan`'s capacity and p99 from the server's own cost profile, against
-  the capacity and p99 measured by adding sessions (admission off) until < 99% of frames are on time.
+- **joins**: 2 sessions stream at 10 fps while 5 more (5 fps, 128px) open, admission on, each
+  opening costing an extra 240 ms in 8 pieces (a real text encoder): stall-free (ours) vs opened in
+  one blocking call: the live sessions' frames not delivered on time.
+- **planner**: `streamserve plan` on the cost model (and the latency outside the step) the server
+  learned serving P1's one session, against the capacity and p99 measured by adding sessions
+  (admission off) until < 99% of frames are on time.
+
+Single checks (benchmarks/serving_checks.py): ``--only-planner`` (calibrate, ``plan --from``,
+sweep; ``--size``/``--fps``), ``--only-joins`` (demo model and a sleep-paced device),
+``--only-sleep`` (the planner on a sleep-paced device).
 
 ``--gpu``: the same on CUDA with a Wan2.1-1.3B-shaped model (random weights) at 512x512.
 Run ``python benchmarks/serving.py`` (or ``streamserve bench serving``); prints markdown.
@@ -27,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import math
 import os
@@ -75,35 +80,9 @@ def wan_pipeline_class() -> Any:
     return WanBench
 
 
-def sleep_pipeline_class(a_s: float, b_s: float) -> Any:
-    """`video` replaced by a passthrough that sleeps a + b x batch seconds per step: a device of known
-    speed that other processes' CPU load does not disturb (the planner's check on the real server)."""
-    from streamserve.pipelines.passthrough import PassthroughPipeline
-
-    class SleepPass(PassthroughPipeline):
-        name = "video"
-
-        def step(self, batch: Any) -> Any:
-            time.sleep(a_s + b_s * batch.size)
-            return super().step(batch)
-
-    return SleepPass
-
-
-def slow_open_class(base: Any, open_ms: float, pieces: int = 8) -> Any:
-    """`base` whose session opening also costs `open_ms`, in `pieces` equal steps (a stand-in for a
-    real text encoder run layer by layer on the device: the time passes without using the CPU)."""
-
-    class SlowOpen(base):  # type: ignore[misc, valid-type]
-        def open_pieces(self, session_id: str, params: Any) -> Any:
-            encoder = [("encoder", functools.partial(time.sleep, open_ms / 1000 / pieces))] * pieces
-            return [*encoder, *super().open_pieces(session_id, params)]
-
-    return SlowOpen
-
-
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
+    from serving_checks import sleep_pipeline_class, slow_open_class
 
     from streamserve.core.config import ServerConfig, SessionConfig
     from streamserve.pipelines import registry
@@ -301,81 +280,7 @@ def joins(url: str, size: int, seconds: float, live: int = 2, joining: int = 5, 
             "load": os.getloadavg()[0]}
 
 
-def joins_check(args: argparse.Namespace) -> dict[str, Any]:
-    """Stall-free vs blocking joins on the real server (admission on): the demo model with its own
-    opening, then with an opening made expensive (`--open-ms-check`, in 8 pieces), then the same
-    expensive opening on a sleep-paced device (20 ms + 5 ms x batch per step: other processes' CPU
-    load does not change its step time, so the comparison holds on a busy machine)."""
-    out: dict[str, Any] = {"machine": machine(args.gpu), "size": args.size, "seconds": args.seconds}
-    cases = [("model", 0.0, ""), ("model", args.open_ms_check, ""), ("sleep", args.open_ms_check, "20,5")]
-    for device, open_ms, sleep_ms in (c for c in cases if c[0] in args.joins_devices.split(",")):
-        for blocking in (False, True):
-            with running_server(args.gpu, blocking_joins=blocking, open_ms=open_ms, sleep_ms=sleep_ms) as url:
-                mode = "blocking" if blocking else "stall-free"
-                size, join_size = (args.size, 128) if device == "model" else (64, 64)
-                print(f"joins ({device}): 2 live at 10 fps {size}px + 5 joining at 5 fps {join_size}px, {mode}, "
-                      f"open +{open_ms:g} ms ...", flush=True)
-                out[f"{device}/{mode}/{open_ms:g}"] = joins(url, size, args.seconds, join_size=join_size,
-                                                            sized=device == "model")
-    return out
-
-
-def joins_table(res: dict[str, Any]) -> str:
-    lines = [f"Machine: {res['machine']}; 2 live sessions at 10 fps while 5 join at 5 fps (admission on; demo "
-             f"model: live {res['size']}px, joiners 128px; sleep device: 20 ms + 5 ms x batch, 64px), "
-             f"{res['seconds']:g} s window.", "",
-             "| device | opening | mode | joined | live frames missed (client) | missed (server) | "
-             "live p99 client / server | open pieces (learned, ms) | load |", "|---|---|---|---|---|---|---|---|---|"]
-    for key, r in res.items():
-        if key.count("/") != 2:
-            continue
-        device, mode, extra = key.split("/")
-        opening = "own" if extra == "0" else f"+ {extra} ms in 8 pieces"
-        pieces = ", ".join(f"{k.split('#')[1]} {v:.1f}" for k, v in sorted(r["open_pieces_ms"].items()))
-        lines.append(f"| {'demo model' if device == 'model' else 'sleep-paced'} | {opening} | {mode} | "
-                     f"{r['joined']} of 5 (live {r['live_admitted']} of 2) | {r['live_missed']} of {r['live_sent']} | "
-                     f"{r['live_server_missed']} | {r['live_p99_ms']:.0f} / {r['live_server_p99_ms']:.0f} ms | "
-                     f"{pieces} | {r['load']:.1f} |")
-    return "\n".join(lines)
-
-
 # --- the run ---------------------------------------------------------------------------------------
-
-def sleep_check(secs: float, sleep_ms: str = "10,5", max_n: int = 6) -> dict[str, Any]:
-    """Planner vs the real server on a pipeline that sleeps a known time per step (64x64 frames)."""
-    out: dict[str, Any] = {"sleep_ms": sleep_ms, "measured": {}}
-    with running_server(False, no_admission=True, sleep_ms=sleep_ms) as url:
-        out["profile"] = get_json(f"{url}/v1/capacity")["profile"]
-        for n in range(1, max_n + 1):
-            print(f"sleep-paced pipeline ({sleep_ms} ms): {n} session(s) ...", flush=True)
-            out["measured"][n] = measure(url, n, 64, secs, {"degrade": []})
-    from streamserve.planner import plan
-    from streamserve.schedulers import CostModel, SessionSpec
-
-    out["plan"] = plan(CostModel.from_dict(out["profile"]), SessionSpec("video", budget_s=BUDGET_S),
-                       duration=max(10.0, secs), max_sessions=max_n).to_dict()
-    return out
-
-
-def sleep_table(res: dict[str, Any]) -> str:
-    planned = {p["sessions"]: p for p in res["plan"]["sweep"]}
-    cap = 0
-    for n, point in sorted(res["measured"].items()):
-        if point["goodput"] < 0.99:
-            break
-        cap = n
-    lines = [f"Planner vs server, a pipeline sleeping {res['sleep_ms']} ms (a + b x batch) per step, 30 fps clients:",
-             "", f"capacity: planner {res['plan']['simulated_capacity']} (admission {res['plan']['admission_capacity']}), "
-             f"measured {cap}", "",
-             "| sessions | measured goodput | planner goodput | measured p99, server | planner p99 | "
-             "measured p99, client |", "|---|---|---|---|---|---|"]
-    for n, point in sorted(res["measured"].items()):
-        pl = planned.get(int(n), {})
-        lines.append(f"| {n} | {point['goodput']:.3f} | {pl.get('goodput', float('nan')):.3f} | "
-                     f"{point['server_p99_ms']:.0f} ms | {pl.get('p99_ms', float('nan')):.0f} ms | "
-                     f"{point['p99_ms']:.0f} ms |")
-    return "\n".join(lines)
-
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from streamserve.planner import profile_from_server
@@ -444,30 +349,6 @@ def planner(profile: dict[str, Any], size: int, seconds: float, max_sessions: in
     return report.to_dict()
 
 
-def planner_check(args: argparse.Namespace) -> dict[str, Any]:
-    """Planner vs the real server for the demo model: one session calibrates (the server learns its
-    cost model and overhead), `streamserve plan` reads that profile from the server (`--from`), and
-    the sweep 1..N (admission off) is measured beside the prediction."""
-    from streamserve.planner import profile_from_server
-
-    size, secs, fps = args.size, args.seconds, args.fps
-    fixed = {"width": size, "height": size, "degrade": [], "fps": fps}
-    res: dict[str, Any] = {"size": size, "seconds": secs, "fps": fps, "machine": machine(args.gpu), "sweep": {}}
-    with running_server(args.gpu, no_admission=True) as url:
-        print(f"calibration: 1 session at {fps:g} fps {size}px ...", flush=True)
-        res["calibration"] = measure(url, 1, size, secs, fixed, fps)
-        res["profile"] = profile_from_server(url).to_dict()
-        res["overhead"] = get_json(f"{url}/v1/capacity").get("overhead", {})
-        for n in range(1, args.max_sweep + 1):
-            print(f"sweep: {n} session(s) ...", flush=True)
-            res["sweep"][n] = measure(url, n, size, secs, fixed, fps)
-    res["load_end"] = os.getloadavg()[0]
-    res["plan"] = planner(res["profile"], size, secs, max_sessions=args.max_sweep, fps=fps)
-    res["measured_capacity"] = _capacity(res["sweep"], "server_goodput")
-    res["measured_capacity_client"] = _capacity(res["sweep"])
-    return res
-
-
 def _capacity(sweep: dict[int, dict[str, Any]], key: str = "goodput") -> int:
     cap = 0
     for n, point in sorted(sweep.items()):
@@ -483,38 +364,6 @@ def _overhead_text(over: dict[str, Any]) -> str:
 
     return ", ".join(f"{part} mean {fmt(part, v['mean'])} / p99 {fmt(part, v['p99'])}" for part, v in over.items()) \
         or "nothing (no overhead in the profile)"
-
-
-def planner_table(res: dict[str, Any]) -> str:
-    plan, sweep, cap = res["plan"], res["sweep"], res["measured_capacity"]
-    planned = {p["sessions"]: p for p in plan["sweep"]}
-    over = res.get("overhead", {}).get("video", {})
-    p99_cap = sweep[cap]["server_p99_ms"] if cap else float("nan")
-    # The server's figure is its sessions' worst p99 (session stats): compare the planner's worst session.
-    pl_cap = planned.get(cap, {}).get("p99_worst_session_ms", float("nan"))
-    lines = [f"Machine: {res['machine']} (load {res.get('load_end', float('nan')):.1f} at the end); demo video model "
-             f"{res['size']}x{res['size']}, 1 step; {res.get('fps', 30):g} fps RGB24 clients over WebSocket; "
-             f"{res['seconds']:g} s per point.",
-             "", "Learned by the server during the 1-session calibration (read by `streamserve plan --from URL`): "
-             + _overhead_text(over), "",
-             f"| capacity at {res.get('fps', 30):g} fps | planner | measured | ratio |", "|---|---|---|---|",
-             f"| sessions with >= 99% on time | {plan['simulated_capacity']} (admission: {plan['admission_capacity']}) "
-             f"| {cap} server side ({res.get('measured_capacity_client', cap)} client side) | |",
-             f"| p99 at the measured capacity ({cap} sessions, server side, worst session) | {pl_cap:.0f} ms | "
-             f"{p99_cap:.0f} ms | "
-             f"{pl_cap / p99_cap if p99_cap else float('nan'):.2f} |", "",
-             "| sessions | measured goodput, server (client) | planner goodput | measured p99, server (worst session) "
-             "| planner p99, worst session (all) | planner/measured p99 | measured p99, client (all) |",
-             "|---|---|---|---|---|---|---|"]
-    for n, point in sorted(sweep.items()):
-        pl = planned.get(int(n), {})
-        worst = pl.get("p99_worst_session_ms", float("nan"))
-        ratio = worst / point["server_p99_ms"] if point["server_p99_ms"] else float("nan")
-        lines.append(f"| {n} | {point.get('server_goodput', float('nan')):.3f} ({point['goodput']:.3f}) | "
-                     f"{pl.get('goodput', float('nan')):.3f} | {point['server_p99_ms']:.0f} ms | "
-                     f"{worst:.0f} ms ({pl.get('p99_ms', float('nan')):.0f} ms) | {ratio:.2f} | "
-                     f"{point['p99_ms']:.0f} ms |")
-    return "\n".join(lines)
 
 
 def machine(gpu: bool) -> str:
@@ -612,15 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         serve(args)
         return 0
     args.size = args.size or (512 if args.gpu else 256)
-    if args.only_sleep:
-        res = {"sleep_check": sleep_check(args.seconds)}
-        print(sleep_table(res["sleep_check"]))
-    elif args.only_joins:
-        res = joins_check(args)
-        print(joins_table(res))
-    elif args.only_planner:
-        res = planner_check(args)
-        print(planner_table(res))
+    if args.only_sleep or args.only_joins or args.only_planner:
+        import serving_checks as checks
+
+        which = "sleep" if args.only_sleep else "joins" if args.only_joins else "planner"
+        res = getattr(checks, f"{which}_check")(args)
+        print(getattr(checks, f"{which}_table")(res))
     else:
         res = run(args)
         print(table(res))
