@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from serving import (
-    BUDGET_S,
     _capacity,
     _overhead_text,
     get_json,
@@ -88,53 +87,22 @@ def joins_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def sleep_check(args: argparse.Namespace, sleep_ms: str = "10,5", max_n: int = 6) -> dict[str, Any]:
-    """Planner vs the real server on a pipeline that sleeps a known time per step (64x64 frames)."""
-    secs = args.seconds
-    out: dict[str, Any] = {"sleep_ms": sleep_ms, "measured": {}}
-    with running_server(False, no_admission=True, sleep_ms=sleep_ms) as url:
-        out["profile"] = get_json(f"{url}/v1/capacity")["profile"]
-        for n in range(1, max_n + 1):
-            print(f"sleep-paced pipeline ({sleep_ms} ms): {n} session(s) ...", flush=True)
-            out["measured"][n] = measure(url, n, 64, secs, {"degrade": []})
-    from streamserve.planner import plan
-    from streamserve.schedulers import CostModel, SessionSpec
-
-    out["plan"] = plan(CostModel.from_dict(out["profile"]), SessionSpec("video", budget_s=BUDGET_S),
-                       duration=max(10.0, secs), max_sessions=max_n).to_dict()
-    return out
-
-
-def sleep_table(res: dict[str, Any]) -> str:
-    planned = {p["sessions"]: p for p in res["plan"]["sweep"]}
-    cap = 0
-    for n, point in sorted(res["measured"].items()):
-        if point["goodput"] < 0.99:
-            break
-        cap = n
-    lines = [f"Planner vs server, a pipeline sleeping {res['sleep_ms']} ms (a + b x batch) per step, 30 fps clients:",
-             "", f"capacity: planner {res['plan']['simulated_capacity']} (admission {res['plan']['admission_capacity']}), "
-             f"measured {cap}", "",
-             "| sessions | measured goodput | planner goodput | measured p99, server | planner p99 | "
-             "measured p99, client |", "|---|---|---|---|---|---|"]
-    for n, point in sorted(res["measured"].items()):
-        pl = planned.get(int(n), {})
-        lines.append(f"| {n} | {point['goodput']:.3f} | {pl.get('goodput', float('nan')):.3f} | "
-                     f"{point['server_p99_ms']:.0f} ms | {pl.get('p99_ms', float('nan')):.0f} ms | "
-                     f"{point['p99_ms']:.0f} ms |")
-    return "\n".join(lines)
-
-
-def planner_check(args: argparse.Namespace) -> dict[str, Any]:
-    """Planner vs the real server for the demo model: one session calibrates (the server learns its
-    cost model and overhead), `streamserve plan` reads that profile from the server (`--from`), and
-    the sweep 1..N (admission off) is measured beside the prediction."""
+def planner_check(args: argparse.Namespace, sleep_ms: str = "") -> dict[str, Any]:
+    """Planner vs the real server for the demo model (or, with `sleep_ms`, a passthrough sleeping
+    a + b x batch ms per step, 64x64 frames): one session calibrates (the server learns its cost
+    model and overhead), `streamserve plan` reads that profile from the server (`--from`), and the
+    sweep 1..N (admission off) is measured beside the prediction."""
     from streamserve.planner import profile_from_server
 
-    size, secs, fps = args.size, args.seconds, args.fps
-    fixed = {"width": size, "height": size, "degrade": [], "fps": fps}
-    res: dict[str, Any] = {"size": size, "seconds": secs, "fps": fps, "machine": machine(args.gpu), "sweep": {}}
-    with running_server(args.gpu, no_admission=True) as url:
+    size, secs, fps = (args.size if not sleep_ms else 64), args.seconds, args.fps
+    fixed: dict[str, Any] = {"degrade": [], "fps": fps}
+    if not sleep_ms:
+        fixed.update(width=size, height=size)
+    device = f"a passthrough sleeping {sleep_ms} ms (a + b x batch) per step, {size}x{size}" if sleep_ms else \
+        f"demo video model {size}x{size}, 1 step"
+    res: dict[str, Any] = {"size": size, "seconds": secs, "fps": fps, "machine": machine(args.gpu), "sweep": {},
+                           "device": device}
+    with running_server(args.gpu and not sleep_ms, no_admission=True, sleep_ms=sleep_ms) as url:
         print(f"calibration: 1 session at {fps:g} fps {size}px ...", flush=True)
         res["calibration"] = measure(url, 1, size, secs, fixed, fps)
         res["profile"] = profile_from_server(url).to_dict()
@@ -143,7 +111,7 @@ def planner_check(args: argparse.Namespace) -> dict[str, Any]:
             print(f"sweep: {n} session(s) ...", flush=True)
             res["sweep"][n] = measure(url, n, size, secs, fixed, fps)
     res["load_end"] = os.getloadavg()[0]
-    res["plan"] = planner(res["profile"], size, secs, max_sessions=args.max_sweep, fps=fps)
+    res["plan"] = planner(res["profile"], 0 if sleep_ms else size, secs, max_sessions=args.max_sweep, fps=fps)
     res["measured_capacity"] = _capacity(res["sweep"], "server_goodput")
     res["measured_capacity_client"] = _capacity(res["sweep"])
     return res
@@ -156,8 +124,8 @@ def planner_table(res: dict[str, Any]) -> str:
     p99_cap = sweep[cap]["server_p99_ms"] if cap else float("nan")
     # The server's figure is its sessions' worst p99 (session stats): compare the planner's worst session.
     pl_cap = planned.get(cap, {}).get("p99_worst_session_ms", float("nan"))
-    lines = [f"Machine: {res['machine']} (load {res.get('load_end', float('nan')):.1f} at the end); demo video model "
-             f"{res['size']}x{res['size']}, 1 step; {res.get('fps', 30):g} fps RGB24 clients over WebSocket; "
+    lines = [f"Machine: {res['machine']} (load {res.get('load_end', float('nan')):.1f} at the end); "
+             f"{res.get('device', 'demo video model')}; {res.get('fps', 30):g} fps RGB24 clients over WebSocket; "
              f"{res['seconds']:g} s per point.",
              "", "Learned by the server during the 1-session calibration (read by `streamserve plan --from URL`): "
              + _overhead_text(over), "",
@@ -179,3 +147,12 @@ def planner_table(res: dict[str, Any]) -> str:
                      f"{worst:.0f} ms ({pl.get('p99_ms', float('nan')):.0f} ms) | {ratio:.2f} | "
                      f"{point['p99_ms']:.0f} ms |")
     return "\n".join(lines)
+
+
+def sleep_check(args: argparse.Namespace) -> dict[str, Any]:
+    """The planner check on a device of known speed (10 ms + 5 ms x batch of sleep per step)."""
+    return planner_check(args, sleep_ms="10,5")
+
+
+def sleep_table(res: dict[str, Any]) -> str:
+    return planner_table(res)
