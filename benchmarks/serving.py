@@ -49,7 +49,7 @@ from streamserve.serverproc import free_port, server_process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUDGET_S = 0.25
-STAGGER_S = 0.3  # clients of a measurement start this far apart (on the same frame clock)
+STAGGER_S = 0.3  # clients of a measurement start this far apart (each on its own frame clock)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -183,7 +183,7 @@ async def one_client(url: str, size: int, fps: float, seconds: float, start_dela
                 "limit": exc.details.get("limit")}
     frame = np.random.default_rng(1).integers(0, 255, (size, size, 3), np.uint8)
     latencies: list[float] = []
-    t0 = time.monotonic()
+    t0 = time.monotonic()  # the frame clock starts here, after connecting: its phase is this client's
     counted_from = t0 + warmup
 
     async def receive() -> None:
@@ -214,7 +214,7 @@ async def one_client(url: str, size: int, fps: float, seconds: float, start_dela
         await client.close()
     on_time = sum(1 for v in latencies if v <= BUDGET_S)
     slo = stats.get("slo") or {}
-    return {"admitted": True, "sent": sent, "received": len(latencies), "on_time": on_time,
+    return {"admitted": True, "started": t0, "sent": sent, "received": len(latencies), "on_time": on_time,
             "fps": len(latencies) / seconds, "on_time_fps": on_time / seconds, "latencies": latencies,
             "tier": slo.get("level"), "tier_fps": slo.get("fps"), "reason": slo.get("reason"),
             # frames the server delivered late or dropped within the window (not the transport)
@@ -232,6 +232,7 @@ async def clients(url: str, n: int, size: int, fps: float, seconds: float, stagg
     admitted = [r for r in results if r["admitted"]]
     lat = [v for r in admitted for v in r["latencies"]]
     return {"sessions": results, "admitted": len(admitted), "refused": n - len(admitted),
+            "starts": [r["started"] for r in admitted] if len(admitted) == n else None,
             "fps": sum(r["fps"] for r in admitted), "on_time_fps": sum(r["on_time_fps"] for r in admitted),
             "goodput": sum(r["on_time"] for r in admitted) / max(1, sum(r["sent"] for r in admitted)),
             # the server's own count (what the planner models): frames not late, expired or evicted there
@@ -333,18 +334,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with running_server(gpu) as url:
         print(f"P3: {offered} sessions, ours ...", flush=True)
         res["p3_ours"] = measure(url, offered, size, secs, {"width": size, "height": size})
-    res["plan"] = planner(profile, size, secs)
+    res["plan"] = planner(profile, size, secs, sweep=res["sweep"])
     return res
 
 
-def planner(profile: dict[str, Any], size: int, seconds: float, max_sessions: int = 6, fps: float = 30.0) -> dict[str, Any]:
+def planner(profile: dict[str, Any], size: int, seconds: float, max_sessions: int = 6, fps: float = 30.0,
+            sweep: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     """`streamserve plan` on a profile read from the server (its learned overhead included)."""
     from streamserve.planner import plan
     from streamserve.schedulers import CostModel, SessionSpec, WorkShape
 
     spec = SessionSpec("video", WorkShape(size, size, 1), fps=fps, budget_s=BUDGET_S)
-    # The sweep's clients start STAGGER_S apart on one frame clock: simulate that arrival pattern.
-    report = plan(CostModel.from_dict(profile), spec, phase_step=STAGGER_S,
+    # Simulate the measured clients' own frame phases (when each sent its first frame).
+    starts = {int(n): p["starts"] for n, p in (sweep or {}).items() if p.get("starts")}
+    report = plan(CostModel.from_dict(profile), spec, starts=starts,
                   duration=max(20.0, 2 * seconds), max_sessions=max_sessions)
     return report.to_dict()
 

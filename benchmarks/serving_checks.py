@@ -111,7 +111,8 @@ def planner_check(args: argparse.Namespace, sleep_ms: str = "") -> dict[str, Any
             print(f"sweep: {n} session(s) ...", flush=True)
             res["sweep"][n] = measure(url, n, size, secs, fixed, fps)
     res["load_end"] = os.getloadavg()[0]
-    res["plan"] = planner(res["profile"], 0 if sleep_ms else size, secs, max_sessions=args.max_sweep, fps=fps)
+    res["plan"] = planner(res["profile"], 0 if sleep_ms else size, secs, max_sessions=args.max_sweep, fps=fps,
+                          sweep=res["sweep"])
     res["measured_capacity"] = _capacity(res["sweep"], "server_goodput")
     res["measured_capacity_client"] = _capacity(res["sweep"])
     return res

@@ -47,6 +47,8 @@ class SloGate:
         self.metrics = metrics
         self._specs: dict[str, SessionSpec] = {}
         self._qos: dict[str, Qos] = {}
+        self._params: dict[str, Any] = {}  # the user's params as last applied (engine thread), before the
+        # session's own copy is updated on the loop: a re-tier chore in between must not undo them
         self._profiles: dict[str, concurrent.futures.Future[Any]] = {}
         self._default_specs: dict[str, SessionSpec] = {}
 
@@ -104,7 +106,7 @@ class SloGate:
                     done.set_exception(exc)
                     return
                 self.scheduler.add(session.id, name, session.inbox, spec,
-                                   on_tier=functools.partial(self.apply_tier, session))
+                                   on_tier=functools.partial(self.apply_tier, session, spec))
                 done.set_result(None)
 
             self.scheduler.submit(Join(session.id, name, collections.deque(pieces), finished,
@@ -126,15 +128,23 @@ class SloGate:
     def forget(self, session_id: str) -> None:
         self._specs.pop(session_id, None)
         self._qos.pop(session_id, None)
+        self._params.pop(session_id, None)
         self.admission.release(session_id)
 
-    def apply_tier(self, session: Session, tier: Tier) -> None:
-        """Engine thread (a re-tier chore): run the session at `tier`."""
-        spec = self._specs.get(session.id)
-        if spec is None:
-            return
-        self.engine.pipeline(session.pipeline).update_params(session.id, params_for_tier(session.params, spec, tier))
+    def apply_tier(self, session: Session, spec: SessionSpec, tier: Tier) -> None:
+        """Engine thread (a re-tier chore): run the session at `tier` (of its current spec: a live
+        change may have replaced the `spec` it was opened with)."""
+        spec = self._specs.get(session.id, spec)
+        params = self._params.get(session.id, session.params)
+        self.engine.pipeline(session.pipeline).update_params(session.id, params_for_tier(params, spec, tier))
         log.info("session %s now at %s", session.id, tier.describe())
+
+    def pipeline_params(self, session: Session, params: Any) -> Any:
+        """`params` kept at the session's current tier (what `update` applies when the work is unchanged)."""
+        spec = self._specs.get(session.id)
+        if spec is None or session.id not in self.admission:
+            return params
+        return params_for_tier(params, spec, self.admission.tier(session.id))
 
     async def update(self, session: Session, params: Any, changes: Mapping[str, Any] | None = None) -> None:
         """A live change from the user: new pipeline `params` and QoS `changes` (fps, priority, min_fps,
@@ -158,6 +168,7 @@ class SloGate:
             current = self.admission.tier(session.id)
             if spec == old:
                 pipe.update_params(session.id, params_for_tier(params, spec, current))
+                self._params[session.id] = params
                 return None
             decision = self.admission.change(session.id, spec)
             if not decision.admitted:
@@ -167,6 +178,7 @@ class SloGate:
             except BaseException:
                 self.admission.restore(session.id, old, current.level)
                 raise
+            self._params[session.id] = params
             self._specs[session.id] = spec
             self.scheduler.respec(session.id, spec, decision.reason)
             return decision

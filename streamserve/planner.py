@@ -21,6 +21,7 @@ import math
 import random
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +97,24 @@ def _scheduler(cost: CostModel, max_batch: int, max_utilization: float) -> SloSc
 
 
 def _sessions(spec: SessionSpec, n: int, seed: int, stagger: float = 0.0,
-              phase_step: float | None = None) -> list[SimSession]:
-    """`n` clients; their frame clocks are not aligned (random phases), or, with `phase_step`, the
-    i-th starts i x `phase_step` seconds after the first on the same clock (a benchmark's clients)."""
+              starts: Sequence[float] | None = None) -> list[SimSession]:
+    """`n` clients; their frame clocks are not aligned (random phases), or, with `starts`, they
+    send their first frames at those times (seconds, e.g. measured from a benchmark's clients)."""
     rnd = random.Random(seed)
     period = 1.0 / spec.fps
-    phases = [rnd.random() * period for _ in range(n)] if phase_step is None else \
-        [(i * phase_step) % period for i in range(n)]
+    if starts is not None and len(starts) != n:
+        raise ValueError(f"need {n} client start times, got {len(starts)}")
+    phases = [rnd.random() * period for _ in range(n)] if starts is None else \
+        [(t - min(starts)) % period for t in starts]
     return [SimSession(spec, start=stagger * i, phase=phases[i]) for i in range(n)]
 
 
 def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilization: float = 0.9,
          duration: float = 20.0, max_sessions: int | None = None, seed: int = 0,
-         overhead: Overhead | None = None, phase_step: float | None = None) -> PlanReport:
+         overhead: Overhead | None = None, starts: Mapping[int, Sequence[float]] | None = None) -> PlanReport:
     """`overhead`: the non-compute latency to simulate (default: the one `cost` carries, learned by
-    the server it came from; none when it carries nothing). `phase_step`: the sweep's clients start
-    this many seconds apart on one frame clock (default: random phases)."""
+    the server it came from; none when it carries nothing). `starts`: per session count of the
+    sweep, when its clients sent their first frames (the phases of a measured run; default random)."""
     overhead = cost.overhead if overhead is None else overhead
     modelled = overhead.summary().get(spec.pipeline, {})
 
@@ -125,7 +128,7 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
     sweep: list[SweepPoint] = []
     results: dict[int, SimResult] = {}
     for n in range(1, limit + 1):
-        r = simulate(_sessions(fixed, n, seed, phase_step=phase_step), truth, _scheduler(cost, max_batch, max_utilization), duration,
+        r = simulate(_sessions(fixed, n, seed, starts=(starts or {}).get(n)), truth, _scheduler(cost, max_batch, max_utilization), duration,
                      warmup=min(2.0, duration / 4), admit_all=True, overhead=overhead, seed=seed + n)
         results[n] = r
         worst = max((_percentile(s.latencies, 99) for s in r.admitted if s.latencies), default=math.nan)
