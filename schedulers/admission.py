@@ -9,6 +9,7 @@ the cost model, what the engine must do per second to serve them all at their ti
   second the device computes; above `max_utilization` queues grow and deadlines slip.
 - **latency**: a video unit may wait for one round of every group's batch before its own runs:
   round + own batch <= the session's budget (voice, served first, is bounded by the voice slack).
+  Every batch also loses the delay the server learned before a batch starts (`pre`).
 - **voice slack**: video batches are cut so that a voice chunk never waits behind one longer than
   its slack (budget minus the voice work queued meanwhile, `voice_slack`); that smaller batch is
   what the utilization uses.
@@ -157,9 +158,12 @@ def _groups(items: list[tuple[SessionSpec, Tier]]) -> dict[tuple[str, WorkShape]
 
 
 def _chunked(cost: CostModel, pipeline: str, shape: WorkShape, n: int, cap: int) -> float:
+    """n sessions' batches of at most `cap`, each also losing the learned delay before its start
+    (`pre`, schedulers/overhead.py: zero until the server measured it)."""
     full, rest = divmod(n, cap)
     total = full * cost.cost(pipeline, shape, cap)
-    return total + (cost.cost(pipeline, shape, rest) if rest else 0.0)
+    batches = full + (1 if rest else 0)
+    return total + (cost.cost(pipeline, shape, rest) if rest else 0.0) + batches * cost.overhead.mean(pipeline, "pre")
 
 
 def _utilization(cost: CostModel, items: list[tuple[SessionSpec, Tier]], cap: int) -> float:
@@ -219,6 +223,49 @@ class Admission:
             limit = load.limit(cfg.max_utilization)
             return Decision(False, None, limit, self._refusal(spec, tiers[-1], load, limit, len(live)),
                             load.utilization, cfg.retry_after_s)
+
+    def change(self, session_id: str, spec: SessionSpec) -> Decision:
+        """Re-admit a live session asking for `spec` (a live change of its frame rate, resolution,
+        steps or priority). It gets the best tier of the new ladder that fits beside the others at
+        their current tiers, or failing that the best one that does not raise the predicted load (so
+        a change that lowers work is never refused, and frees what it no longer uses); otherwise it
+        is refused and keeps its current spec and tier. Lower-priority sessions are not pushed down
+        for a change (only for a newcomer, `check`)."""
+        cfg = self.config
+        tiers = ladder(spec)
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None:
+                raise KeyError(f"session {session_id!r} is not admitted")
+            others = [(e.spec, e.tier) for sid, e in self._entries.items() if sid != session_id]
+            now = predict_load(self.cost, [*others, (entry.spec, entry.tier)], cfg.max_batch)
+            for tier in tiers:
+                load = predict_load(self.cost, [*others, (spec, tier)], cfg.max_batch)
+                fits = load.fits(cfg.max_utilization)
+                if fits or (load.utilization <= now.utilization + 1e-12
+                            and load.worst_latency_s <= now.worst_latency_s + 1e-12 and load.voice_ok >= now.voice_ok):
+                    self._entries[session_id] = _Entry(spec, tiers, tier.level)
+                    if tier.level == 0:
+                        reason = "the change fits at the requested quality" if fits else \
+                            "the change lowers the load (the device is over its limit)"
+                    else:
+                        reason = (f"the change runs at a lower tier ({tier.describe()}): the requested one "
+                                  f"would put the device over its limit")
+                    return Decision(True, tier, "none" if tier.level == 0 else "degraded", reason, load.utilization)
+            load = predict_load(self.cost, [*others, (spec, tiers[-1])], cfg.max_batch)
+            limit = load.limit(cfg.max_utilization)
+            return Decision(False, None, limit, "change refused, the session keeps its current quality: "
+                            + self._refusal(spec, tiers[-1], load, limit, len(others)), load.utilization,
+                            cfg.retry_after_s)
+
+    def restore(self, session_id: str, spec: SessionSpec, level: int) -> None:
+        """Put a session back on `spec` at `level` (undo a `change` the pipeline then refused)."""
+        tiers = ladder(spec)
+        if not 0 <= level < len(tiers):
+            raise ValueError(f"level must be in [0, {len(tiers) - 1}], got {level}")
+        with self._lock:
+            if session_id in self._entries:
+                self._entries[session_id] = _Entry(spec, tiers, level)
 
     def _refusal(self, spec: SessionSpec, floor: Tier, load: Load, limit: str, live: int) -> str:
         what = f"{spec.pipeline} at {floor.describe()}"

@@ -12,6 +12,8 @@ every step the engine measures (`observe`): a per-pipeline *speed factor* follow
 slower or faster (a noisy neighbour, thermal throttling) within a few steps, for every batch size
 and shape at once, while the tables learn the shape of the cost curve slowly, in the factor's units. Each observation first scores the prediction it replaces:
 `errors()` gives the running mean absolute relative error per pipeline, which /metrics reports.
+`overhead` (`schedulers/overhead.py`) learns the latency outside the step (wake-up and event-loop
+delay, step-time spread, step end to session); `to_dict` exports both, predictions as of now.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from streamserve.schedulers.latency import LatencyModel
+from streamserve.schedulers.overhead import Overhead
 
 DEFAULT_UNKNOWN_S = 0.010  # the guess for a pipeline never measured (admission then learns quickly)
+OVERHEAD_KEY = "_overhead"  # the profile's entry for the learned non-compute latency (`Overhead`)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class CostModel:
         self._error_alpha = error_alpha
         self._error: dict[str, float] = {}
         self._observations: dict[str, int] = {}
+        self.overhead = Overhead()  # the latency outside the step itself (schedulers/overhead.py)
 
     @staticmethod
     def _name(pipeline: str, shape: WorkShape) -> str:
@@ -121,6 +126,8 @@ class CostModel:
         self._observations[pipeline] = self._observations.get(pipeline, 0) + 1
         if predicted is None or seconds <= 0:
             return None
+        if predicted > 0 and "#" not in pipeline:  # chores ("video#open") are not steps
+            self.overhead.observe(pipeline, "jitter", seconds / predicted)
         err = abs(predicted - seconds) / seconds
         old = self._error.get(pipeline)
         self._error[pipeline] = err if old is None else old + self._error_alpha * (err - old)
@@ -136,11 +143,32 @@ class CostModel:
             return None
         factor = self._factor.get(pipeline, 1.0)
         if shape.key in shapes:
-            base = self._table.predict(self._name(pipeline, shape), batch_size)
+            name = self._name(pipeline, shape)
+            sizes = self._table.sizes(name)
+            if len(sizes) == 1 and sizes[0] != batch_size:  # one size measured: borrow the curve's shape
+                curved = self._along_curve(pipeline, shape, sizes[0], batch_size)
+                if curved is not None:
+                    return curved * factor
+            base = self._table.predict(name, batch_size)
             return None if base is None else base * factor
         ref = min(shapes.values(), key=lambda s: abs(math.log(s.work / shape.work)))
         base = self._table.predict(self._name(pipeline, ref), batch_size)
         return None if base is None else base * factor * shape.work / ref.work
+
+    def _along_curve(self, pipeline: str, shape: WorkShape, measured: int, batch_size: int) -> float | None:
+        """A shape measured at one batch size only: scale that measurement along the batch curve of
+        the nearest shape measured at several (a 128x128 session after a 256x256 warm-up profile
+        batches like 256x256 does, not linearly)."""
+        others = [s for s in self._shapes[pipeline].values()
+                  if s.key != shape.key and len(self._table.sizes(self._name(pipeline, s))) >= 2]
+        if not others:
+            return None
+        ref = self._name(pipeline, min(others, key=lambda s: abs(math.log(s.work / shape.work))))
+        at_n, at_m = self._table.predict(ref, batch_size), self._table.predict(ref, measured)
+        own = self._table.predict(self._name(pipeline, shape), measured)
+        if at_n is None or not at_m or own is None:
+            return None
+        return own * at_n / at_m
 
     def cost(self, pipeline: str, shape: WorkShape, batch_size: int) -> float:
         """`predict`, with a default guess for a pipeline never measured."""
@@ -164,19 +192,29 @@ class CostModel:
         return self._observations.get(pipeline, 0)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able profile: per pipeline, per shape, seconds by batch size."""
+        """A JSON-able profile: per pipeline, per shape, seconds by batch size as predicted now (the
+        speed factor applied), and under `_overhead` the learned non-compute latency."""
         snap = self._table.snapshot()
         out: dict[str, Any] = {}
         for pipeline, shapes in self._shapes.items():
-            out[pipeline] = [{"shape": s.to_dict(), "seconds": {str(n): t for n, t in
+            factor = self._factor.get(pipeline, 1.0)
+            out[pipeline] = [{"shape": s.to_dict(), "seconds": {str(n): t * factor for n, t in
                                                                  snap.get(self._name(pipeline, s), {}).items()}}
                              for s in shapes.values()]
+        overhead = self.overhead.to_dict()
+        if len(overhead) > 1:
+            out[OVERHEAD_KEY] = overhead
         return out
 
     @classmethod
     def from_dict(cls, profile: Mapping[str, Any]) -> CostModel:
         model = cls()
         for pipeline, entries in profile.items():
+            if pipeline == OVERHEAD_KEY:
+                if not isinstance(entries, Mapping):
+                    raise ValueError(f"bad cost profile: {OVERHEAD_KEY} must be an object, got {entries!r}")
+                model.overhead = Overhead.from_dict(entries)
+                continue
             for entry in entries:
                 try:
                     shape = WorkShape(**entry["shape"])

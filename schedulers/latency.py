@@ -51,5 +51,9 @@ class LatencyModel:
         (only,) = sizes
         return table[only] * batch_size / only  # one point: assume linear in size
 
+    def sizes(self, pipeline: str) -> list[int]:
+        """The batch sizes measured for `pipeline`, ascending."""
+        return sorted(self._mean.get(pipeline, ()))
+
     def snapshot(self) -> dict[str, dict[int, float]]:
         return {p: dict(t) for p, t in self._mean.items()}

@@ -8,6 +8,10 @@ the server's: `plan = schedule(now)`; the batches and chores take the time `step
 "true" device); `update(plan, outputs, elapsed)`. A session joins through admission (refused ones
 are recorded with the reason) and, if `join_pieces` are given, opens in pieces (stall-free) or, with
 a scheduler built with `stall_free=False`, in one blocking piece (how a server without chores opens a session).
+
+With an `Overhead` (learned by a real server, `schedulers/overhead.py`), the simulated device is the
+real one's: each batch starts a sampled `pre` late, runs a sampled `jitter` x `step_time`, and each
+output reaches its session a sampled `post` after the step (deadlines are judged there).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import collections
 import dataclasses
 import heapq
 import math
+import random
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from streamserve.core.frames import Media, MediaKind
 from streamserve.core.plan import StepOutput
 from streamserve.schedulers.cost import WorkShape
+from streamserve.schedulers.overhead import Overhead
 from streamserve.schedulers.slo import Join, SloScheduler
 from streamserve.schedulers.spec import SessionSpec
 
@@ -127,9 +133,13 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
     audio_inbox_size: int = 16,
     warmup: float = 0.0,
     admit_all: bool = False,
+    overhead: Overhead | None = None,
+    seed: int = 0,
 ) -> SimResult:
     """Run `duration` simulated seconds; units arriving before `warmup` are not counted.
-    `admit_all`: skip admission (what a server without it does: everyone in, at tier 0)."""
+    `admit_all`: skip admission (what a server without it does: everyone in, at tier 0).
+    `overhead`: the real server's non-compute latency, sampled (seeded by `seed`)."""
+    rng = random.Random(seed)
     results = [SessionResult(f"s{i}", admitted=False) for i in range(len(sessions))]
     inboxes: dict[str, SimInbox] = {}
     arrivals: list[tuple[float, int, int]] = []  # (time, session index, pts)
@@ -190,15 +200,20 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
         t = now
         outputs: list[StepOutput] = []
         for batch in plan.batches:
+            if overhead is not None:
+                t += overhead.sample(batch.pipeline, "pre", rng)
             seconds = step_time(batch.pipeline, [scheduler.shape_of(i.session_id) for i in batch.items], t)
+            if overhead is not None:
+                seconds *= overhead.sample(batch.pipeline, "jitter", rng)
             elapsed[batch.pipeline] = seconds
             t += seconds
             for item in batch.items:
                 res = results[int(item.session_id[1:])]
                 outputs.append(StepOutput(item.session_id, (item.media,)))
+                seen = t + (overhead.sample(batch.pipeline, "post", rng) if overhead is not None else 0.0)
                 if item.media.arrival >= warmup:
-                    res.latencies.append(t - item.media.arrival)
-                    if t <= item.media.deadline:
+                    res.latencies.append(seen - item.media.arrival)
+                    if seen <= item.media.deadline:
                         res.on_time += 1
                     else:
                         res.late += 1

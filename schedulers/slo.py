@@ -5,7 +5,9 @@
 1. **Tiers** the policy or admission moved since the last plan are applied: a tier that changes the
    work shape queues a re-tier chore (the pipeline's params change between batches).
 2. Each session offers its oldest unit. Video units that cannot finish by their deadline any more
-   are expired (dropped, counted); voice units only once their deadline has passed. A session on a lower frame-rate tier skips units to its rate
+   are expired (dropped, counted); voice units only once their deadline has passed. If that
+   prediction has stopped every step of a pipeline for `PROBE_AFTER_S`, one unit runs anyway (a
+   probe: the cost model learns only from steps, and may be stuck on a slow spell that ended). A session on a lower frame-rate tier skips units to its rate
    (`skipped`, counted as such): a deliberate, even decimation instead of random drops.
 3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`.
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
@@ -47,6 +49,7 @@ OnTier = Callable[[Tier], None]
 UNKNOWN_PIECE_S = 0.05  # a chore piece never measured is assumed this long (and runs alone)
 HOLD_ABOVE = 0.5  # hold batches open only above this fraction of max_utilization (unbatched load)
 DECIMATE_TOLERANCE = 0.9  # a unit is due on a 1/f tier if it arrived >= 0.9 periods after the last taken
+PROBE_AFTER_S = 0.5  # after this long without a step of a pipeline, units are no longer expired by prediction
 
 
 @dataclasses.dataclass
@@ -96,6 +99,9 @@ class SloScheduler:
         self._joins: collections.deque[Join] = collections.deque()
         self._retier: collections.deque[Chore] = collections.deque()
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
+        self._free_at = float("-inf")  # when the engine finished its last plan (the scheduler's clock)
+        self._held: dict[str, float] = {}  # pipeline -> until when its batch was last held
+        self._last_step: dict[str, float] = {}  # pipeline -> when its last batch was planned
 
     # --- sessions -------------------------------------------------------------------------------
     def add(self, session_id: str, pipeline: str, inbox: InboxView, spec: SessionSpec | None = None,
@@ -112,6 +118,21 @@ class SloScheduler:
             live.reason = "admitted at a lower tier: the device was busy"
         self._live[session_id] = live
         self.policy.joined(session_id)
+
+    def respec(self, session_id: str, spec: SessionSpec, reason: str) -> None:
+        """A live session now asks for `spec` and runs at the level admission gave it (`Admission.change`),
+        its pipeline params already changed to match (engine thread)."""
+        live = self._live.get(session_id)
+        if live is None:
+            return
+        if spec.pipeline != live.spec.pipeline:
+            raise ValueError(f"spec is for pipeline {spec.pipeline!r}, not {live.spec.pipeline!r}")
+        old_level = live.applied
+        live.spec = spec
+        live.applied = self.admission.tier(session_id).level if session_id in self.admission else 0
+        live.reason = reason
+        if live.applied > old_level:  # a clamped change counts as a lowering: restores wait for the hold
+            self.policy.lowered(self._free_at)
 
     def remove(self, session_id: str) -> None:
         self._live.pop(session_id, None)
@@ -179,6 +200,7 @@ class SloScheduler:
             hold_until = self._hold_until(now, pipeline, group, video_cap) if hold else None
             if hold_until is not None:
                 wake_at = hold_until if wake_at is None else min(wake_at, hold_until)
+                self._held[pipeline] = hold_until
                 continue
             items = []
             for live, _ in group:
@@ -187,11 +209,23 @@ class SloScheduler:
                     live.last_taken = media.arrival
                     items.append(WorkItem(live.session_id, media))
             if items:
+                self._last_step[pipeline] = now
+                self._observe_pre(now, pipeline, items)
                 batches.append(Batch(pipeline, tuple(items)))
                 plan_cost += self.cost.batch_cost(pipeline, [self._shape(self._live[i.session_id]) for i in items])
         chores = self._chores(now, plan_cost)
         return StepPlan(now=now, batches=tuple(batches), expired=tuple(expired), skipped=tuple(skipped),
                         chores=tuple(chores), wake_at=wake_at)
+
+    def _observe_pre(self, now: float, pipeline: str, items: list[WorkItem]) -> None:
+        """The batch could have started at its first unit's arrival (its last one's when the batch
+        was held for it, at most the hold's end), or when the engine became free: any later is
+        overhead outside the scheduler (`schedulers/overhead.py`)."""
+        arrivals = [i.media.arrival for i in items]
+        held = self._held.pop(pipeline, None)
+        ready = min(arrivals) if held is None else max(min(arrivals), min(max(arrivals), held))
+        ready = max(ready, self._free_at)
+        self.cost.overhead.observe(pipeline, "pre", max(0.0, now - ready))
 
     def shape_of(self, session_id: str) -> WorkShape:
         """The work shape a session's units run at now (its applied tier)."""
@@ -210,6 +244,11 @@ class SloScheduler:
         # Video that cannot finish by its deadline is dropped now; voice only once past it (as EDF
         # does): a voice pipeline aggregates chunks and may still use a late one.
         own = 0.0 if live.spec.lane == "voice" else self.cost.cost(live.spec.pipeline, self._shape(live), 1)
+        # A prediction that nothing can make it is only a prediction: if it has stopped every step of
+        # this pipeline for PROBE_AFTER_S, run one unit anyway, or the model could never learn that the
+        # device is fast again (a noisy neighbour gone) and the session would get nothing for ever.
+        if now - self._last_step.get(live.spec.pipeline, float("-inf")) >= PROBE_AFTER_S:
+            own = 0.0
         fps = self._fps(live)
         head = live.inbox.peek()
         while head is not None:
@@ -334,6 +373,7 @@ class SloScheduler:
     # --- learning -------------------------------------------------------------------------------
     def update(self, plan: StepPlan, outputs: Sequence[StepOutput], elapsed: dict[str, float]) -> None:
         t = plan.now
+        ends: dict[str, float] = {}
         for batch in plan.batches:
             seconds = elapsed.get(batch.pipeline)
             if seconds is None:
@@ -345,6 +385,7 @@ class SloScheduler:
                 self.stats.cost_error[batch.pipeline] = self.cost.errors()[batch.pipeline]
             t += seconds
             for item in batch.items:
+                ends[item.session_id] = t
                 late = t > item.deadline
                 self._outcomes.append((t, late))
                 self.stats.unit_done(batch.pipeline, late, plan.now - item.media.arrival, seconds, batch.size)
@@ -355,6 +396,8 @@ class SloScheduler:
             self._outcomes.append((plan.now, True))
             self.stats.unit_expired(self._pipeline_of(item))
         t += sum(v for k, v in elapsed.items() if "#" in k)
+        self._free_at = t
+        _stamp_step_end(outputs, ends)
         horizon = t - self.policy.config.window_s
         while self._outcomes and self._outcomes[0][0] < horizon:
             self._outcomes.popleft()
@@ -373,3 +416,16 @@ class SloScheduler:
             live.reason = change.reason
         if change.direction == "down":
             self._outcomes.clear()  # judge the new tier on its own units
+
+
+def _stamp_step_end(outputs: Sequence[StepOutput], ends: dict[str, float]) -> None:
+    """Mark each output with its step's end (`meta["step_end"]`, the scheduler's clock) so that the
+    server can measure the step-end-to-session part of the latency (`post`)."""
+    for out in outputs:
+        end = ends.get(out.session_id)
+        if end is None:
+            continue
+        for media in out.media:
+            meta = getattr(media, "meta", None)
+            if isinstance(meta, dict):
+                meta["step_end"] = end

@@ -20,6 +20,7 @@ import functools
 import logging
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,8 @@ from streamserve.core.plan import Batch, WorkItem
 from streamserve.engine import Engine
 from streamserve.metrics import Metrics
 from streamserve.pipelines.base import Pipeline
-from streamserve.qos import Qos, build_spec, params_for_tier
-from streamserve.schedulers import Join, SessionSpec, SloScheduler, Tier
+from streamserve.qos import Qos, build_spec, params_for_tier, update_qos
+from streamserve.schedulers import Decision, Join, SessionSpec, SloScheduler, Tier
 from streamserve.session import Session
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class SloGate:
         self.admission = scheduler.admission
         self.metrics = metrics
         self._specs: dict[str, SessionSpec] = {}
+        self._qos: dict[str, Qos] = {}
+        self._params: dict[str, Any] = {}  # the user's params as last applied (engine thread), before the
+        # session's own copy is updated on the loop: a re-tier chore in between must not undo them
         self._profiles: dict[str, concurrent.futures.Future[Any]] = {}
         self._default_specs: dict[str, SessionSpec] = {}
 
@@ -89,6 +93,7 @@ class SloGate:
             raise OverCapacity(decision.reason, decision.limit, decision.retry_after_s, decision.utilization)
         self.metrics.admissions.labels(name, decision.limit).inc()
         self._specs[session.id] = spec
+        self._qos[session.id] = qos
         session.slo_info = functools.partial(self.info, session.id, decision.reason)
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         params = params_for_tier(session.params, spec, decision.tier)
@@ -122,19 +127,76 @@ class SloGate:
 
     def forget(self, session_id: str) -> None:
         self._specs.pop(session_id, None)
+        self._qos.pop(session_id, None)
+        self._params.pop(session_id, None)
         self.admission.release(session_id)
 
     def apply_tier(self, session: Session, spec: SessionSpec, tier: Tier) -> None:
-        """Engine thread (a re-tier chore): run the session at `tier`."""
-        self.engine.pipeline(session.pipeline).update_params(session.id, params_for_tier(session.params, spec, tier))
+        """Engine thread (a re-tier chore): run the session at `tier` (of its current spec: a live
+        change may have replaced the `spec` it was opened with)."""
+        spec = self._specs.get(session.id, spec)
+        params = self._params.get(session.id, session.params)
+        self.engine.pipeline(session.pipeline).update_params(session.id, params_for_tier(params, spec, tier))
         log.info("session %s now at %s", session.id, tier.describe())
 
     def pipeline_params(self, session: Session, params: Any) -> Any:
-        """A live parameter change from the user, kept at the session's current tier."""
+        """`params` kept at the session's current tier (what `update` applies when the work is unchanged)."""
         spec = self._specs.get(session.id)
         if spec is None or session.id not in self.admission:
             return params
         return params_for_tier(params, spec, self.admission.tier(session.id))
+
+    async def update(self, session: Session, params: Any, changes: Mapping[str, Any] | None = None) -> None:
+        """A live change from the user: new pipeline `params` and QoS `changes` (fps, priority, min_fps,
+        degrade). If the session's work shape or rate changes, it is re-admitted (`Admission.change`):
+        applied at tier 0 if it fits, at a lower tier of the new ladder (clamped) if only that fits, or
+        refused with `OverCapacity` (HTTP 503 + Retry-After, a typed WS error), the session then
+        keeping its params, QoS and tier. A change that lowers the work is always applied and frees
+        capacity. Otherwise the params are applied at the session's current tier."""
+        name = session.pipeline
+        qos = self._qos.get(session.id, Qos())
+        if changes:
+            qos = update_qos(qos, changes)
+
+        def apply() -> Decision | None:  # engine thread: the ledger and the pipeline change together
+            pipe = self.engine.pipeline(name)
+            old = self._specs.get(session.id)
+            if old is None or session.id not in self.admission:
+                pipe.update_params(session.id, params)
+                return None
+            spec = build_spec(pipe, name, params, qos, session.config)
+            current = self.admission.tier(session.id)
+            if spec == old:
+                pipe.update_params(session.id, params_for_tier(params, spec, current))
+                self._params[session.id] = params
+                return None
+            decision = self.admission.change(session.id, spec)
+            if not decision.admitted:
+                return decision
+            try:
+                pipe.update_params(session.id, params_for_tier(params, spec, decision.tier))
+            except BaseException:
+                self.admission.restore(session.id, old, current.level)
+                raise
+            self._params[session.id] = params
+            self._specs[session.id] = spec
+            self.scheduler.respec(session.id, spec, decision.reason)
+            return decision
+
+        decision = await asyncio.wrap_future(self.engine.call(apply))
+        if decision is not None and not decision.admitted:
+            self.metrics.admission_refusals.labels(name, decision.limit).inc()
+            log.info("change refused for session %s (%s): %s", session.id, decision.limit, decision.reason)
+            raise OverCapacity(decision.reason, decision.limit, decision.retry_after_s, decision.utilization)
+        if decision is not None:
+            self.metrics.admissions.labels(name, "change" if decision.limit == "none" else "change_degraded").inc()
+        self._qos[session.id] = qos
+
+    def delivered(self, pipeline: str, media: Media, now: float) -> None:
+        """Loop thread: an output reached its session; learn the step-end-to-session latency."""
+        end = media.meta.get("step_end")
+        if isinstance(end, float):
+            self.scheduler.cost.overhead.observe(pipeline, "post", max(0.0, now - end))
 
     def capacity(self) -> dict[str, Any]:
         """Headroom for one more default session of each profiled pipeline, tiers, the cost profile."""
@@ -147,7 +209,8 @@ class SloGate:
                 "max_utilization": self.admission.config.max_utilization, "headroom": headroom,
                 "sessions": [{"session_id": sid, **(self.scheduler.tier_info(sid) or {})}
                              for sid in self.admission.levels()],
-                "cost_model_error": self.scheduler.cost.errors(), "profile": self.scheduler.cost.to_dict()}
+                "cost_model_error": self.scheduler.cost.errors(), "overhead": self.scheduler.cost.overhead.summary(),
+                "profile": self.scheduler.cost.to_dict()}
 
     def info(self, session_id: str, admitted: str) -> dict[str, Any] | None:
         """The session's tier and why, for its stats (and the demo page's overlay)."""

@@ -27,7 +27,7 @@ from streamserve.gate import SloGate
 from streamserve.metrics import Metrics
 from streamserve.pipelines import registry
 from streamserve.pipelines.base import Pipeline
-from streamserve.qos import split_qos
+from streamserve.qos import QOS_KEYS, split_qos
 from streamserve.schedulers import (
     Admission,
     AdmissionConfig,
@@ -173,7 +173,7 @@ class SessionManager:
         session = Session(
             name, cls.Params, parsed, inputs=cls.inputs, config=self.config.session, source=source,
             stream=stream, clock=self._clock, observer=self.metrics, on_input=engine.wake,
-            on_update=self._on_update,
+            on_update=self._on_update, control_keys=QOS_KEYS,
         )
         session.device = self.devices.names[index]
         self.devices.assign(session.id, index)
@@ -247,16 +247,20 @@ class SessionManager:
             log.debug("closing %s on a stopped engine: %s", session_id, exc)
 
     # --- engine callbacks -----------------------------------------------------------------------
-    async def _on_update(self, session: Session, params: Any) -> None:
-        """Apply `params` on the engine thread; the pipeline's ValueError becomes InvalidParams."""
+    async def _on_update(self, session: Session, params: Any, qos: Mapping[str, Any] | None = None) -> None:
+        """Apply `params` (and QoS changes, re-admitted by the SLO gate) on the engine thread; the
+        pipeline's ValueError becomes InvalidParams."""
         engine, gate = self.devices.engine_of(session.id), self._gate_of(session.id)
-
-        def apply() -> None:
-            tiered = gate.pipeline_params(session, params) if gate is not None else params
-            engine.pipeline(session.pipeline).update_params(session.id, tiered)
-
-        fut: concurrent.futures.Future[None] = engine.call(apply)
         try:
+            if gate is not None:
+                await gate.update(session, params, qos)
+                return
+            if qos:
+                key = next(iter(qos))
+                raise InvalidParams(key, f"a QoS key; it applies only with the slo scheduler (this server runs "
+                                    f"{self.config.scheduler})")
+            fut: concurrent.futures.Future[None] = engine.call(
+                lambda: engine.pipeline(session.pipeline).update_params(session.id, params))
             await asyncio.wrap_future(fut)
         except InvalidParams:
             raise
@@ -270,6 +274,7 @@ class SessionManager:
                 loop.call_soon_threadsafe(self._deliver, outputs, expired)
 
     def _deliver(self, outputs: Sequence[StepOutput], expired: Sequence[WorkItem]) -> None:
+        now = self._clock.now()
         for item in expired:
             session = self._sessions.get(item.session_id)
             if session is not None:
@@ -282,8 +287,11 @@ class SessionManager:
                 session.flush(kind)
             for event in out.events:
                 session.publish(event)
+            gate = self._gate_of(out.session_id) if out.media else None
             for media in out.media:
                 session.deliver(media)
+                if gate is not None:
+                    gate.delivered(session.pipeline, media, now)
             if out.error is not None:
                 session.counts["errors"] += 1
                 self.metrics.session_errors.labels(session.pipeline).inc()

@@ -158,3 +158,18 @@ class SchedulerCollector(Collector):
                                  "fraction of the device at the sessions' current tiers")
         util.add_metric([], self._scheduler.admission.load().utilization)
         yield util
+        # The latency outside the step (schedulers/overhead.py): learned online, used by the planner.
+        over = GaugeMetricFamily("streamserve_latency_overhead_seconds", "Non-compute latency per unit, learned "
+                                 "online: pre = ready to step start, post = step end to session",
+                                 labels=["pipeline", "part", "stat"])
+        jitter = GaugeMetricFamily("streamserve_step_time_ratio", "Measured step time over the cost model's "
+                                   "prediction (its spread is what the planner samples)", labels=["pipeline", "stat"])
+        for pipeline, parts in self._scheduler.cost.overhead.summary().items():
+            for part, stats in parts.items():
+                for stat in ("mean", "p50", "p99"):
+                    if part == "jitter":
+                        jitter.add_metric([pipeline, stat], stats[stat])
+                    else:
+                        over.add_metric([pipeline, part, stat], stats[stat])
+        yield over
+        yield jitter

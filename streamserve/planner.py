@@ -5,6 +5,11 @@ Capacity is the most sessions for which >= 99% of frames meet their deadline (do
 planner reports it two ways: what admission predicts (the analytic load model) and what the
 simulated engine achieves when everyone is let in at the requested tier; and, at 150% of capacity
 with admission and degradation on, who is admitted, at what tier, and the goodput and p99 then.
+
+The cost model may come from a running server (`--from URL`: its `GET /v1/capacity` profile) or a
+saved profile; either carries the server's learned non-compute latency (`schedulers/overhead.py`:
+wake-up and event-loop delay before a step, step-time spread, step end to session), which the
+simulator samples so that its latencies are the server's, not only the device's.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import dataclasses
 import json
 import math
 import random
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,7 @@ from streamserve.schedulers import (
     SloScheduler,
     WorkShape,
 )
+from streamserve.schedulers.overhead import Overhead
 from streamserve.schedulers.sim import SimResult, SimSession, simulate
 
 GOODPUT_TARGET = 0.99
@@ -39,6 +48,7 @@ class SweepPoint:
     p50_ms: float
     p99_ms: float
     on_time_fps: float
+    p99_worst_session_ms: float = math.nan  # the largest per-session p99 (what a server's session stats show)
 
 
 @dataclasses.dataclass
@@ -52,6 +62,7 @@ class PlanReport:
     p99_at_capacity_ms: float
     sweep: list[SweepPoint]
     overload: dict[str, Any]
+    overhead: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # part -> mean/p99 (s)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,6 +74,11 @@ class PlanReport:
                  f"  capacity (>= 99% of frames on time): {self.simulated_capacity} session(s) simulated, "
                  f"{self.admission_capacity} admitted by the cost model",
                  f"  p99 latency at capacity: {self.p99_at_capacity_ms:.1f} ms",
+                 "  non-compute latency: " + (", ".join(
+                     f"{part} mean {v['mean'] * (1 if part == 'jitter' else 1000):.2f}"
+                     f"{'x' if part == 'jitter' else ' ms'} p99 {v['p99'] * (1 if part == 'jitter' else 1000):.2f}"
+                     f"{'x' if part == 'jitter' else ' ms'}" for part, v in self.overhead.items())
+                     or "not modelled (no server measurements in the profile)"),
                  "  sessions  goodput  p50 ms  p99 ms  on-time fps"]
         for p in self.sweep:
             lines.append(f"  {p.sessions:8d}  {p.goodput:7.3f}  {p.p50_ms:6.1f}  {p.p99_ms:6.1f}  {p.on_time_fps:11.1f}")
@@ -80,13 +96,28 @@ def _scheduler(cost: CostModel, max_batch: int, max_utilization: float) -> SloSc
     return SloScheduler(truthful, admission, max_batch=max_batch, policy=DegradePolicy())
 
 
-def _sessions(spec: SessionSpec, n: int, seed: int, stagger: float = 0.0) -> list[SimSession]:
-    rnd = random.Random(seed)  # clients' frame clocks are not aligned
-    return [SimSession(spec, start=stagger * i, phase=rnd.random() / spec.fps) for i in range(n)]
+def _sessions(spec: SessionSpec, n: int, seed: int, stagger: float = 0.0,
+              starts: Sequence[float] | None = None) -> list[SimSession]:
+    """`n` clients; their frame clocks are not aligned (random phases), or, with `starts`, they
+    send their first frames at those times (seconds, e.g. measured from a benchmark's clients)."""
+    rnd = random.Random(seed)
+    period = 1.0 / spec.fps
+    if starts is not None and len(starts) != n:
+        raise ValueError(f"need {n} client start times, got {len(starts)}")
+    phases = [rnd.random() * period for _ in range(n)] if starts is None else \
+        [(t - min(starts)) % period for t in starts]
+    return [SimSession(spec, start=stagger * i, phase=phases[i]) for i in range(n)]
 
 
 def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilization: float = 0.9,
-         duration: float = 20.0, max_sessions: int | None = None, seed: int = 0) -> PlanReport:
+         duration: float = 20.0, max_sessions: int | None = None, seed: int = 0,
+         overhead: Overhead | None = None, starts: Mapping[int, Sequence[float]] | None = None) -> PlanReport:
+    """`overhead`: the non-compute latency to simulate (default: the one `cost` carries, learned by
+    the server it came from; none when it carries nothing). `starts`: per session count of the
+    sweep, when its clients sent their first frames (the phases of a measured run; default random)."""
+    overhead = cost.overhead if overhead is None else overhead
+    modelled = overhead.summary().get(spec.pipeline, {})
+
     def truth(pipeline: str, shapes: Any, now: float) -> float:
         return cost.batch_cost(pipeline, shapes)
 
@@ -97,11 +128,12 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
     sweep: list[SweepPoint] = []
     results: dict[int, SimResult] = {}
     for n in range(1, limit + 1):
-        r = simulate(_sessions(fixed, n, seed), truth, _scheduler(cost, max_batch, max_utilization), duration,
-                     warmup=min(2.0, duration / 4), admit_all=True)
+        r = simulate(_sessions(fixed, n, seed, starts=(starts or {}).get(n)), truth, _scheduler(cost, max_batch, max_utilization), duration,
+                     warmup=min(2.0, duration / 4), admit_all=True, overhead=overhead, seed=seed + n)
         results[n] = r
+        worst = max((_percentile(s.latencies, 99) for s in r.admitted if s.latencies), default=math.nan)
         sweep.append(SweepPoint(n, r.goodput(), 1000 * r.latency_percentile(50), 1000 * r.latency_percentile(99),
-                                r.on_time_fps()))
+                                r.on_time_fps(), 1000 * worst))
     sim_cap = 0
     for p in sweep:  # the largest n such that every count up to it meets the target
         if p.goodput < GOODPUT_TARGET:
@@ -111,7 +143,7 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
     offered = max(2, math.ceil(1.5 * max(1, sim_cap)))
     sched = _scheduler(cost, max_batch, max_utilization)
     over = simulate(_sessions(spec, offered, seed + 1, stagger=0.25), truth, sched, duration,
-                    warmup=min(2.0, duration / 4) + 0.25 * offered)
+                    warmup=min(2.0, duration / 4) + 0.25 * offered, overhead=overhead, seed=seed)
     admitted = over.admitted
     refusals = sorted({s.reason for s in over.sessions if not s.admitted})
     tiers = [s.tiers[-1][1] if s.tiers else 0 for s in admitted]
@@ -122,7 +154,13 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
                 "goodput": over.goodput(), "p99_ms": 1000 * over.latency_percentile(99),
                 "on_time_fps": over.on_time_fps()}
     return PlanReport(spec.pipeline, dataclasses.asdict(spec.shape), spec.fps, 1000 * spec.budget_s, adm_cap,
-                      sim_cap, p99_cap, sweep, overload)
+                      sim_cap, p99_cap, sweep, overload,
+                      {part: {k: v[k] for k in ("mean", "p99")} for part, v in modelled.items()})
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def plot(report: PlanReport, path: Path) -> None:
@@ -176,8 +214,8 @@ def measure(pipeline: str, spec: SessionSpec, max_batch: int, model: str | None,
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="video")
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=None, help="default 256, or the profile's shape")
+    parser.add_argument("--height", type=int, default=None, help="default 256, or the profile's shape")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps")
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second each client sends")
     parser.add_argument("--budget-ms", type=float, default=250.0, help="per-frame deadline after arrival")
@@ -187,17 +225,21 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=None, help="sweep up to this many sessions")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--profile", default=None, help="cost profile JSON (GET /v1/capacity's `profile`)")
+    src.add_argument("--from", dest="from_url", default=None, metavar="URL",
+                     help="read the learned cost profile from a running server (its GET /v1/capacity)")
     src.add_argument("--step-ms", default=None, help="a hypothetical device: 'A,B' = A + B x batch ms")
     parser.add_argument("--model", default=None, help="model folder (when profiling the real pipeline)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--png", default=None, help="write latency and goodput vs sessions here")
     parser.add_argument("--json", default=None, help="write the report as JSON here")
+    parser.add_argument("--save-profile", default=None, help="write the cost profile used (for --profile)")
 
 
 def main_plan(args: argparse.Namespace) -> int:
     video = args.pipeline != "passthrough"
+    width, height = args.width or 256, args.height or 256
     try:
-        shape = WorkShape(args.width if video else 0, args.height if video else 0, args.steps)
+        shape = WorkShape(width if video else 0, height if video else 0, args.steps)
         spec = SessionSpec(args.pipeline, shape, fps=args.fps, budget_s=args.budget_ms / 1000)
         SessionConfig(latency_budget_s=args.budget_ms / 1000)
     except ValueError as exc:
@@ -213,9 +255,16 @@ def main_plan(args: argparse.Namespace) -> int:
         path = Path(args.profile)
         if not path.is_file():
             raise SystemExit(f"streamserve plan: --profile {path} does not exist")
-        cost = CostModel.from_dict(json.loads(path.read_text()))
+        try:
+            cost = CostModel.from_dict(json.loads(path.read_text()))
+        except ValueError as exc:
+            raise SystemExit(f"streamserve plan: --profile {path}: {exc}") from None
+    elif args.from_url:
+        cost = profile_from_server(args.from_url)
     else:
         cost = measure(args.pipeline, spec, args.max_batch, args.model, args.device)
+    if (args.profile or args.from_url) and args.width is None and args.height is None:
+        spec = dataclasses.replace(spec, shape=_profiled_shape(cost, args.pipeline, spec.shape))
     report = plan(cost, spec, max_batch=args.max_batch, max_utilization=args.max_utilization,
                   duration=args.duration, max_sessions=args.max_sessions)
     print(report.text())
@@ -224,4 +273,37 @@ def main_plan(args: argparse.Namespace) -> int:
         print(f"plot: {args.png}")
     if args.json:
         Path(args.json).write_text(json.dumps({**report.to_dict(), "profile": cost.to_dict()}, indent=1))
+    if args.save_profile:
+        Path(args.save_profile).write_text(json.dumps(cost.to_dict(), indent=1))
     return 0
+
+
+def _profiled_shape(cost: CostModel, pipeline: str, default: WorkShape) -> WorkShape:
+    """The shape a profile measured `pipeline` at (its server's default), when none was asked for."""
+    entries = cost.to_dict().get(pipeline)
+    if not entries:
+        raise SystemExit(f"streamserve plan: the profile has no pipeline {pipeline!r} "
+                         f"(it has: {', '.join(k for k in cost.to_dict() if not k.startswith('_')) or 'none'})")
+    return WorkShape(**entries[0]["shape"]) if default.steps == 1 else dataclasses.replace(
+        WorkShape(**entries[0]["shape"]), steps=default.steps)
+
+
+def profile_from_server(url: str, timeout_s: float = 10.0) -> CostModel:
+    """The cost model a running server learned (`GET {url}/v1/capacity`'s `profile`)."""
+    base = url.rstrip("/")
+    target = base if base.endswith("/v1/capacity") else f"{base}/v1/capacity"
+    if not target.startswith(("http://", "https://")):
+        raise SystemExit(f"streamserve plan: --from wants an http(s) URL, got {url!r}")
+    try:
+        with urllib.request.urlopen(target, timeout=timeout_s) as reply:
+            report = json.loads(reply.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SystemExit(f"streamserve plan: could not read {target}: {exc}") from None
+    profile = report.get("profile") if isinstance(report, dict) else None
+    if not profile:
+        raise SystemExit(f"streamserve plan: {target} has no cost profile (scheduler "
+                         f"{report.get('scheduler') if isinstance(report, dict) else '?'}; the slo scheduler has one)")
+    try:
+        return CostModel.from_dict(profile)
+    except ValueError as exc:
+        raise SystemExit(f"streamserve plan: {target}: {exc}") from None

@@ -1,7 +1,8 @@
 """Quality of service: the session params the scheduler reads, and the bridge from a pipeline's
 params to a `SessionSpec` (what admission and the degradation policy reason about) and back.
 
-Any session may carry, next to its pipeline's own params (and only when it starts):
+Any session may carry, next to its pipeline's own params, when it starts and in live updates (a
+PATCH or WS `params`; a change that raises the session's work is re-admitted, streamserve.gate):
 
 - ``priority`` (0-9, default 0): higher keeps its quality longer and is admitted first;
 - ``fps``: the rate the client sends at (default 30 for video, 50 audio chunks a second for voice);
@@ -60,6 +61,17 @@ def split_qos(params: Mapping[str, Any] | None) -> tuple[Qos, dict[str, Any]]:
             or len(set(degrade)) != len(degrade):
         raise InvalidParams("degrade", f"expected distinct knobs of {list(DEGRADE_KNOBS)}, got {degrade!r}")
     return Qos(priority, fps, min_fps, tuple(degrade)), rest
+
+
+def update_qos(current: Qos, changes: Mapping[str, Any]) -> Qos:
+    """`current` with the QoS keys of a live update (a PATCH or WS `params`) applied and checked."""
+    unknown = sorted(set(changes) - set(QOS_KEYS))
+    if unknown:
+        raise InvalidParams(unknown[0], f"not a QoS key; known: {', '.join(QOS_KEYS)}")
+    base: dict[str, Any] = {"priority": current.priority, "min_fps": current.min_fps,
+                            "degrade": list(current.degrade), "fps": current.fps}
+    qos, _ = split_qos({**base, **changes})
+    return qos
 
 
 def build_spec(pipe: Pipeline, pipeline: str, params: Any, qos: Qos, session: SessionConfig) -> SessionSpec:

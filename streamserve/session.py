@@ -224,8 +224,9 @@ class Session:
         clock: Clock = SYSTEM_CLOCK,
         observer: SessionObserver | None = None,
         on_input: Callable[[], None] = lambda: None,
-        on_update: Callable[[Session, Any], Awaitable[None] | None] = lambda s, p: None,
+        on_update: Callable[..., Awaitable[None] | None] = lambda s, p: None,
         session_id: str | None = None,
+        control_keys: tuple[str, ...] = (),
     ) -> None:
         self._id = session_id or uuid.uuid4().hex[:12]
         self.secret = secrets.token_urlsafe(24)  # the creator's credential for this session (never in stats)
@@ -240,6 +241,7 @@ class Session:
         self._observer = observer
         self._on_input = on_input
         self._on_update = on_update
+        self._control_keys = control_keys  # keys of an update that are not the pipeline's (QoS)
         self.inbox = MediaInbox(config.inbox_size, config.audio_inbox_size)
         self._subs: dict[MediaKind, list[Subscription]] = {MediaKind.VIDEO: [], MediaKind.AUDIO: []}
         self._event_subs: list[EventSubscription] = []
@@ -362,8 +364,12 @@ class Session:
 
             raise SessionClosed(f"session {self._id} has ended ({self.close_reason})")
         async with self._update_lock:  # one at a time: each partial update builds on the last applied
-            new = parse_params(self._params_cls, params, base=self.params)
-            applied = self._on_update(self, new)
+            control = {k: params[k] for k in self._control_keys if k in params}
+            rest = {k: v for k, v in params.items() if k not in control} if control else params
+            new = parse_params(self._params_cls, rest, base=self.params)
+            # Control keys (QoS: fps, priority, ...) go to `on_update` beside the params, which
+            # may re-admit the session with them (streamserve.gate).
+            applied = self._on_update(self, new, control) if control else self._on_update(self, new)
             if applied is not None:
                 await applied
             self.params = new

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from streamserve.schedulers import Admission, AdmissionConfig, SessionSpec, WorkShape, ladder
@@ -96,3 +98,34 @@ def test_simulated_capacity_matches_admission() -> None:
     assert result.on_time_fps() == pytest.approx(120.0, rel=0.01)
     one = simulate([SimSession(SessionSpec("video", S256))], fake, scheduler(seeded(fake)), 3.0, warmup=1.0)
     assert one.latency_percentile(99) == pytest.approx(0.015) and one.goodput() == 1.0
+
+
+def test_a_live_change_is_re_admitted_exactly() -> None:
+    # 10 ms + 5 ms per session at 30 fps: U(n) = 0.3 + 0.15 n, 4 sessions use 0.90.
+    cost = seeded(Affine(0.010, 0.005))
+    adm = Admission(cost, AdmissionConfig())
+    fixed = SessionSpec("video", S256, degrade=())
+    for i in range(4):
+        assert adm.check(f"s{i}", fixed).admitted
+    # A raise by 1 fps: U = 0.9 + 1 x cost(1) = 0.915: refused, and s0 keeps its spec and tier.
+    refused = adm.change("s0", dataclasses.replace(fixed, fps=31.0))
+    assert not refused.admitted and refused.limit == "utilization" and refused.retry_after_s == 5.0
+    assert adm.spec("s0").fps == 30.0 and adm.tier("s0").level == 0
+    # Allowed to degrade, a raise to 60 fps runs at the new ladder's 30 fps tier (clamped).
+    clamped = adm.change("s0", dataclasses.replace(fixed, fps=60.0, degrade=("fps",)))
+    assert clamped.admitted and clamped.limit == "degraded" and clamped.tier is not None
+    assert (clamped.tier.level, clamped.tier.fps) == (1, 30.0) and adm.spec("s0").fps == 60.0
+    # Lowering two sessions to 10 fps frees room for a 5th at 30 fps:
+    # rates 30, 30, 30, 10, 10: 20 x cost(3) + 10 x cost(5) = 0.5 + 0.35 = 0.85.
+    assert not adm.check("s4", fixed).admitted
+    for sid in ("s0", "s1"):
+        lowered = adm.change(sid, dataclasses.replace(fixed, fps=10.0))
+        assert lowered.admitted and lowered.limit == "none"
+    assert adm.check("s4", fixed).admitted
+    assert adm.load().utilization == pytest.approx(0.85)
+    # A lowering is applied even on an over-loaded device (it only frees capacity).
+    cost.observe("video", [S256], 0.030)  # the device got slower: the load is now over the limit
+    assert not adm.load().fits(0.9)
+    assert adm.change("s2", dataclasses.replace(fixed, fps=15.0)).admitted
+    with pytest.raises(KeyError, match="not admitted"):
+        adm.change("nobody", fixed)

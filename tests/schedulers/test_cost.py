@@ -66,3 +66,14 @@ def test_shape_validation_names_the_value() -> None:
         WorkShape(steps=0)
     assert WorkShape(audio_ms=20).work == 20
     assert WorkShape(64, 32, 2).work == 64 * 32 * 2
+
+
+def test_a_shape_measured_at_one_batch_size_batches_like_its_nearest_profiled_shape() -> None:
+    cost = CostModel()
+    cost.seed("video", S256, {1: 0.020, 2: 0.030, 4: 0.050})  # the warm-up profile: 256x256
+    cost.observe("video", [S128], 0.010)  # a 128x128 session, measured at batch 1 only
+    one = cost.predict("video", S128, 1)
+    assert one is not None
+    # Not linear (2x, 4x): along the 256x256 curve, 1.5x and 2.5x the batch-1 time.
+    assert cost.predict("video", S128, 2) == pytest.approx(1.5 * one)
+    assert cost.predict("video", S128, 4) == pytest.approx(2.5 * one)
