@@ -203,7 +203,10 @@ def run_server(folder: Path, stages: int, inflight: int, args: Any) -> tuple[dic
             r.update(bubble=st["bubble"], max_in_flight=st["max_in_flight"])
         return r, outs
     finally:
-        pipe.close()
+        for sid in sids:
+            pipe.close_session(sid)
+        if stages:
+            pipe.close()
 
 
 def main_server(args: Any) -> None:

@@ -25,6 +25,9 @@ class EngineLoad:
     max_sessions: int  # sessions it may hold
     draining: bool = False  # takes no new sessions (drain, rolling upgrade)
     kv_free_bytes: int | None = None  # KV memory still free, when the pipelines report it
+    # Goodput headroom from the engine's cost model (its SLO gate), None while that model is cold:
+    more_sessions: int | None = None  # more default sessions of the pipeline that fit within deadlines
+    free_utilization: float | None = None  # max utilization - predicted utilization (< 0: overloaded)
 
     def __post_init__(self) -> None:
         if self.index < 0:
@@ -46,6 +49,29 @@ class FewestSessions:
 
     def headroom(self, engine: EngineLoad) -> float:
         return float(engine.max_sessions - engine.sessions)
+
+
+class GoodputHeadroom:
+    """Headroom = how many more sessions' frames the engine can serve within their deadlines, from its
+    cost model (measured step times on *its* device: a faster device or a lighter load scores higher,
+    whatever the session counts). Engines are ranked by ``more_sessions``, then by free session slots
+    (equal room -- e.g. both capped -- spreads sessions), then by free utilization; an engine with a
+    free slot always scores > 0 (its admission gate may still offer a lower tier or refuse). While
+    the cost models are cold (``more_sessions`` None), :class:`FewestSessions` decides.
+    """
+
+    def __init__(self) -> None:
+        self._fallback = FewestSessions()
+
+    def headroom(self, engine: EngineLoad) -> float:
+        if engine.sessions >= engine.max_sessions:
+            return 0.0
+        if engine.more_sessions is None or engine.free_utilization is None:
+            return self._fallback.headroom(engine)
+        free = engine.free_utilization
+        slots = engine.max_sessions - engine.sessions  # in [1, max_sessions]
+        rank = (engine.more_sessions + 1) * (engine.max_sessions + 1) + slots  # more_sessions first, then slots
+        return 2.0 * rank + 1.0 + free / (1.0 + abs(free))  # free utilization, in (-1, 1), breaks the rest
 
 
 def choose(placement: Placement, engines: Sequence[EngineLoad]) -> EngineLoad | None:

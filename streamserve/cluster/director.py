@@ -2,20 +2,32 @@
 
 A Ray actor holding the nodes (their actor handles and URLs). Placement asks every node for its
 load and applies the same :class:`~streamserve.schedulers.placement.Placement` protocol as one
-machine's devices (fewest sessions by default; a goodput cost model plugs in there). Draining is
-remembered here too, so a drained node gets no new session even before it reports back.
+machine's devices: by default :class:`~streamserve.schedulers.placement.GoodputHeadroom`, the node
+whose engines' cost models say it can serve the most more sessions within their deadlines (fewest
+sessions while a node's cost model is cold). Draining is remembered here too, so a drained node gets
+no new session even before it reports back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from streamserve.schedulers.placement import EngineLoad, FewestSessions, Placement, choose
+from streamserve.schedulers.placement import EngineLoad, GoodputHeadroom, Placement, choose
+
+
+def snapshot(loads: list[dict[str, Any]]) -> list[EngineLoad]:
+    """Node load reports -> placement snapshots; goodput headroom for all nodes or for none (a cold
+    cost model on one node would make the scores incomparable)."""
+    warm = bool(loads) and all(ld.get("more_sessions") is not None for ld in loads)
+    return [EngineLoad(i, ld["node_id"], ld["sessions"], ld["max_sessions"], ld["draining"],
+                       more_sessions=ld["more_sessions"] if warm else None,
+                       free_utilization=ld["free_utilization"] if warm else None)
+            for i, ld in enumerate(loads)]
 
 
 class Director:
     def __init__(self, placement: Placement | None = None) -> None:
-        self.placement: Placement = placement or FewestSessions()
+        self.placement: Placement = placement or GoodputHeadroom()
         self.nodes: dict[str, tuple[Any, str]] = {}  # node id -> (actor handle, url)
         self.draining: set[str] = set()
         self.placed = 0
@@ -37,9 +49,7 @@ class Director:
     def place(self) -> dict[str, Any] | None:
         """The node a new session should go to: ``{"node_id", "url"}``, or None when all are full."""
         loads = self.loads()
-        snapshot = [EngineLoad(i, ld["node_id"], ld["sessions"], ld["max_sessions"], ld["draining"])
-                    for i, ld in enumerate(loads)]
-        best = choose(self.placement, snapshot)
+        best = choose(self.placement, snapshot(loads))
         if best is None:
             return None
         self.placed += 1

@@ -100,7 +100,9 @@ class NodeServer:
 
         async def read() -> dict[str, Any]:
             manager = self.app.state.manager
-            loads = manager.devices.loads()
+            loads = manager.devices.loads(manager.config.pipeline)  # with goodput headroom once warm
+            open_ = [ld for ld in loads if not ld.draining]
+            warm = bool(open_) and all(ld.more_sessions is not None for ld in open_)
             return {
                 "node_id": self.node_id, "url": self.url,
                 "sessions": len(manager.list()), "max_sessions": manager.config.max_sessions,
@@ -108,6 +110,9 @@ class NodeServer:
                 "streams": sorted(s.stream for s in manager.list() if s.stream),
                 "devices": [dataclasses.asdict(ld) for ld in loads],
                 "adopting": sorted(self.adoptions), "replayed": dict(self.replayed),
+                # the node's goodput headroom: more default sessions over its devices, the best free share
+                "more_sessions": sum(ld.more_sessions or 0 for ld in open_) if warm else None,
+                "free_utilization": max(ld.free_utilization or 0.0 for ld in open_) if warm else None,
             }
 
         return self._run(read())
