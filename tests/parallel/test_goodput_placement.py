@@ -9,6 +9,7 @@ slow one for 1: new sessions go to the fast engine even when it already holds mo
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -82,7 +83,7 @@ async def manager() -> AsyncIterator[SessionManager]:
     await m.start(warm=False)
     try:
         for engine in m.devices.engines:  # create the pipelines in device order: slow first, fast second
-            await asyncio.wrap_future(engine.call(lambda e=engine: e.pipeline("costed")))
+            await asyncio.wrap_future(engine.call(functools.partial(engine.pipeline, "costed")))
         yield m
     finally:
         await m.stop()
