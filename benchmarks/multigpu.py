@@ -27,6 +27,9 @@ speed-up) and ``inflight N`` (each tick's stream-batch items and streams as N mi
 ring at once). FPS, bubble fraction (1 - stage compute / (N x tick wall)) and the largest
 difference to the single-process output (it must stay <= 1 grey level).
 
+**Memory** (``--memory``): peak RSS while loading, per rank, in fresh processes: rank 0 as before
+(the whole model, then the other stages' blocks freed) and now (stage 0's blocks only), and rank 1.
+
 Run ``python benchmarks/multigpu.py`` (or ``streamserve bench multigpu``); prints markdown tables.
 """
 
@@ -146,7 +149,10 @@ SERVER_CFG = dict(dim=256, heads=4, layers=8, ffn=768, latent_channels=16, vae_h
                   width=128, height=128, min_size=64, max_size=256, num_sinks=1, window=3)
 
 
-def save_demo_model(folder: Path) -> Path:
+MEMORY_CFG = {**SERVER_CFG, "dim": 1024, "heads": 8, "ffn": 4096}  # ~67 MB of fp32 weights per block
+
+
+def save_demo_model(folder: Path, overrides: dict[str, Any] | None = None) -> Path:
     """A demo-format folder (VAE, styles, transformer) with random weights, the CPU shape's DiT."""
     from streamserve.pipelines.video.demo_config import DemoConfig
     from streamserve.pipelines.video.model import CausalWanDiT
@@ -154,7 +160,7 @@ def save_demo_model(folder: Path) -> Path:
     from streamserve.pipelines.video.vae import TinyAutoencoder
 
     torch.manual_seed(0)
-    cfg = DemoConfig(**SERVER_CFG)  # type: ignore[arg-type]
+    cfg = DemoConfig(**(overrides or SERVER_CFG))  # type: ignore[arg-type]
     transformer = WanTransformer3DModel(**tiny_wan_config(dim=cfg.dim, heads=cfg.heads, layers=cfg.layers, ffn=cfg.ffn,
                                                           channels=cfg.latent_channels, text_dim=cfg.text_dim))
     ae = TinyAutoencoder(cfg.latent_channels, cfg.vae_factor, cfg.vae_hidden)
@@ -230,6 +236,56 @@ def main_server(args: Any) -> None:
                       f"{r['bubble']:.2f} | {r['max_in_flight']} | {diff} |", flush=True)
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _load_peak(how: str, folder: str, stages: int, queue: Any) -> None:
+    """Child process: load the way ``how`` says; report (peak RSS increase, resident after) in MB."""
+    import resource
+
+    from streamserve.pipelines.video.checkpoint import load_model
+    from streamserve.pipelines.video.parallel.loading import load_rank0, transformer_layers
+    from streamserve.pipelines.video.parallel.stage import drop_other_blocks
+
+    torch.set_num_threads(1)
+    base = _rss_mb()
+    ranges = split_layers(transformer_layers(Path(folder)), stages)
+    if how == "rank 0, before (full model, then free)":
+        loaded = load_model(folder, "cpu")
+        drop_other_blocks(loaded.dit, ranges[0])
+    elif how == "rank 0, now (stage 0 only)":
+        loaded, _ = load_rank0(folder, "cpu", None, stages)
+    else:  # rank 1
+        load_stage_dit(Path(folder) / "transformer", ranges[1], "cpu", torch.float32)
+    import gc
+
+    gc.collect()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    queue.put((peak - base, _rss_mb() - base))
+
+
+def main_memory(stages: int) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_demo_model(Path(tmp) / "model", MEMORY_CFG)
+        size = sum(f.stat().st_size for f in (folder / "transformer").glob("*.safetensors")) / 2**20
+        print(f"## peak memory per rank while loading, {stages} stages: demo-format DiT dim 1024, 8 blocks, "
+              f"{size:.0f} MB of weights (RSS above the process's baseline, MB)\n")
+        print("| rank, loading | peak RSS increase MB | resident after MB |")
+        print("|---|---|---|")
+        for how in ("rank 0, before (full model, then free)", "rank 0, now (stage 0 only)", "rank 1 (its blocks)"):
+            q = ctx.Queue()
+            p = ctx.Process(target=_load_peak, args=(how, str(folder), stages, q))
+            p.start()
+            peak, after = q.get(timeout=600)
+            p.join(60)
+            print(f"| {how} | {peak:.0f} | {after:.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="Wan-1.3B shape on CUDA devices (NCCL)")
@@ -240,12 +296,16 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=30, help="frames per stream")
     parser.add_argument("--budget-ms", type=float, default=250.0, help="deadline after submit")
     parser.add_argument("--server", action="store_true", help="step the video-pp pipeline itself (see above)")
+    parser.add_argument("--memory", action="store_true", help="peak memory per rank while loading (CPU)")
     args = parser.parse_args()
     if not 1 <= args.steps <= 4:
         raise SystemExit(f"--steps must be in [1, 4], got {args.steps}")
     os.environ.setdefault("STREAMSERVE_STAGE_THREADS", "1")
     if args.server:
         main_server(args)
+        return
+    if args.memory:
+        main_memory(max(2, int(args.stages.split(",")[-1])))
         return
     if args.gpu:
         if not torch.cuda.is_available():

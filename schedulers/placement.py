@@ -52,25 +52,27 @@ class FewestSessions:
 
 
 class GoodputHeadroom:
-    """Headroom = how many more sessions' frames the engine can serve within their deadlines, from its
-    cost model (measured step times on *its* device: a faster device or a lighter load scores higher,
-    whatever the session counts). Engines are ranked by ``more_sessions``, then by free session slots
-    (equal room -- e.g. both capped -- spreads sessions), then by free utilization; an engine with a
-    free slot always scores > 0 (its admission gate may still offer a lower tier or refuse). While
-    the cost models are cold (``more_sessions`` None), :class:`FewestSessions` decides.
+    """Headroom = how many more sessions the engine can serve within their deadlines, from its cost
+    model (measured step times on *its* device: a faster device or a lighter load scores higher,
+    whatever the session counts), capped by its free session slots (it can take no more than those,
+    however fast: so identical, lightly loaded engines tie, and measurement noise does not decide).
+    Ties go to the engine with more free slots, then more free utilization. An engine with a free slot
+    always scores > 0 (its admission gate may still offer a lower tier or refuse). While the cost
+    models are cold (``more_sessions`` None), :class:`FewestSessions` decides.
     """
 
     def __init__(self) -> None:
         self._fallback = FewestSessions()
 
     def headroom(self, engine: EngineLoad) -> float:
-        if engine.sessions >= engine.max_sessions:
+        slots = engine.max_sessions - engine.sessions
+        if slots <= 0:
             return 0.0
         if engine.more_sessions is None or engine.free_utilization is None:
             return self._fallback.headroom(engine)
+        room = min(engine.more_sessions, slots)  # in [0, slots]
         free = engine.free_utilization
-        slots = engine.max_sessions - engine.sessions  # in [1, max_sessions]
-        rank = (engine.more_sessions + 1) * (engine.max_sessions + 1) + slots  # more_sessions first, then slots
+        rank = room * (engine.max_sessions + 1) + slots  # room first, then free slots
         return 2.0 * rank + 1.0 + free / (1.0 + abs(free))  # free utilization, in (-1, 1), breaks the rest
 
 

@@ -69,18 +69,34 @@ class Director:
         return None
 
     def drain(self, node_id: str) -> list[str]:
-        """Stop placements on ``node_id``, end its sessions and hand each named stream's input history
-        to the node it will continue on (clients reconnect through the front and are sent there)."""
+        """Stop placements on ``node_id`` and move its live sessions (recompute migration): each one's
+        input history goes to the node it will continue on; a named stream's publisher reconnects
+        through the front and is sent there, a WebSocket / offer client is told where to go (a
+        ``migrate`` event with a one-time resume credential). Returns the ended session ids."""
         import ray
 
         if node_id not in self.nodes:
             raise KeyError(f"no node {node_id!r}; nodes: {sorted(self.nodes)}")
         self.draining.add(node_id)
-        ended, moving = ray.get(self.nodes[node_id][0].drain.remote())
-        for adoption in moving:  # recompute migration: the target replays the stream's history
+        node = self.nodes[node_id][0]
+        moving = ray.get(node.prepare_drain.remote())
+        targets: dict[str, str] = {}
+        for adoption in moving:
             target = self.place()
             if target is None:
-                continue  # nowhere to go: the stream restarts wherever it reconnects
+                continue  # nowhere to go: the session restarts wherever its client reconnects
             ray.get(self.nodes[target["node_id"]][0].adopt.remote(adoption))
-            self.moved[adoption.stream] = target["node_id"]
-        return ended  # type: ignore[no-any-return]
+            if adoption.stream is not None:
+                self.moved[adoption.stream] = target["node_id"]
+            elif adoption.resume is not None and adoption.session_id is not None:
+                targets[adoption.session_id] = f"{target['url']}#{adoption.resume}"
+        return ray.get(node.drain.remote(targets))  # type: ignore[no-any-return]
+
+    def undrain(self, node_id: str) -> None:
+        """Take new sessions on ``node_id`` again (after a rolling upgrade, or a drain called off)."""
+        import ray
+
+        if node_id not in self.nodes:
+            raise KeyError(f"no node {node_id!r}; nodes: {sorted(self.nodes)}")
+        ray.get(self.nodes[node_id][0].undrain.remote())
+        self.draining.discard(node_id)

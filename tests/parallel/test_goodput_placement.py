@@ -51,9 +51,9 @@ def test_goodput_headroom_ranks_by_room_not_by_sessions() -> None:
     tie = [EngineLoad(0, "a", 0, 8, more_sessions=2, free_utilization=0.1),
            EngineLoad(1, "b", 0, 8, more_sessions=2, free_utilization=0.4)]
     assert choose(GoodputHeadroom(), tie).index == 1  # type: ignore[union-attr]
-    capped = [EngineLoad(0, "a", 2, 8, more_sessions=64, free_utilization=0.8),
-              EngineLoad(1, "b", 1, 8, more_sessions=64, free_utilization=0.7)]
-    assert choose(GoodputHeadroom(), capped).index == 1  # type: ignore[union-attr]  # equal room: spread
+    capped = [EngineLoad(0, "a", 2, 8, more_sessions=40, free_utilization=0.8),
+              EngineLoad(1, "b", 1, 8, more_sessions=35, free_utilization=0.7)]
+    assert choose(GoodputHeadroom(), capped).index == 1  # type: ignore[union-attr]  # room > slots: spread
     over = [EngineLoad(0, "a", 1, 8, more_sessions=0, free_utilization=-0.5),
             EngineLoad(1, "b", 1, 8, more_sessions=0, free_utilization=-0.1)]
     assert choose(GoodputHeadroom(), over).index == 1  # type: ignore[union-attr]
