@@ -29,6 +29,8 @@ difference to the single-process output (it must stay <= 1 grey level).
 
 **Memory** (``--memory``): peak RSS while loading, per rank, in fresh processes: rank 0 as before
 (the whole model, then the other stages' blocks freed) and now (stage 0's blocks only), and rank 1.
+Weights are stored fp32 and loaded as bf16 (as on a GPU), so every loaded tensor is a real copy
+(fp32 on CPU would stay memory-mapped from the file and never show in RSS).
 
 Run ``python benchmarks/multigpu.py`` (or ``streamserve bench multigpu``); prints markdown tables.
 """
@@ -236,34 +238,36 @@ def main_server(args: Any) -> None:
                       f"{r['bubble']:.2f} | {r['max_in_flight']} | {diff} |", flush=True)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident of this process image) in MB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _load_peak(how: str, folder: str, stages: int, queue: Any) -> None:
     """Child process: load the way ``how`` says; report (peak RSS increase, resident after) in MB."""
-    import resource
-
     from streamserve.pipelines.video.checkpoint import load_model
     from streamserve.pipelines.video.parallel.loading import load_rank0, transformer_layers
     from streamserve.pipelines.video.parallel.stage import drop_other_blocks
 
     torch.set_num_threads(1)
-    base = _rss_mb()
+    base = _status_mb("VmRSS")
     ranges = split_layers(transformer_layers(Path(folder)), stages)
     if how == "rank 0, before (full model, then free)":
-        loaded = load_model(folder, "cpu")
-        drop_other_blocks(loaded.dit, ranges[0])
+        dit = load_model(folder, "cpu", torch.bfloat16).dit
+        drop_other_blocks(dit, ranges[0])
     elif how == "rank 0, now (stage 0 only)":
-        loaded, _ = load_rank0(folder, "cpu", None, stages)
+        dit = load_rank0(folder, "cpu", torch.bfloat16, stages)[0].dit
     else:  # rank 1
-        load_stage_dit(Path(folder) / "transformer", ranges[1], "cpu", torch.float32)
+        dit = load_stage_dit(Path(folder) / "transformer", ranges[1], "cpu", torch.bfloat16)
     import gc
 
     gc.collect()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    queue.put((peak - base, _rss_mb() - base))
+    held = sum(p.numel() * p.element_size() for p in dit.parameters() if p.device.type != "meta") / 2**20
+    queue.put((_status_mb("VmHWM") - base, _status_mb("VmRSS") - base, held))
 
 
 def main_memory(stages: int) -> None:
@@ -274,16 +278,16 @@ def main_memory(stages: int) -> None:
         folder = save_demo_model(Path(tmp) / "model", MEMORY_CFG)
         size = sum(f.stat().st_size for f in (folder / "transformer").glob("*.safetensors")) / 2**20
         print(f"## peak memory per rank while loading, {stages} stages: demo-format DiT dim 1024, 8 blocks, "
-              f"{size:.0f} MB of weights (RSS above the process's baseline, MB)\n")
-        print("| rank, loading | peak RSS increase MB | resident after MB |")
-        print("|---|---|---|")
+              f"{size:.0f} MB of fp32 weights loaded as bf16 (RSS above the process's baseline, MB)\n")
+        print("| rank, loading | peak RSS increase MB | resident after MB | DiT weights held MB |")
+        print("|---|---|---|---|")
         for how in ("rank 0, before (full model, then free)", "rank 0, now (stage 0 only)", "rank 1 (its blocks)"):
             q = ctx.Queue()
             p = ctx.Process(target=_load_peak, args=(how, str(folder), stages, q))
             p.start()
-            peak, after = q.get(timeout=600)
+            peak, after, held = q.get(timeout=600)
             p.join(60)
-            print(f"| {how} | {peak:.0f} | {after:.0f} |", flush=True)
+            print(f"| {how} | {peak:.0f} | {after:.0f} | {held:.0f} |", flush=True)
 
 
 def main() -> None:
