@@ -51,12 +51,16 @@ class FewestSessions:
         return float(engine.max_sessions - engine.sessions)
 
 
+FREE_STEP = 0.05
+"""Free utilization is compared in steps of 5 % of a device: closer engines tie (lowest index wins)."""
+
+
 class GoodputHeadroom:
     """Headroom = how many more sessions the engine can serve within their deadlines, from its cost
     model (measured step times on *its* device: a faster device or a lighter load scores higher,
     whatever the session counts), capped by its free session slots (it can take no more than those,
     however fast: so identical, lightly loaded engines tie, and measurement noise does not decide).
-    Ties go to the engine with more free slots, then more free utilization. An engine with a free slot
+    Ties go to the engine with more free slots, then more free utilization (in 5 % steps). An engine with a free slot
     always scores > 0 (its admission gate may still offer a lower tier or refuse). While the cost
     models are cold (``more_sessions`` None), :class:`FewestSessions` decides.
     """
@@ -71,7 +75,7 @@ class GoodputHeadroom:
         if engine.more_sessions is None or engine.free_utilization is None:
             return self._fallback.headroom(engine)
         room = min(engine.more_sessions, slots)  # in [0, slots]
-        free = engine.free_utilization
+        free = round(engine.free_utilization / FREE_STEP) * FREE_STEP  # a few % of noise decides nothing
         rank = room * (engine.max_sessions + 1) + slots  # room first, then free slots
         return 2.0 * rank + 1.0 + free / (1.0 + abs(free))  # free utilization, in (-1, 1), breaks the rest
 
