@@ -25,6 +25,9 @@ class EngineLoad:
     max_sessions: int  # sessions it may hold
     draining: bool = False  # takes no new sessions (drain, rolling upgrade)
     kv_free_bytes: int | None = None  # KV memory still free, when the pipelines report it
+    # Goodput headroom from the engine's cost model (its SLO gate), None while that model is cold:
+    more_sessions: int | None = None  # more default sessions of the pipeline that fit within deadlines
+    free_utilization: float | None = None  # max utilization - predicted utilization (< 0: overloaded)
 
     def __post_init__(self) -> None:
         if self.index < 0:
@@ -46,6 +49,35 @@ class FewestSessions:
 
     def headroom(self, engine: EngineLoad) -> float:
         return float(engine.max_sessions - engine.sessions)
+
+
+FREE_STEP = 0.05
+"""Free utilization is compared in steps of 5 % of a device: closer engines tie (lowest index wins)."""
+
+
+class GoodputHeadroom:
+    """Headroom = how many more sessions the engine can serve within their deadlines, from its cost
+    model (measured step times on *its* device: a faster device or a lighter load scores higher,
+    whatever the session counts), capped by its free session slots (it can take no more than those,
+    however fast: so identical, lightly loaded engines tie, and measurement noise does not decide).
+    Ties go to the engine with more free slots, then more free utilization (in 5 % steps). An engine with a free slot
+    always scores > 0 (its admission gate may still offer a lower tier or refuse). While the cost
+    models are cold (``more_sessions`` None), :class:`FewestSessions` decides.
+    """
+
+    def __init__(self) -> None:
+        self._fallback = FewestSessions()
+
+    def headroom(self, engine: EngineLoad) -> float:
+        slots = engine.max_sessions - engine.sessions
+        if slots <= 0:
+            return 0.0
+        if engine.more_sessions is None or engine.free_utilization is None:
+            return self._fallback.headroom(engine)
+        room = min(engine.more_sessions, slots)  # in [0, slots]
+        free = round(engine.free_utilization / FREE_STEP) * FREE_STEP  # a few % of noise decides nothing
+        rank = room * (engine.max_sessions + 1) + slots  # room first, then free slots
+        return 2.0 * rank + 1.0 + free / (1.0 + abs(free))  # free utilization, in (-1, 1), breaks the rest
 
 
 def choose(placement: Placement, engines: Sequence[EngineLoad]) -> EngineLoad | None:

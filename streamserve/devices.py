@@ -2,7 +2,8 @@
 
 `streamserve serve --devices cuda:0,cuda:1` (or ``cpu,cpu`` in tests) builds one :class:`Engine` per
 entry. A new session goes to the engine a :class:`~streamserve.schedulers.placement.Placement` scores
-highest (fewest sessions by default), and stays there: its pipeline state and KV cache live on that
+highest (by default the most goodput headroom from each engine's cost model, fewest sessions while
+those are cold), and stays there: its pipeline state and KV cache live on that
 device, and every call for it (open, update, step, close) runs on that engine's thread.
 
 Each engine has a *name* for metrics and session stats: the device string, or ``cpu:0``, ``cpu:1``...
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streamserve.engine import Engine, EngineObserver
-from streamserve.schedulers.placement import EngineLoad, FewestSessions, Placement, choose
+from streamserve.schedulers.placement import EngineLoad, GoodputHeadroom, Placement, choose
 
 
 def engine_names(devices: Sequence[str]) -> list[str]:
@@ -62,6 +63,10 @@ class _DeviceObserver:
 MakeEngine = Callable[[str, EngineObserver], Engine]
 """``make(device, observer) -> Engine``: the manager builds each engine (scheduler, pipelines)."""
 
+Goodput = Callable[[int, str], "tuple[int, float] | None"]
+"""``goodput(engine index, pipeline) -> (more sessions, free utilization)`` from that engine's cost
+model (:meth:`~streamserve.gate.SloGate.placement_headroom`), or None while it is cold."""
+
 
 class DeviceEngines:
     """The engines of one server and which session runs on which.
@@ -71,12 +76,14 @@ class DeviceEngines:
         make_engine: builds the engine of one device with the observer it must report to.
         max_sessions: sessions one engine may hold.
         registry: where the per-device metrics go; ``observer``: the server-wide engine observer.
-        placement: scores engines for new sessions (default :class:`FewestSessions`).
+        placement: scores engines for new sessions (default :class:`GoodputHeadroom`: by the engines'
+            goodput headroom, fewest sessions while a cost model is cold).
+        goodput: each engine's goodput headroom for a pipeline (None: fewest sessions always).
     """
 
     def __init__(self, devices: Sequence[str], make_engine: MakeEngine, *, max_sessions: int,
                  registry: CollectorRegistry, observer: EngineObserver | None = None,
-                 placement: Placement | None = None) -> None:
+                 placement: Placement | None = None, goodput: Goodput | None = None) -> None:
         if not devices:
             raise ValueError("at least one device is needed")
         self.names = engine_names(devices)
@@ -84,7 +91,8 @@ class DeviceEngines:
         self.engines = [make_engine(dev, _DeviceObserver(observer, self.metrics, name))
                         for dev, name in zip(devices, self.names, strict=True)]
         self.max_sessions = max_sessions
-        self.placement: Placement = placement or FewestSessions()
+        self.placement: Placement = placement or GoodputHeadroom()
+        self.goodput = goodput
         self._of: dict[str, int] = {}
         self._count = [0] * len(self.engines)
         self.draining: set[int] = set()
@@ -96,13 +104,22 @@ class DeviceEngines:
     def __len__(self) -> int:
         return len(self.engines)
 
-    def loads(self) -> list[EngineLoad]:
-        return [EngineLoad(i, self.names[i], self._count[i], self.max_sessions, i in self.draining)
-                for i in range(len(self.engines))]
+    def loads(self, pipeline: str | None = None) -> list[EngineLoad]:
+        """Every engine's load; with ``pipeline``, its goodput headroom too -- for all engines or for
+        none (a cold cost model on one engine would make the scores incomparable)."""
+        room = [self.goodput(i, pipeline) for i in range(len(self.engines))] \
+            if pipeline is not None and self.goodput is not None else []
+        warm = [r for r in room if r is not None] if room else []
+        if len(warm) != len(self.engines):
+            warm = [None] * len(self.engines)  # type: ignore[list-item]
+        return [EngineLoad(i, self.names[i], self._count[i], self.max_sessions, i in self.draining,
+                           more_sessions=None if r is None else r[0], free_utilization=None if r is None else r[1])
+                for i, r in enumerate(warm)]
 
-    def place(self) -> int | None:
-        """The index of the engine a new session should open on; None when every engine is full."""
-        best = choose(self.placement, self.loads())
+    def place(self, pipeline: str | None = None) -> int | None:
+        """The index of the engine a new session (of ``pipeline``) should open on; None when every
+        engine is full. One engine: no cost model is consulted."""
+        best = choose(self.placement, self.loads(pipeline if len(self.engines) > 1 else None))
         return None if best is None else best.index
 
     def assign(self, session_id: str, index: int) -> None:

@@ -212,6 +212,19 @@ class SloGate:
                 "cost_model_error": self.scheduler.cost.errors(), "overhead": self.scheduler.cost.overhead.summary(),
                 "profile": self.scheduler.cost.to_dict()}
 
+    def placement_headroom(self, name: str, limit: int = 64) -> tuple[int, float] | None:
+        """Goodput headroom of this engine for one more default session of pipeline `name`: (how many
+        more fit at tier 0, max utilization - predicted utilization). None while the cost model is
+        cold (profile not measured yet: it is queued here, so a later placement finds it warm)."""
+        fut = self.ensure_profile(name)
+        spec = self._default_specs.get(name)
+        if not fut.done() or fut.exception() is not None or spec is None:
+            return None
+        if self.scheduler.cost.predict(name, spec.shape, 1) is None:
+            return None
+        room = self.admission.headroom(spec, limit=limit)
+        return room.more_sessions, room.free
+
     def info(self, session_id: str, admitted: str) -> dict[str, Any] | None:
         """The session's tier and why, for its stats (and the demo page's overlay)."""
         tier = self.scheduler.tier_info(session_id)

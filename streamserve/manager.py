@@ -71,7 +71,7 @@ class SessionManager:
         self.gates: list[SloGate | None] = []
         self.devices = DeviceEngines(config.devices or (config.device,), self._make_engine,
                                      max_sessions=config.max_sessions, registry=self.metrics.registry,
-                                     observer=self.metrics)
+                                     observer=self.metrics, goodput=self._goodput)
         self.scheduler = self.engine.scheduler
         self.gate = self.gates[0]  # the first device's (the only one without --devices)
 
@@ -86,6 +86,12 @@ class SessionManager:
                 self.metrics.watch_scheduler(scheduler, registry.available())
         self.gates.append(gate)
         return engine
+
+    def _goodput(self, index: int, pipeline: str) -> tuple[int, float] | None:
+        """Placement: engine `index`'s goodput headroom for `pipeline` (None without an SLO gate or
+        while its cost model is cold)."""
+        gate = self.gates[index]
+        return None if gate is None else gate.placement_headroom(pipeline)
 
     @property
     def engine(self) -> Engine:
@@ -166,7 +172,7 @@ class SessionManager:
                     stream: str | None) -> Session:
         qos, params = split_qos(params)
         parsed: Any = parse_params(cls.Params, params)
-        index = self.devices.place()
+        index = self.devices.place(name)
         if index is None:
             raise SessionLimitReached(self.config.max_sessions)
         engine = self.devices.engines[index]

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -43,6 +43,8 @@ class OfferAnswer(BaseModel):
                                 "Bearer <secret>` to GET|PATCH|DELETE /v1/sessions/{id}. Returned only here.")
 
 
+OFFER_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, OPTIONS",
+              "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "86400"}
 _ERROR = {"content": {"application/json": {"example": {"error": "bad_request", "message": "..."}}}}
 
 
@@ -61,16 +63,25 @@ class WebRTCTransport:
             summary="Start a session from a WebRTC offer",
             responses={400: _ERROR, 401: _ERROR, 413: _ERROR, 422: _ERROR, 503: _ERROR},
         )
+        self.router.add_api_route("/v1/webrtc/offer", self.preflight, methods=["OPTIONS"], include_in_schema=False)
 
-    async def offer(self, body: OfferRequest, request: Request) -> OfferAnswer | JSONResponse:
+    @staticmethod
+    async def preflight() -> Response:
+        """CORS preflight: a page from another node of a cluster re-negotiates here after a drain
+        (the ``migrate`` event); the credential is a bearer token, never a cookie."""
+        return Response(status_code=204, headers=OFFER_CORS)
+
+    async def offer(self, body: OfferRequest, request: Request, response: Response) -> OfferAnswer | JSONResponse:
         """Open a session running `pipeline` and answer the offer with its output. With admin tokens
         configured the request needs one (`Authorization: Bearer <token>`)."""
+        response.headers["Access-Control-Allow-Origin"] = "*"
         try:
             require_open(request_token(request.headers), self._config)
             return await self._answer(body)
         except StreamserveError as exc:
             log.info("webrtc offer rejected: %s", exc)
-            return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers())
+            return JSONResponse(exc.to_dict(), status_code=exc.status,
+                                headers={**exc.headers(), "Access-Control-Allow-Origin": "*"})
 
     async def _answer(self, request: OfferRequest) -> OfferAnswer:
         offer = await read_offer(request.sdp)

@@ -197,41 +197,7 @@ async function start(event) {
     });
     $("local").srcObject = state.stream;
 
-    const pc = (state.pc = new RTCPeerConnection());
-    const [video] = state.stream.getVideoTracks();
-    if (video) {
-      video.contentHint = "motion";
-      preferVP8(pc.addTransceiver(video, {direction: "sendrecv", streams: [state.stream]}));
-    }
-    for (const audio of state.stream.getAudioTracks()) pc.addTransceiver(audio, {direction: "sendrecv"});
-    const output = new MediaStream();
-    pc.addEventListener("track", (ev) => {
-      if (voice && ev.track.kind === "audio") return attachVoice(ev.track);
-      output.addTrack(ev.track);
-      $("output").srcObject = output;
-    });
-    pc.addEventListener("connectionstatechange", () => {
-      if (pc.connectionState === "connected") setStatus(`Live · session ${state.sessionId} · ${pipeline}`, "live");
-      if (pc.connectionState === "failed") stop("the connection failed", "error");
-    });
-    openControl(pc);
-
-    setStatus("Connecting…");
-    await pc.setLocalDescription(await pc.createOffer());
-    await iceGathered(pc);
-    const res = await fetch("/v1/webrtc/offer", {
-      method: "POST",
-      headers: {"Content-Type": "application/json", ...operatorAuth()},
-      body: JSON.stringify({sdp: pc.localDescription.sdp, type: "offer", pipeline, params: changedParams()}),
-    });
-    const body = await res.json();
-    if (!res.ok) {
-      if (body.field) showParamError(body);
-      throw new Error(`${res.status}: ${body.message || JSON.stringify(body.detail || body)}`);
-    }
-    state.sessionId = body.session_id;
-    state.sessionSecret = body.session_secret; // this session's credential for /v1/sessions/{id}
-    await pc.setRemoteDescription({type: body.type, sdp: body.sdp});
+    await negotiate(pipeline, voice, "/v1/webrtc/offer", changedParams());
     $("stop").disabled = false;
     $("stats").hidden = false;
     state.statsTimer = setInterval(pollStats, 1000);
@@ -241,13 +207,68 @@ async function start(event) {
   }
 }
 
+// One peer connection for the camera stream: offer to `url` (the page's server, or the cluster node a
+// drain moved the session to), answer applied. Used by start() and by a migrate event.
+async function negotiate(pipeline, voice, url, params) {
+  const pc = (state.pc = new RTCPeerConnection());
+  const [video] = state.stream.getVideoTracks();
+  if (video) {
+    video.contentHint = "motion";
+    preferVP8(pc.addTransceiver(video, {direction: "sendrecv", streams: [state.stream]}));
+  }
+  for (const audio of state.stream.getAudioTracks()) pc.addTransceiver(audio, {direction: "sendrecv"});
+  const output = new MediaStream();
+  pc.addEventListener("track", (ev) => {
+    if (voice && ev.track.kind === "audio") return attachVoice(ev.track);
+    output.addTrack(ev.track);
+    $("output").srcObject = output;
+  });
+  pc.addEventListener("connectionstatechange", () => {
+    if (state.pc !== pc) return; // an old connection a migration replaced
+    if (pc.connectionState === "connected") setStatus(`Live · session ${state.sessionId} · ${pipeline}`, "live");
+    if (pc.connectionState === "failed") stop("the connection failed", "error");
+  });
+  openControl(pc, pipeline, voice);
+
+  setStatus("Connecting…");
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceGathered(pc);
+  const res = await fetch(url, {
+    method: "POST",
+    headers: {"Content-Type": "application/json", ...operatorAuth()},
+    body: JSON.stringify({sdp: pc.localDescription.sdp, type: "offer", pipeline, params}),
+  });
+  const body = await res.json();
+  if (!res.ok) {
+    if (body.field) showParamError(body);
+    throw new Error(`${res.status}: ${body.message || JSON.stringify(body.detail || body)}`);
+  }
+  state.sessionId = body.session_id;
+  state.sessionSecret = body.session_secret; // this session's credential for /v1/sessions/{id}
+  await pc.setRemoteDescription({type: body.type, sdp: body.sdp});
+}
+
+// A draining cluster node moves the session: {"event": "migrate", "offer": URL, "resume": credential}.
+// Re-negotiate with that node (same camera stream); it resumes the session from its replayed history.
+async function migrate(msg, pipeline, voice) {
+  const old = state.pc;
+  state.pc = null; // the old connection's close is not the end of the session
+  old?.close();
+  setStatus("Moving to another node…");
+  try {
+    await negotiate(pipeline, voice, msg.offer, {resume: msg.resume});
+  } catch (err) {
+    stop(`Could not move the session: ${err.message || err}`, "error");
+  }
+}
+
 // On a server started with --token, open the page as /#token=... (a URL fragment never reaches the server).
 function operatorAuth() {
   const token = new URLSearchParams(location.hash.slice(1)).get("token");
   return token ? {Authorization: `Bearer ${token}`} : {};
 }
 
-function openControl(pc) {
+function openControl(pc, pipeline, voice) {
   const channel = (state.channel = pc.createDataChannel("control"));
   channel.addEventListener("open", () => channel.send(JSON.stringify({type: "ping", t: performance.now()})));
   channel.addEventListener("message", (ev) => {
@@ -256,6 +277,7 @@ function openControl(pc) {
     else if (msg.type === "params") showParams(msg.params);
     else if (msg.type === "error") showParamError(msg);
     else if (msg.type === "pong") state.rtt = performance.now() - msg.t;
+    else if (msg.type === "event" && msg.event === "migrate") return void migrate(msg, pipeline, voice);
     else if (msg.type === "event") voiceEvent(msg);
     renderStats();
   });

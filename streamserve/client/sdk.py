@@ -82,6 +82,7 @@ class StreamClient:
         kinds: tuple[str, ...] = ("video", "audio"),
         max_buffered: int = 256,
         open_timeout: float = 10.0,
+        follow_migrations: bool = True,
     ) -> None:
         if send_format not in wp.VIDEO_FORMATS or output_format not in wp.VIDEO_FORMATS:
             raise ValueError(f"video formats are {sorted(wp.VIDEO_FORMATS)}, got {send_format!r}/{output_format!r}")
@@ -112,6 +113,14 @@ class StreamClient:
         self._failure: BaseException | None = None
         # `event` messages (voice: transcripts, thinking, per-turn latency, barge-in), in order
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # A draining cluster node moves the session: a `migrate` event names the new node and a resume
+        # credential; the client reconnects there (outputs and sends continue; sends wait meanwhile).
+        self.follow_migrations = follow_migrations
+        self.migrations: list[dict[str, Any]] = []  # the migrate events followed
+        self._migrate: dict[str, Any] | None = None
+        self._moved: asyncio.Event = asyncio.Event()
+        self._moved.set()
+        self._follower: asyncio.Task[None] | None = None
 
     # --- life -----------------------------------------------------------------------------------
     async def __aenter__(self) -> StreamClient:
@@ -124,24 +133,47 @@ class StreamClient:
 
     async def connect(self) -> None:
         """Open the socket, exchange `hello`, `start` the session. Raises ServerError if refused."""
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        self._ws = await connect(self.url, subprotocols=[wp.SUBPROTOCOL],  # type: ignore[list-item]
-                                 additional_headers=headers, max_size=wp.MAX_MESSAGE_BYTES,
-                                 open_timeout=self.open_timeout)
-        self._reader = asyncio.create_task(self._read_loop(), name="streamclient-reader")
         try:
-            hello: dict[str, Any] = {"type": "hello", "version": wp.PROTOCOL_VERSION, "client": "streamserve.client"}
-            self.server_hello = await self._request(hello, timeout_s=self.open_timeout)
-            start = {"type": "start", "pipeline": self.pipeline, "params": self.params, "output": self.output}
-            self.started = await self._request(start, timeout_s=self.open_timeout)
-            self.session_id = self.started["session_id"]
-            self.session_secret = self.started.get("session_secret")
+            await self._open(self.url, self.params)
         except BaseException:
             await self.close()
             raise
 
+    async def _open(self, url: str, params: Mapping[str, Any]) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        self._ws = await connect(url, subprotocols=[wp.SUBPROTOCOL],  # type: ignore[list-item]
+                                 additional_headers=headers, max_size=wp.MAX_MESSAGE_BYTES,
+                                 open_timeout=self.open_timeout)
+        self._reader = asyncio.create_task(self._read_loop(), name="streamclient-reader")
+        hello: dict[str, Any] = {"type": "hello", "version": wp.PROTOCOL_VERSION, "client": "streamserve.client"}
+        self.server_hello = await self._request(hello, timeout_s=self.open_timeout)
+        start = {"type": "start", "pipeline": self.pipeline, "params": dict(params), "output": self.output}
+        self.started = await self._request(start, timeout_s=self.open_timeout)
+        self.session_id = self.started["session_id"]
+        self.session_secret = self.started.get("session_secret")
+
+    async def _follow(self, move: dict[str, Any]) -> None:
+        """Reconnect to the node a `migrate` event named, resuming the session there."""
+        try:
+            self._failure = None
+            self.url = str(move["ws"])
+            await self._open(self.url, {**self.params, "resume": move["resume"]})
+            self.migrations.append(move)
+        except BaseException as exc:
+            self._failure = exc if isinstance(exc, Exception) else SessionEnded("migration cancelled")
+            self._outputs.put_nowait(None)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._migrate = None
+            self._moved.set()
+
     async def close(self) -> None:
         """Ask the server to end the session (if it still runs) and close the socket."""
+        if self._follower is not None and not self._follower.done():
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
         ws = self._ws
         if ws is None:
             return
@@ -222,6 +254,9 @@ class StreamClient:
         return seq
 
     async def _send_media(self, data: bytes) -> None:
+        if not self._moved.is_set():  # moving to another node: wait until the session runs there
+            async with asyncio.timeout(self.open_timeout * 2):
+                await self._moved.wait()
         if self._failure is not None:
             raise self._failure
         if self._ws is None or self.session_id is None:
@@ -255,9 +290,10 @@ class StreamClient:
     # --- reading --------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
         assert self._ws is not None
+        ws = self._ws
         decoder = wp.MediaCodec()
         try:
-            async for message in self._ws:
+            async for message in ws:
                 if isinstance(message, bytes):
                     header, payload = wp.parse_media(message)
                     media = await asyncio.to_thread(decoder.decode, header, payload, arrival=0.0, deadline=0.0)
@@ -275,20 +311,38 @@ class StreamClient:
         except wp.ProtocolError as exc:  # the server sent something we cannot read
             self._failure = exc
         finally:
-            if self._failure is None:
-                self._failure = SessionEnded(self.end_reason or "connection closed")
+            self._connection_over()
+
+    def _connection_over(self) -> None:
+        """The socket closed: follow a migrate event (outputs stay open: the session continues on the
+        new node), or end the outputs and fail whoever waits."""
+        move = self._migrate
+        if move is not None and self._failure is None and self.follow_migrations:
+            moving = SessionEnded("the session is moving to another node")
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_exception(self._failure)
-            self._outputs.put_nowait(None)
+                    fut.set_exception(moving)
+            self._follower = asyncio.create_task(self._follow(move), name="streamclient-follow")
+            return
+        if self._failure is None:
+            self._failure = SessionEnded(self.end_reason or "connection closed")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(self._failure)
+        self._outputs.put_nowait(None)
 
     def _on_control(self, body: dict[str, Any]) -> None:
         msg_id = body.get("id")
         kind = body["type"]
         if kind == "event":
             body["received"] = time.monotonic()
+            if body.get("event") == "migrate" and self.follow_migrations and "ws" in body and "resume" in body:
+                self._migrate = body  # followed when this connection closes
+                self._moved.clear()
             self.events.put_nowait(body)
             return
+        if kind == "ended" and self._migrate is not None:
+            return  # not the end: the session continues on the node the migrate event named
         if kind == "ended":
             self.end_reason = str(body.get("reason", ""))
         if kind == "error":

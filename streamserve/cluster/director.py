@@ -2,20 +2,32 @@
 
 A Ray actor holding the nodes (their actor handles and URLs). Placement asks every node for its
 load and applies the same :class:`~streamserve.schedulers.placement.Placement` protocol as one
-machine's devices (fewest sessions by default; a goodput cost model plugs in there). Draining is
-remembered here too, so a drained node gets no new session even before it reports back.
+machine's devices: by default :class:`~streamserve.schedulers.placement.GoodputHeadroom`, the node
+whose engines' cost models say it can serve the most more sessions within their deadlines (fewest
+sessions while a node's cost model is cold). Draining is remembered here too, so a drained node gets
+no new session even before it reports back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from streamserve.schedulers.placement import EngineLoad, FewestSessions, Placement, choose
+from streamserve.schedulers.placement import EngineLoad, GoodputHeadroom, Placement, choose
+
+
+def snapshot(loads: list[dict[str, Any]]) -> list[EngineLoad]:
+    """Node load reports -> placement snapshots; goodput headroom for all nodes or for none (a cold
+    cost model on one node would make the scores incomparable)."""
+    warm = bool(loads) and all(ld.get("more_sessions") is not None for ld in loads)
+    return [EngineLoad(i, ld["node_id"], ld["sessions"], ld["max_sessions"], ld["draining"],
+                       more_sessions=ld["more_sessions"] if warm else None,
+                       free_utilization=ld["free_utilization"] if warm else None)
+            for i, ld in enumerate(loads)]
 
 
 class Director:
     def __init__(self, placement: Placement | None = None) -> None:
-        self.placement: Placement = placement or FewestSessions()
+        self.placement: Placement = placement or GoodputHeadroom()
         self.nodes: dict[str, tuple[Any, str]] = {}  # node id -> (actor handle, url)
         self.draining: set[str] = set()
         self.placed = 0
@@ -37,9 +49,7 @@ class Director:
     def place(self) -> dict[str, Any] | None:
         """The node a new session should go to: ``{"node_id", "url"}``, or None when all are full."""
         loads = self.loads()
-        snapshot = [EngineLoad(i, ld["node_id"], ld["sessions"], ld["max_sessions"], ld["draining"])
-                    for i, ld in enumerate(loads)]
-        best = choose(self.placement, snapshot)
+        best = choose(self.placement, snapshot(loads))
         if best is None:
             return None
         self.placed += 1
@@ -59,18 +69,34 @@ class Director:
         return None
 
     def drain(self, node_id: str) -> list[str]:
-        """Stop placements on ``node_id``, end its sessions and hand each named stream's input history
-        to the node it will continue on (clients reconnect through the front and are sent there)."""
+        """Stop placements on ``node_id`` and move its live sessions (recompute migration): each one's
+        input history goes to the node it will continue on; a named stream's publisher reconnects
+        through the front and is sent there, a WebSocket / offer client is told where to go (a
+        ``migrate`` event with a one-time resume credential). Returns the ended session ids."""
         import ray
 
         if node_id not in self.nodes:
             raise KeyError(f"no node {node_id!r}; nodes: {sorted(self.nodes)}")
         self.draining.add(node_id)
-        ended, moving = ray.get(self.nodes[node_id][0].drain.remote())
-        for adoption in moving:  # recompute migration: the target replays the stream's history
+        node = self.nodes[node_id][0]
+        moving = ray.get(node.prepare_drain.remote())
+        targets: dict[str, str] = {}
+        for adoption in moving:
             target = self.place()
             if target is None:
-                continue  # nowhere to go: the stream restarts wherever it reconnects
+                continue  # nowhere to go: the session restarts wherever its client reconnects
             ray.get(self.nodes[target["node_id"]][0].adopt.remote(adoption))
-            self.moved[adoption.stream] = target["node_id"]
-        return ended  # type: ignore[no-any-return]
+            if adoption.stream is not None:
+                self.moved[adoption.stream] = target["node_id"]
+            elif adoption.resume is not None and adoption.session_id is not None:
+                targets[adoption.session_id] = f"{target['url']}#{adoption.resume}"
+        return ray.get(node.drain.remote(targets))  # type: ignore[no-any-return]
+
+    def undrain(self, node_id: str) -> None:
+        """Take new sessions on ``node_id`` again (after a rolling upgrade, or a drain called off)."""
+        import ray
+
+        if node_id not in self.nodes:
+            raise KeyError(f"no node {node_id!r}; nodes: {sorted(self.nodes)}")
+        ray.get(self.nodes[node_id][0].undrain.remote())
+        self.draining.discard(node_id)

@@ -5,7 +5,9 @@
 - ``POST /whep/{stream}`` -> ``307`` to the node where ``stream`` is live (404 when none);
 - ``POST /v1/webrtc/offer`` -> ``307`` to the chosen node (``fetch`` follows it with the body);
 - ``GET /v1/cluster/route`` -> ``{"node_id", "url", "ws"}`` for WebSocket and SDK clients;
-- ``GET /v1/cluster/nodes`` (loads), ``POST /v1/cluster/drain/{node_id}``, ``GET /healthz``.
+- ``GET /v1/cluster/nodes`` (loads), ``POST /v1/cluster/drain/{node_id}`` (live sessions move: WHIP
+  publishers reconnect through the front, WebSocket / offer clients get a ``migrate`` event),
+  ``POST /v1/cluster/undrain/{node_id}`` (placements there again), ``GET /healthz``.
 
 Every answer that names no node is a JSON error: 503 when every node is full or draining.
 """
@@ -80,5 +82,15 @@ def create_front_app(director: Any) -> FastAPI:
                 return JSONResponse({"error": "node_not_found", "message": f"no node {node_id!r}"}, status_code=404)
             raise
         return JSONResponse({"node_id": node_id, "draining": True, "ended_sessions": ended})
+
+    @app.post("/v1/cluster/undrain/{node_id}", tags=["cluster"])
+    async def undrain(node_id: str) -> Response:
+        try:
+            await director.undrain.remote(node_id)
+        except Exception as exc:  # a Ray task error wrapping the KeyError
+            if "no node" in str(exc):
+                return JSONResponse({"error": "node_not_found", "message": f"no node {node_id!r}"}, status_code=404)
+            raise
+        return JSONResponse({"node_id": node_id, "draining": False})
 
     return app

@@ -6,13 +6,17 @@ Each node keeps, per session, the first ``sinks`` video frames and the last ``re
 hands it to the node it places the stream on (:class:`Adoption`), and when the client reconnects
 (WHIP through the front, redirected there) the new session first runs those frames through its
 pipeline, outputs discarded, so the sink blocks and the recent window are in its cache before the
-first live frame.
+first live frame. WebSocket and WebRTC-offer sessions (no stream name) are moved the same way: the
+drained node sends their client a ``migrate`` event (WebSocket ``event`` message / data-channel
+message) naming the new node and a one-time resume credential; the client (the Python SDK, the demo
+page) reconnects there with ``params.resume`` and the new node replays the history first.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from collections.abc import Sequence
 
 from streamserve.core.frames import Media, MediaKind
@@ -47,13 +51,30 @@ class InputHistory:
 
 @dataclasses.dataclass
 class Adoption:
-    """What a node needs to continue a drained stream: its pipeline, params and input history."""
+    """What a node needs to continue a drained session: its pipeline, params and input history.
 
-    stream: str
+    A named stream (WHIP) is found again by its name when its publisher reconnects through the front.
+    A WebSocket or WebRTC-offer session has no name: it gets a one-time ``resume`` credential, sent
+    to its client with the new node's URL (a ``migrate`` event), and presented there as the
+    ``resume`` parameter of the new session."""
+
+    stream: str | None
     pipeline: str
     params: dict[str, object]
     frames: list[Media]
     from_node: str
+    resume: str | None = None  # the credential (WS / offer sessions)
+    session_id: str | None = None  # the session on the drained node
+    created: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> str:
+        """Where the adopting node files it: the stream's name, or ``resume:<credential>``."""
+        if self.stream is not None:
+            return self.stream
+        if self.resume is None:
+            raise ValueError("an adoption needs a stream name or a resume credential")
+        return f"resume:{self.resume}"
 
 
 def replay(engine: Engine, pipeline: str, session_id: str, frames: Sequence[Media]) -> int:

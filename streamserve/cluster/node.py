@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DRAIN_REASON = "node draining: reconnect through the front to continue on another node"
+MIGRATE_REASON = "node draining: the session moves to another node (see the migrate event)"
+RESUME_TTL_S = 120.0  # how long an unused resume credential stays valid on its target node
 
 
 class NodeServer:
@@ -70,24 +73,40 @@ class NodeServer:
     async def _open_with_migration(self, pipeline: str | None, params: Mapping[str, Any] | None, *, source: str,
                                    stream: str | None = None) -> Any:
         manager = self.app.state.manager
+        adoption = self.adoptions.pop(stream, None) if stream is not None else None
+        if params is not None and "resume" in params:  # a WS / offer client following a migrate event
+            adoption = self._resume(str(params["resume"]))
+            pipeline, params = adoption.pipeline, adoption.params  # the session as it was, live updates included
         session = await self._open(pipeline, params, source=source, stream=stream)
         history = InputHistory(*self._history_args)
-        adoption = self.adoptions.pop(stream, None) if stream is not None else None
         if adoption is not None and adoption.pipeline == session.pipeline:
             engine = manager.devices.engine_of(session.id)
             count = await asyncio.wrap_future(
                 engine.call(functools.partial(replay, engine, session.pipeline, session.id, adoption.frames)))
-            self.replayed[adoption.stream] = count
+            self.replayed[adoption.stream or f"session {adoption.session_id}"] = count
             for media in adoption.frames:  # a second drain carries the history on
                 history.record(media)
-            log.info("stream %s continues from node %s: %d frames replayed", stream, adoption.from_node, count)
+            log.info("%s continues from node %s: %d frames replayed", adoption.stream or adoption.session_id,
+                     adoption.from_node, count)
         self.history[session.id] = history
         session.recorder = history.record
         return session
 
+    def _resume(self, credential: str) -> Adoption:
+        from streamserve.core.errors import InvalidParams
+
+        now = time.monotonic()
+        for key in [k for k, a in self.adoptions.items() if a.resume and now - a.created > RESUME_TTL_S]:
+            del self.adoptions[key]  # expired credentials
+        adoption = self.adoptions.pop(f"resume:{credential}", None)
+        if adoption is None:
+            raise InvalidParams("resume", "unknown or expired resume credential (it is valid once, on the node "
+                                f"named by the migrate event, for {RESUME_TTL_S:.0f} s)")
+        return adoption
+
     def adopt(self, adoption: Adoption) -> None:
-        """Expect ``adoption.stream`` to reconnect here; its history is replayed when it does."""
-        self.adoptions[adoption.stream] = adoption
+        """Expect ``adoption``'s stream (or resume credential) here; its history is replayed when it comes."""
+        self.adoptions[adoption.key] = adoption
 
     def info(self) -> dict[str, Any]:
         import ray
@@ -100,36 +119,75 @@ class NodeServer:
 
         async def read() -> dict[str, Any]:
             manager = self.app.state.manager
-            loads = manager.devices.loads()
+            loads = manager.devices.loads(manager.config.pipeline)  # with goodput headroom once warm
+            open_ = [ld for ld in loads if not ld.draining]
+            warm = bool(open_) and all(ld.more_sessions is not None for ld in open_)
             return {
                 "node_id": self.node_id, "url": self.url,
                 "sessions": len(manager.list()), "max_sessions": manager.config.max_sessions,
                 "draining": bool(loads) and all(ld.draining for ld in loads),
                 "streams": sorted(s.stream for s in manager.list() if s.stream),
                 "devices": [dataclasses.asdict(ld) for ld in loads],
-                "adopting": sorted(self.adoptions), "replayed": dict(self.replayed),
+                "adopting": sorted(k for k in self.adoptions if not k.startswith("resume:")),  # no credentials
+                "adopting_sessions": sum(1 for k in self.adoptions if k.startswith("resume:")),
+                "replayed": dict(self.replayed),
+                # the node's goodput headroom: more default sessions over its devices, the best free share
+                "more_sessions": sum(ld.more_sessions or 0 for ld in open_) if warm else None,
+                "free_utilization": max(ld.free_utilization or 0.0 for ld in open_) if warm else None,
             }
 
         return self._run(read())
 
-    def drain(self) -> tuple[list[str], list[Adoption]]:
-        """Take no new sessions and end the live ones (their clients reconnect through the front).
-        Returns the ended session ids and, for named streams, what another node needs to continue them."""
+    def prepare_drain(self) -> list[Adoption]:
+        """Take no new sessions; export every live session's history (what another node needs to
+        continue it): named streams by name, WebSocket / offer sessions with a new resume credential."""
 
-        async def drain() -> tuple[list[str], list[Adoption]]:
+        async def prepare() -> list[Adoption]:
             manager = self.app.state.manager
             manager.devices.draining.update(range(len(manager.devices)))
-            ended, moving = [], []
+            moving = []
+            for s in manager.list():
+                history = self.history.get(s.id)
+                if history is None:
+                    continue
+                resume = None if s.stream is not None else secrets.token_urlsafe(24)
+                moving.append(Adoption(s.stream, s.pipeline, s.params_dict(), history.frames(), self.node_id,
+                                       resume=resume, session_id=s.id))
+            return moving
+
+        return self._run(prepare())
+
+    def drain(self, targets: Mapping[str, str] | None = None) -> list[str]:
+        """End the live sessions. ``targets``: session id -> URL of the node that adopted it with a resume
+        credential; that session's client gets a ``migrate`` event first (WebSocket ``event`` message,
+        WebRTC data-channel message) with the URLs to reconnect to and the credential. Returns the
+        ended session ids."""
+        targets = dict(targets or {})
+
+        async def drain() -> list[str]:
+            manager = self.app.state.manager
+            manager.devices.draining.update(range(len(manager.devices)))
+            ended = []
             for s in manager.list():
                 ended.append(s.id)
-                history = self.history.pop(s.id, None)
-                if s.stream is not None and history is not None:
-                    moving.append(Adoption(s.stream, s.pipeline, s.params_dict(), history.frames(), self.node_id))
-                await manager.close(s.id, DRAIN_REASON)
+                move = targets.get(s.id)
+                if move is not None:
+                    url, resume = move.split("#", 1)
+                    s.publish({"event": "migrate", "url": url, "ws": url.replace("http", "ws", 1) + "/v1/ws",
+                               "offer": url + "/v1/webrtc/offer", "resume": resume, "reason": MIGRATE_REASON})
+                await manager.close(s.id, MIGRATE_REASON if move is not None else DRAIN_REASON)
             self.history.clear()
-            return ended, moving
+            return ended
 
         return self._run(drain())
+
+    def undrain(self) -> None:
+        """Take new sessions again."""
+
+        async def undrain() -> None:
+            self.app.state.manager.devices.draining.clear()
+
+        self._run(undrain())
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -1,7 +1,9 @@
 """Scale-out on a local Ray cluster: two node servers (actors), a director, and the HTTP front.
 
 One Ray instance for the whole module (start-up costs seconds). Media goes client <-> node directly:
-the front only answers 307 (WHIP/WHEP) or a route (WebSocket).
+the front only answers 307 (WHIP/WHEP) or a route (WebSocket). Drain migration: a WHIP publisher
+reconnects through the front; a WebSocket client (the SDK) follows the node's `migrate` event to the
+node that adopted its session, which replays its input history first (recompute migration).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from streamserve.core.config import ServerConfig
 
 ray = pytest.importorskip("ray", reason="the cluster extra (ray) is not installed")
 
-from streamserve.client import StreamClient  # noqa: E402
+from streamserve.client import ServerError, StreamClient  # noqa: E402
 from streamserve.cluster.front import create_front_app  # noqa: E402
 from streamserve.cluster.launch import Cluster, start_cluster  # noqa: E402
 from tests.transport.whip_clients import ObsLikePublisher, WhepViewer  # noqa: E402
@@ -79,6 +81,114 @@ async def publish(http: httpx.AsyncClient, front: Front, stream: str) -> tuple[O
     assert [r.status_code for r in reply.history] == [307]  # the front redirected, the node answered
     await asyncio.wait_for(pub.connected.wait(), 30)
     return pub, reply
+
+
+def img(i: int) -> np.ndarray:
+    return np.full((24, 32, 3), (i * 7) % 256, np.uint8)
+
+
+async def test_drain_moves_a_websocket_session_and_frames_keep_flowing(cluster: tuple[Cluster, Front]) -> None:
+    c, front = cluster
+    async with httpx.AsyncClient(base_url=front.url, timeout=30) as http:
+        route = (await http.get("/v1/cluster/route")).json()
+        node_a = route["node_id"]
+        node_b = next(n for n in c.urls if n != node_a)
+        client = StreamClient(route["ws"], pipeline="passthrough", send_format="rgb24", output_format="rgb24",
+                              kinds=("video",), open_timeout=30)
+        await client.connect()
+        try:
+            first_id = client.session_id
+            for i in range(12):  # history on A: 3 sink frames + the 6 most recent
+                await client.send_frame(img(i))
+                out = await client.receive(timeout_s=30)
+                assert out is not None and np.array_equal(out.data, img(i))
+            sent = 12
+            drained: dict[str, Any] = {}
+
+            async def drain() -> None:
+                drained.update((await http.post(f"/v1/cluster/drain/{node_a}")).json())
+
+            task = asyncio.create_task(drain())
+            # Keep sending while the node drains: a send waits while the SDK moves, then goes to B.
+            loop = asyncio.get_running_loop()
+            deadline, after_move = loop.time() + 60, 0
+            while after_move < 3 and loop.time() < deadline:
+                await client.send_frame(img(sent))
+                sent += 1
+                try:
+                    out = await client.receive(timeout_s=0.5)
+                except TimeoutError:
+                    continue
+                assert out is not None, client.end_reason
+                after_move += bool(client.migrations)
+            await task
+            assert drained["draining"] is True and drained["ended_sessions"] == [first_id]
+            assert len(client.migrations) == 1 and client.end_reason is None
+            move = client.migrations[0]
+            assert move["event"] == "migrate" and move["url"] == c.urls[node_b] and client.url == move["ws"]
+            assert client.session_id != first_id
+            # Frames keep flowing on B, in order, pixel for pixel.
+            for k in range(5):
+                seq = await client.send_frame(img(100 + k))
+                out = await client.receive(timeout_s=30)
+                while out is not None and not np.array_equal(out.data, img(100 + k)):  # stragglers from the move
+                    out = await client.receive(timeout_s=30)
+                assert out is not None and out.ref == seq
+            loads = await nodes(http)
+            assert loads[node_a]["sessions"] == 0 and loads[node_b]["sessions"] == 1
+            assert loads[node_b]["replayed"] == {f"session {first_id}": 3 + 6}  # sinks + recent replayed first
+            assert loads[node_b]["adopting_sessions"] == 0  # the credential was used up
+            # The credential is single-use: presenting it again is refused, naming the parameter.
+            with pytest.raises(ServerError, match="resume"):
+                async with StreamClient(move["ws"], pipeline="passthrough", params={"resume": move["resume"]}):
+                    pass
+        finally:
+            await client.close()
+        # Node A serves again (a rolling upgrade done); the tests after this one start from two nodes.
+        assert (await http.post(f"/v1/cluster/undrain/{node_a}")).json()["draining"] is False
+        assert (await nodes(http))[node_a]["draining"] is False
+        assert (await http.post("/v1/cluster/undrain/node-x")).status_code == 404
+
+
+async def test_drain_moves_a_webrtc_offer_session(cluster: tuple[Cluster, Front]) -> None:
+    """The offer path: the `migrate` message comes on the data channel; the client re-negotiates with
+    the named node presenting the credential (what the demo page does) and media flows there."""
+    from tests.transport.client import Client
+
+    c, front = cluster
+    async with httpx.AsyncClient(base_url=front.url, timeout=30) as http:
+        route = (await http.get("/v1/cluster/route")).json()
+        node_a = route["node_id"]
+        node_b = next(n for n in c.urls if n != node_a)
+        first = Client(route["url"], width=64, height=48, fps=15)
+        second: Client | None = None
+        try:
+            await first.connect("passthrough")
+            async with asyncio.timeout(60):
+                await first.until(lambda: len(first.reader.seen) >= 10)
+            drain = asyncio.create_task(http.post(f"/v1/cluster/drain/{node_a}"))
+            async with asyncio.timeout(60):
+                msg = await first.messages.get()
+                while msg.get("event") != "migrate":
+                    msg = await first.messages.get()
+            assert msg["type"] == "event" and msg["url"] == c.urls[node_b] and msg["offer"].endswith("/v1/webrtc/offer")
+            assert (await drain).json()["ended_sessions"] == [first.session_id]
+            second = Client(msg["url"], width=64, height=48, fps=15)
+            await second.connect(None, {"resume": msg["resume"]})  # pipeline and params come from the adoption
+            async with asyncio.timeout(60):
+                await second.until(lambda: len(second.reader.seen) >= 10)
+            loads = await nodes(http)
+            assert loads[node_b]["sessions"] == 1 and loads[node_b]["replayed"][f"session {first.session_id}"] == 3 + 6
+        finally:
+            for client in (first, second):
+                if client is not None:
+                    await client.close()
+        for _ in range(100):  # the node ends the session when it sees the peer go (DTLS close): bounded wait
+            if (await nodes(http))[node_b]["sessions"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert (await nodes(http))[node_b]["sessions"] == 0
+        assert (await http.post(f"/v1/cluster/undrain/{node_a}")).status_code == 200
 
 
 async def test_whip_307_placement_by_headroom_and_drain(cluster: tuple[Cluster, Front]) -> None:

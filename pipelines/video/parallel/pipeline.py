@@ -9,13 +9,15 @@ keys before running that forward); a session's end travels the ring in order too
 
 Options: ``stages`` (ranks, default 2), ``stage_devices`` (one per stage; default: ``cuda:0..`` on
 CUDA, the pipeline's device otherwise), ``timeout_s`` (a transfer that takes longer fails the
-group), ``rebalance`` (move blocks between stages from measured stage times). ``attention`` must
-be "dense".
+group), ``rebalance`` (move blocks between stages from measured stage times), ``inflight`` (how many
+micro-batches of one tick are in the ring at once; default: ``stages``; 1 = one forward at a time).
+``attention`` must be "dense".
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,16 +28,19 @@ from streamserve.kv_rolling import KVPool
 
 from ..demo_config import WEIGHTS_DIR
 from ..params import VideoParams
-from ..pipeline import VideoDiffusionPipeline
+from ..pipeline import VideoDiffusionPipeline, set_cpu_threads
 from ..presets import make_rules
 from ..sampler import predict_x0
 from ..session import SessionState, Work
+from .loading import load_rank0
 from .ring import GroupSpec, StageGroup
 from .split import Balancer, BalancerConfig, split_layers
 from .stage import PoolArgs
 from .wire import StageFailed
 
 log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def default_stage_devices(device: str, stages: int) -> tuple[str, ...]:
@@ -53,14 +58,31 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
     def __init__(
         self, device: str = "cpu", model: str | None = None, *, stages: int = 2,
         stage_devices: Sequence[str] | None = None, timeout_s: float = 30.0, rebalance: bool = True,
-        balancer: BalancerConfig | None = None, **options: Any,
+        balancer: BalancerConfig | None = None, inflight: int | None = None, max_sessions: int | None = None,
+        num_sinks: int | None = None, window: int | None = None, position_policy: str | None = None,
+        dtype: str | None = None, preset: str | None = None, threads: int | None = None, **options: Any,
     ) -> None:
-        if options.get("causal_weights"):
+        if options.pop("causal_weights", None):
             raise ValueError("video-pp loads plain diffusers transformer folders; causal_weights is not supported")
-        super().__init__(device, model, **options)
+        options.pop("checkpoint_key", None)  # only meaningful with causal weights
+        super(VideoDiffusionPipeline, self).__init__(device, **options)  # unknown options -> ValueError
+        set_cpu_threads(device, threads)
+        if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if not 1 <= stages <= 64:
+            raise ValueError(f"stages must be in [1, 64], got {stages}")
+        # Rank 0 reads only stage 0's blocks (never the whole DiT); the other ranks read their own.
+        loaded, _ = load_rank0(model, device, _DTYPES[dtype] if dtype else None, stages)
+        self._setup(loaded, max_sessions, num_sinks, window, position_policy, preset)
         if self.rules != make_rules("streamserve", self.num_sinks, self.window):
             raise ValueError("video-pp runs the streamserve stream preset only (its stages keep one plain "
                              f"rolling cache per block), got preset rules {self.rules}")
+        self.inflight = stages if inflight is None else int(inflight)
+        if not 1 <= self.inflight <= 64:
+            raise ValueError(f"inflight must be in [1, 64] micro-batches, got {inflight}")
+        self.tick_stats: dict[str, float] = {"ticks": 0, "micro_batches": 0, "wall_s": 0.0, "max_in_flight": 0}
         self._start_group(stages, stage_devices, timeout_s, rebalance, balancer)
 
     def _start_group(self, stages: int, stage_devices: Sequence[str] | None, timeout_s: float, rebalance: bool,
@@ -82,11 +104,11 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
     def from_folder(cls, folder: str, *, stages: int, stage_devices: Sequence[str] | None = None,
                     timeout_s: float = 30.0, rebalance: bool = False, balancer: BalancerConfig | None = None,
                     max_sessions: int | None = None, num_sinks: int | None = None, window: int | None = None,
-                    ) -> PipelinedVideoPipeline:
+                    inflight: int | None = None) -> PipelinedVideoPipeline:
         """Tests and benchmarks: a model folder with explicit cache geometry."""
         return cls("cpu", folder, stages=stages, stage_devices=stage_devices, timeout_s=timeout_s,
                    rebalance=rebalance, balancer=balancer, max_sessions=max_sessions, num_sinks=num_sinks,
-                   window=window)
+                   window=window, inflight=inflight)
 
     # ------------------------------------------------------------------ sessions
 
@@ -120,30 +142,50 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
     # ------------------------------------------------------------------ the forward, over the ring
 
     def _forward(self, group: Sequence[tuple[SessionState, Work]]) -> None:
+        """One tick of the single-process pipeline, sent as up to ``inflight`` micro-batches that are
+        all in the ring at once (stage ``i`` runs micro-batch ``j`` while stage ``i+1`` runs ``j-1``):
+        the items of a stream batch -- one stream's blocks at different denoising steps -- and the
+        items of different streams are independent within a tick, and the stages defer the tick's KV
+        writes to its end (:meth:`~.stage.Stage.forward`), so the result equals the batched forward."""
         st0 = group[0][0]
-        x = torch.stack([w.x for _, w in group])  # [N, C, 1, h, w]
-        sig = torch.tensor([w.sigma for _, w in group], device=x.device)
-        prompt_sessions, prompts = [], []
+        new_prompt: dict[str, torch.Tensor] = {}
         for st, _ in group:
             states = st.prompt.current()  # [1, Lc, dim]
             last = self._sent_prompt.get(st.session_id)
-            if st.session_id not in prompt_sessions and (last is None or not torch.equal(last, states)):
-                prompt_sessions.append(st.session_id)
-                prompts.append(states)
-                self._sent_prompt[st.session_id] = states
+            if st.session_id not in new_prompt and (last is None or not torch.equal(last, states)):
+                new_prompt[st.session_id] = states
         pool = PoolArgs(self.max_sessions, self.num_sinks, self.window + st0.pool_key[2], st0.grid[0] * st0.grid[1],
                         self.position_policy, self.loaded.defaults.refresh_every)
-        meta = {"items": [(st.session_id, w.block) for st, w in group], "sigma": sig.tolist(),
-                "key": st0.pool_key, "grid": st0.grid, "pool": pool.__dict__, "prompt_sessions": prompt_sessions}
+        parts = micro_batches(len(group), self.inflight)
+        t0 = time.perf_counter()
         try:
-            v = self.group.forward(meta, x, prompts)
+            for i, part in enumerate(parts):
+                sub = [group[j] for j in part]
+                sids = list(dict.fromkeys(st.session_id for st, _ in sub))
+                prompt_sessions = [sid for sid in sids if sid in new_prompt]  # with its first micro-batch
+                prompts = [new_prompt.pop(sid) for sid in prompt_sessions]
+                for sid, states in zip(prompt_sessions, prompts, strict=True):
+                    self._sent_prompt[sid] = states
+                meta = {"items": [(st.session_id, w.block) for st, w in sub], "sigma": [w.sigma for _, w in sub],
+                        "key": st0.pool_key, "grid": st0.grid, "pool": pool.__dict__,
+                        "prompt_sessions": prompt_sessions, "tick_end": i == len(parts) - 1}
+                self.group.submit(meta, torch.stack([w.x for _, w in sub]), prompts)  # [n, C, 1, h, w]
+            self.tick_stats["max_in_flight"] = max(self.tick_stats["max_in_flight"], self.group.pending)
+            for part in parts:
+                v = self.group.collect()
+                sub = [group[j] for j in part]
+                x = torch.stack([w.x for _, w in sub])
+                sig = torch.tensor([w.sigma for _, w in sub], device=x.device)
+                x0 = predict_x0(x, v.to(x.dtype), sig)
+                for (_, w), xi in zip(sub, x0.unbind(0), strict=True):
+                    w.x = xi
         except StageFailed:
             for st, _ in group:  # the next forward must resend the prompt (to a rebuilt group)
                 self._sent_prompt.pop(st.session_id, None)
             raise
-        x0 = predict_x0(x, v.to(x.dtype), sig)
-        for (_, w), xi in zip(group, x0.unbind(0), strict=True):
-            w.x = xi
+        self.tick_stats["ticks"] += 1
+        self.tick_stats["micro_batches"] += len(parts)
+        self.tick_stats["wall_s"] += time.perf_counter() - t0
 
     def session_stats(self, session_id: str) -> dict[str, Any]:
         """The `video` figures, with the KV ones replaced: the KV lives on the stages, not on rank 0."""
@@ -157,12 +199,30 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
         """Stage ranges, measured stage seconds (EMA), transfers and moves."""
         g = self.group
         n = max(1.0, g.stats["forwards"])
+        t = self.tick_stats
+        busy = g.stats["stage_seconds"]  # stage compute seconds, all stages
         return {
             "stages": [(r.start, r.stop) for r in g.ranges], "devices": list(g.spec.devices),
             "stage_seconds": g.stage_times, "forwards": int(g.stats["forwards"]), "moves": int(g.stats["moves"]),
             "round_trip_s": g.stats["round_trip_seconds"] / n, "compute_s": g.stats["stage_seconds"] / n,
-            "broken": g.broken,
+            "broken": g.broken, "inflight": self.inflight, "max_in_flight": int(t["max_in_flight"]),
+            "ticks": int(t["ticks"]), "micro_batches_per_tick": t["micro_batches"] / max(1.0, t["ticks"]),
+            "bubble": 1.0 - busy / (len(g.ranges) * t["wall_s"]) if t["wall_s"] > 0 else None,
         }
+
+
+def micro_batches(n: int, parts: int) -> list[range]:
+    """Split ``n`` items, in order, into ``min(parts, n)`` contiguous runs as even as possible."""
+    if n < 1 or parts < 1:
+        raise ValueError(f"need at least one item and one part, got {n} items, {parts} parts")
+    parts = min(parts, n)
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for p in range(parts):
+        size = base + (1 if p < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
 
 
 def with_stages(stages: int, stage_devices: Sequence[str] | None = None,

@@ -49,6 +49,7 @@ class LayerPools:
     def __init__(self, layers: Sequence[int], args: PoolArgs, dit: CausalWanDiT) -> None:
         self.args = args
         self.pools = {layer: self._new(args, dit) for layer in layers}
+        self.deferred: list[tuple[int, Sequence[Hashable], Sequence[int], torch.Tensor, torch.Tensor]] | None = None
 
     @staticmethod
     def _new(args: PoolArgs, dit: CausalWanDiT) -> KVPool:
@@ -77,7 +78,16 @@ class LayerPools:
 
     def write(self, layer: int, session_ids: Sequence[Hashable], blocks: Sequence[int], k: torch.Tensor,
               v: torch.Tensor) -> None:
+        if self.deferred is not None:  # a micro-batch of a tick: written when the tick ends
+            self.deferred.append((layer, list(session_ids), list(blocks), k, v))
+            return
         self.pools[layer].write(0, session_ids, blocks, k, v)
+
+    def flush(self) -> None:
+        """Apply the deferred writes in the order they were made (the batched forward's order)."""
+        writes, self.deferred = self.deferred or [], None
+        for layer, session_ids, blocks, k, v in writes:
+            self.pools[layer].write(0, session_ids, blocks, k, v)
 
     def release(self, session_id: Hashable) -> None:
         for p in self.pools.values():
@@ -138,13 +148,33 @@ class Stage:
     @torch.inference_mode()
     def forward(self, meta: dict[str, Any], data: torch.Tensor) -> torch.Tensor:
         """Stage 0 takes latents ``x``, later stages the previous stage's hidden states. Returns hidden
-        states for the next stage, or (last stage) the velocity."""
+        states for the next stage, or (last stage) the velocity.
+
+        A *tick* (one batched forward of the single-process pipeline) may arrive as several
+        micro-batches (``meta["tick_end"]`` False on all but the last): their KV writes are deferred
+        until the tick's last micro-batch has run, so every micro-batch reads the cache as it was
+        before the tick -- what the batched forward does (all reads before the writes) -- and the
+        writes land in the batched order. Messages reach a stage in order, so a tick is never
+        interleaved with another message."""
         items: list[tuple[str, int]] = [tuple(i) for i in meta["items"]]  # type: ignore[misc]
-        sig = torch.tensor(meta["sigma"], device=self.dit.device)
         key, grid = tuple(meta["key"]), tuple(meta["grid"])
         pools = self.pools.get(key)
         if pools is None:
             pools = self.pools[key] = LayerPools(self.layers, PoolArgs(**meta["pool"]), self.dit)
+        if pools.deferred is None:
+            pools.deferred = []
+        try:
+            out = self._run(meta, data, items, pools, grid)
+        except BaseException:
+            pools.deferred = None  # a failed tick writes nothing (the group is broken anyway)
+            raise
+        if meta.get("tick_end", True):
+            pools.flush()
+        return out
+
+    def _run(self, meta: dict[str, Any], data: torch.Tensor, items: list[tuple[str, int]], pools: LayerPools,
+             grid: tuple[Any, ...]) -> torch.Tensor:
+        sig = torch.tensor(meta["sigma"], device=self.dit.device)
         temb, proj = self.dit.time_embedding(sig * 1000.0)  # [N, dim], [N, 6, dim]
         hidden = self.dit.embed(data) if self.first else data.to(self.dit.dtype)  # [N, S, dim]
         layer_cross = {
@@ -166,6 +196,8 @@ class Stage:
         """Remove boundary block ``layer`` from this stage: its weights and KV, serialized."""
         if layer not in (self.layers.start, self.layers.stop - 1) or len(self.layers) < 2:
             raise ValueError(f"stage {self.index} ({self.layers}) cannot give block {layer}")
+        if any(p.deferred for p in self.pools.values()):
+            raise ValueError(f"stage {self.index}: a block moves between ticks only (KV writes pending)")
         block = self.dit.transformer.blocks[layer]
         payload = {"layer": layer, "weights": block.state_dict(),
                    "kv": {key: pools.pools.pop(layer) for key, pools in self.pools.items()}}
@@ -236,6 +268,11 @@ def load_stage_dit(folder: str | Path, layers: range, device: str, dtype: torch.
     if missing:
         raise ValueError(f"{folder} lacks tensors {missing[:5]} needed by every stage")
     transformer.load_state_dict(wanted, strict=False, assign=True)
+    if dtype != torch.float32:  # the modules diffusers keeps in fp32 (as the single-process loader does)
+        keep = getattr(WanTransformer3DModel, "_keep_in_fp32_modules", None) or []
+        for mod_name, module in transformer.named_modules():
+            if any(k in mod_name.split(".") for k in keep):
+                module.float()
     transformer.rope.to(device)
     dit = CausalWanDiT(transformer)
     dit.rope.to(device)

@@ -1,0 +1,87 @@
+"""Rank 0's model for `video-pp`: only stage 0's DiT blocks, plus what every stage shares.
+
+The single-process loader (:func:`~..checkpoint.load_model`) reads the whole transformer; rank 0 of
+the ring needs only its own blocks (the patch embedding, the condition embedder and the output head
+are small and shared), the VAE and the prompt encoder. Other ranks load their blocks themselves
+(:func:`~.stage.load_stage_dit`); a rebalance carries a moved block's weights with it, so no rank
+needs blocks beyond its own. Peak memory on rank 0 is then its share of the DiT, not the whole
+model (measured by ``benchmarks/multigpu.py --memory``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..checkpoint import (
+    CAUSAL_WEIGHT_NAMES,
+    WAN_DEFAULTS,
+    LoadedModel,
+    ModelDefaults,
+    folder_kind,
+    from_pretrained,
+)
+from ..demo_config import WEIGHTS_DIR, DemoConfig
+from ..guided import GuidedDecoder
+from ..prompts import PromptEncoder, StyleTable, T5PromptEncoder
+from ..vae import DemoVAE, StreamingVAE, TinyAutoencoder
+from .split import split_layers
+from .stage import load_stage_dit
+
+
+def transformer_layers(folder: Path) -> int:
+    """Blocks of the transformer in ``folder/transformer`` (from its config, without loading it)."""
+    cfg = folder / "transformer" / "config.json"
+    try:
+        return int(json.loads(cfg.read_text())["num_layers"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{cfg}: cannot read num_layers ({exc})") from exc
+
+
+def load_rank0(model: str | None, device: str, dtype: torch.dtype | None, stages: int) -> tuple[LoadedModel, list[range]]:
+    """Rank 0's :class:`LoadedModel` (DiT with stage 0's blocks only; the others on ``meta``) and the
+    stage ranges. ``model``: a demo-format or diffusers Wan2.1 folder (``None``: the embedded demo)."""
+    folder = Path(model) if model is not None else WEIGHTS_DIR
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    kind = folder_kind(folder)
+    ranges = split_layers(transformer_layers(folder), stages)
+    vae: StreamingVAE
+    prompts: PromptEncoder
+    if kind == "demo":
+        vae, prompts, defaults = _demo_parts(folder, device, dtype)
+    else:
+        causal = [n for n in CAUSAL_WEIGHT_NAMES if (folder / n).is_file()]
+        if causal:
+            raise ValueError(f"video-pp loads plain diffusers transformer folders; {folder} has causal weights "
+                             f"{causal} (the streamdiffusionv2 preset is single-device only)")
+        vae, prompts, defaults = _wan_parts(folder, device, dtype)
+    dit = load_stage_dit(folder / "transformer", ranges[0], device, dtype)
+    if prompts.text_dim != dit.text_dim:
+        raise ValueError(f"text encoder width {prompts.text_dim} != transformer text_dim {dit.text_dim}")
+    return LoadedModel(dit, vae, prompts, defaults, str(folder)), ranges
+
+
+def _demo_parts(folder: Path, device: str, dtype: torch.dtype) -> tuple[StreamingVAE, PromptEncoder, ModelDefaults]:
+    cfg = DemoConfig.from_json((folder / "streamserve.json").read_text())
+    ae = TinyAutoencoder.load(folder / "vae").to(device=device, dtype=dtype)
+    styles = load_file(str(folder / "styles.safetensors"))["embeddings"].to(device=device, dtype=dtype)
+    defaults = ModelDefaults(
+        kind="demo", num_sinks=cfg.num_sinks, window=cfg.window, position_policy=cfg.position_policy,
+        strength=cfg.strength, shift=cfg.shift, width=cfg.width, height=cfg.height,
+        min_size=cfg.min_size, max_size=cfg.max_size,
+    )
+    guide = GuidedDecoder.load(folder / "guide").to(device=device, dtype=dtype) if (folder / "guide").is_dir() else None
+    return DemoVAE(ae, guide), StyleTable(cfg.styles, styles), defaults
+
+
+def _wan_parts(folder: Path, device: str, dtype: torch.dtype) -> tuple[StreamingVAE, PromptEncoder, ModelDefaults]:
+    from diffusers import AutoencoderKLWan
+
+    from ..wan_vae import WanStreamingVAE
+
+    vae = from_pretrained(AutoencoderKLWan, folder / "vae", dtype).to(device)
+    return WanStreamingVAE(vae), T5PromptEncoder(folder, device, dtype), WAN_DEFAULTS
