@@ -9,9 +9,8 @@ combines them as guided upsampling (after HDRnet's bilateral-grid idea, with a p
    luma squared, two dodge ratios (luma over its local mean at two scales: the
    pencil-sketch terms), luma gradient magnitude at two scales, a soft edge map and the luma
    high-pass (the outline and stroke terms);
-2. the style as the DiT renders it: the latent's per-channel mean and spread over the frame, next to
-   those of the pooled camera features (so the frame's content cancels out), go through a small MLP
-   to a style vector, which modulates the CNN below (FiLM) and sets a
+2. the style as the DiT renders it: the latent's per-channel mean and spread over the frame go
+   through a small MLP to a style vector, which modulates the CNN below (FiLM) and sets a
    monochrome gate (noir and sketch are grey: the gate mixes the output towards its own luma);
 3. at latent resolution, a small CNN reads the DiT's latent with the pooled features and predicts,
    per latent pixel, a 3 x 11 matrix of coefficients;
@@ -39,7 +38,6 @@ from torch import nn
 NUM_FEATURES = 11
 _LUMA = (0.299, 0.587, 0.114)
 _STYLE_DIM = 64
-_GATE_GAIN = 10.0  # the monochrome gate learns fast enough to saturate (then the output is exactly grey)
 
 
 def _local_mean(lum: torch.Tensor, cell: int) -> torch.Tensor:
@@ -90,7 +88,7 @@ class GuidedDecoder(nn.Module):
         self.factor = factor
         self.hidden = hidden
         k = NUM_FEATURES
-        self.style = nn.Sequential(nn.Linear(2 * (latent_channels + k - 1), _STYLE_DIM), nn.SiLU(),
+        self.style = nn.Sequential(nn.Linear(2 * latent_channels, _STYLE_DIM), nn.SiLU(),
                                    nn.Linear(_STYLE_DIM, _STYLE_DIM), nn.SiLU())
         self.film = nn.Linear(_STYLE_DIM, 4 * hidden)  # scale and shift after the first two convs
         self.mono = nn.Linear(_STYLE_DIM, 1)  # monochrome gate, clamped to [0, 1]
@@ -114,23 +112,16 @@ class GuidedDecoder(nn.Module):
         """Per-channel mean and spread of latents ``[B, C, h, w]`` -> ``[B, 2C]`` (the style's input)."""
         return torch.cat([z.mean((2, 3)), z.std((2, 3))], dim=1)
 
-    def frame_stats(self, z: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-        """What the style is read from: :meth:`latent_stats` of the latent and of the pooled camera
-        features, ``[B, 2 (C + K - 1)]``."""
-        pooled = F.avg_pool2d(guide_features(frame.to(z.dtype))[:, 1:], self.factor)
-        return torch.cat([self.latent_stats(z), self.latent_stats(pooled)], 1)
-
     def forward(self, z: torch.Tensor, frame: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, C, h, w] latents; frame: [B, 3, f*h, f*w] -> [B, 3, f*h, f*w] (not clamped).
 
-        ``stats`` (training on crops): :meth:`frame_stats` of the whole frame; default: of ``z`` and ``frame``."""
+        ``stats`` (training on crops): :meth:`latent_stats` of the whole frame's latent; default: of ``z``."""
         b, _, h, w = z.shape
         if frame.shape[-2:] != (h * self.factor, w * self.factor):
             raise ValueError(f"frame {tuple(frame.shape)} does not match latents {tuple(z.shape)} x {self.factor}")
         phi = guide_features(frame.to(z.dtype))  # [B, K, H, W]
         pooled = F.avg_pool2d(phi[:, 1:], self.factor)  # [B, K - 1, h, w] (the constant left out)
-        # the style: the latent's statistics next to the camera frame's own (content cancels out)
-        s = self.style(torch.cat([self.latent_stats(z), self.latent_stats(pooled)], 1) if stats is None else stats)
+        s = self.style(self.latent_stats(z) if stats is None else stats)  # [B, S]
         film = self.film(s).view(b, 4, self.hidden, 1, 1)
         x = F.silu(self.conv1(torch.cat([z, pooled], dim=1))) * (1.0 + film[:, 0]) + film[:, 1]
         x = F.silu(self.conv2(x)) * (1.0 + film[:, 2]) + film[:, 3]
@@ -144,7 +135,7 @@ class GuidedDecoder(nn.Module):
         p = phi.permute(0, 2, 3, 1).reshape(b * hh * ww, k, 1)
         out = torch.bmm(a, p).view(b, hh, ww, 3).permute(0, 3, 1, 2)  # [B, 3, H, W]
         lw = torch.tensor(_LUMA, dtype=out.dtype, device=out.device).view(1, 3, 1, 1)
-        gate = (_GATE_GAIN * self.mono(s)).clamp(0.0, 1.0).view(b, 1, 1, 1)  # 1: exactly grey (noir, sketch)
+        gate = self.mono(s).clamp(0.0, 1.0).view(b, 1, 1, 1)  # 1: exactly grey (noir, sketch)
         return out + gate * ((out * lw).sum(1, keepdim=True) - out)
 
     # ------------------------------------------------------------------ files

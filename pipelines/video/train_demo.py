@@ -63,7 +63,7 @@ class TrainArgs:
     batch_tokens: int = 2560  # tokens per DiT iteration
     threads: int = 2
     device: str = "cpu"
-    guide_iters: int = 7000
+    guide_iters: int = 12000
     guide_clips: int = 54  # the first clips of the data (3 per training photo) train the guided decoder
     work: Path | None = None
     from_weights: Path | None = None

@@ -4,8 +4,7 @@ Run by :mod:`.train_demo` after the DiT stage. The decoder learns ``(DiT latent,
 style target`` where the latent is what the trained DiT actually produces when serving (the input
 latent noised at the default strength with fixed noise, one block-causal clip forward), so it is
 trained on the distribution it will decode. Loss: L1 + MSE on pixels (MSE is what PSNR measures)
-plus L1 on horizontal and vertical pixel differences at a quarter weight (edge-aware: blur and block
-seams cost too; more weight would chase the pencil sketch's noise-driven grain, which costs PSNR).
+plus L1 on horizontal and vertical pixel differences (edge-aware: blur and block seams cost too).
 
 A checkpoint (decoder, optimiser, scheduler, random state, iteration) is written to ``work`` every
 ``checkpoint_s`` seconds and at the end; a rerun with the same ``work`` folder resumes from it.
@@ -113,9 +112,6 @@ def train_guide(
                     "iter": it}, str(tmp))
         tmp.replace(ckpt)  # atomic: a crash never leaves half a checkpoint
 
-    with torch.no_grad():  # per clip, style and frame: the whole-frame statistics the style is read from
-        frame_stats = torch.stack([torch.stack([guide.frame_stats(latents[c, j].float(), to_tensor(inputs[c]))
-                                                for j in range(s)]) for c in range(n)])  # [N, S, T, D]
     last_save = time.monotonic()
     bar = tqdm(range(start, args.iters), desc="guide: decoder", unit="it", initial=start, total=args.iters)
     ema = None
@@ -133,10 +129,10 @@ def train_guide(
                                     for c, k, y, x in zip(ci, ti, ys, xs, strict=True)]))  # [B, 3, CROP, CROP]
         target = to_tensor(np.stack([targets[c, j, k, y : y + CROP, x : x + CROP]
                                      for c, j, k, y, x in zip(ci, si, ti, ys, xs, strict=True)]))
-        stats = torch.stack([frame_stats[c, j, k] for c, j, k in zip(ci, si, ti, strict=True)])
-        out = guide(z, frame, stats)  # the style read from the whole frame, as when serving
+        stats = GuidedDecoder.latent_stats(torch.stack([latents[c, j, k] for c, j, k in zip(ci, si, ti, strict=True)]).float())
+        out = guide(z, frame, stats)  # the style read from the whole frame's latent, as when serving
         err = out - target
-        loss = 0.5 * err.abs().mean() + 2.0 * (err * err).mean() + 0.25 * _diff_l1(out, target)
+        loss = 0.5 * err.abs().mean() + 2.0 * (err * err).mean() + 0.5 * _diff_l1(out, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
