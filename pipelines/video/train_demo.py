@@ -64,7 +64,7 @@ class TrainArgs:
     threads: int = 2
     device: str = "cpu"
     guide_iters: int = 12000
-    guide_clips: int = 54  # the first clips of the data (3 per training photo) train the guided decoder
+    guide_clips: int = 150  # the first clips of the data train the guided decoder
     work: Path | None = None
     from_weights: Path | None = None
 
