@@ -94,9 +94,12 @@ def running_server() -> Iterator[str]:
         yield url
 
 
-def http_json(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def http_json(url: str, body: dict[str, Any] | None = None, secret: str | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if secret:  # a session's own routes need its secret (the offer's answer carries it)
+        headers["Authorization"] = f"Bearer {secret}"
+    request = urllib.request.Request(url, data, headers)
     with urllib.request.urlopen(request, timeout=60) as reply:
         return dict(json.loads(reply.read()))
 
@@ -123,7 +126,8 @@ async def served(url: str, size: int, fps: float, style: str, steps: int, warmup
         await asyncio.sleep(seconds)
         end, sent = time.monotonic(), len(source.sent_at) - sent0
         try:
-            stats = await asyncio.to_thread(http_json, f"{url}/v1/sessions/{answer['session_id']}")
+            stats = await asyncio.to_thread(http_json, f"{url}/v1/sessions/{answer['session_id']}", None,
+                                            answer.get("session_secret"))
         except OSError as exc:  # the session ended early (its error is in the server log)
             stats = {"dropped": f"session gone: {exc}"}
     finally:

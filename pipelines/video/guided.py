@@ -15,7 +15,8 @@ combines them as guided upsampling (after HDRnet's bilateral-grid idea, with a p
 
 The coefficient maps are smooth, so there is no 8-pixel block grid; edges, faces and text come from
 the camera frame through ``phi``; the style (what maps to what) comes from the DiT's latent. Cost at
-256x256: ~55 M multiply-adds at latent resolution plus ~1 M per output pixel map.
+256x256: ~55 M multiply-adds at latent resolution plus ~1 M per output pixel map; the full-resolution
+part runs channels-last (see ``forward``).
 
 Shapes: latents ``[B, C, h, w]``, frames ``[B, 3, H, W]`` in ``[-1, 1]``, ``H = f * h``.
 """
@@ -93,8 +94,14 @@ class GuidedDecoder(nn.Module):
         phi = guide_features(frame.to(z.dtype))  # [B, K, H, W]
         pooled = F.avg_pool2d(phi, self.factor)  # [B, K, h, w]
         coeff = self.head(torch.cat([z, pooled], dim=1))  # [B, 3K, h, w]
-        coeff = F.interpolate(coeff, scale_factor=self.factor, mode="bilinear", align_corners=False)
-        return (coeff.view(b, 3, NUM_FEATURES, *phi.shape[-2:]) * phi[:, None]).sum(2)  # [B, 3, H, W]
+        # Channels-last upsampling and a per-pixel bmm: on CPU bilinear upsampling of the 24 coefficient
+        # maps is ~4x faster channels-last than NCHW, and the product then needs no layout change.
+        coeff = F.interpolate(coeff.contiguous(memory_format=torch.channels_last), scale_factor=self.factor,
+                              mode="bilinear", align_corners=False)  # [B, 3K, H, W], channels-last
+        hh, ww = phi.shape[-2:]
+        a = coeff.permute(0, 2, 3, 1).reshape(b * hh * ww, 3, NUM_FEATURES)  # a view
+        p = phi.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(b * hh * ww, NUM_FEATURES, 1)
+        return torch.bmm(a, p).view(b, hh, ww, 3).permute(0, 3, 1, 2)  # [B, 3, H, W]
 
     # ------------------------------------------------------------------ files
 

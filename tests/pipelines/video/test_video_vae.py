@@ -95,3 +95,24 @@ def test_guided_decoder_decodes_each_block_with_its_own_camera_frame() -> None:
         second = vae.decode(z[1], [state])[0][:, 0]
         want = guide(z[1][:, :, 0], frames[1][:, 0][None])[0].clamp(-1, 1)
     assert torch.allclose(second, want, atol=1e-5) and len(state) == 1
+
+
+def test_guided_decoder_fast_path_matches_the_reference() -> None:
+    """The channels-last upsampling + per-pixel bmm computes exactly the documented map,
+    ``out_c = sum_k bilinear(A)_ck * phi_k`` (NCHW reference), batched and at a non-square size."""
+    import torch.nn.functional as F
+
+    from streamserve.pipelines.video.guided import NUM_FEATURES, GuidedDecoder, guide_features
+
+    torch.manual_seed(0)
+    guide = GuidedDecoder(8, 8, 16)
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        z, frame = torch.randn(2, 8, 4, 6), torch.rand(2, 3, 32, 48) * 2 - 1
+        phi = guide_features(frame)
+        coeff = F.interpolate(guide.head(torch.cat([z, F.avg_pool2d(phi, 8)], 1)), scale_factor=8,
+                              mode="bilinear", align_corners=False)
+        want = (coeff.view(2, 3, NUM_FEATURES, 32, 48) * phi[:, None]).sum(2)
+        got = guide(z, frame)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
