@@ -36,7 +36,7 @@ from .prefill import PrefillAttention
 from .presets import StreamRules, make_rules
 from .resize import fit_frame, to_rgb
 from .sampler import Schedule, SigmaTable, add_noise, predict_x0
-from .session import PromptBlend, SessionState, Work
+from .session import SessionState, Work
 from .session_cache import SessionCache
 from .stream_attention import AttendFn, StreamAttention, dense_attend
 
@@ -178,9 +178,7 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
             if session_id in self._sessions:
                 raise ValueError(f"session {session_id!r} is already open")
             checked = self._check(params)
-            prompt = PromptBlend(self.dit, self.loaded.prompts.encode(self._prompt_for(checked)))
-            prompt.text = checked.prompt_text()
-            ready.update(params=checked, prompt=prompt)
+            ready.update(params=checked, prompt=self._new_prompt(checked))
 
         def allocate() -> None:
             self._sessions[session_id] = self._new_state(session_id, ready["params"], prompt=ready["prompt"])
@@ -208,7 +206,7 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
             st = self._sessions[session_id]
         st.params = new
         if new.prompt_text() != st.prompt.text:  # live prompt change: blend, keep the KV cache
-            st.prompt.start(self.loaded.prompts.encode(self._prompt_for(new)), new.blend_frames)
+            st.prompt.start(self.loaded.prompts.encode(self._prompt_for(new)), new.blend_frames, self._mono_for(new))
             st.prompt.text = new.prompt_text()
 
     # ------------------------------------------------------------------ validation
@@ -418,6 +416,7 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
         for group in groups.values():
             videos = self._decode_group(group)  # [3, F, H, W] each
             for (st, w), video in zip(group, videos, strict=True):
+                video = grey_head(video, st.prompt.mono())
                 frames = video.unbind(1)
                 if len(frames) != len(w.frames):
                     log.warning("session %s: block %d decoded to %d frames for %d inputs", st.session_id,
@@ -438,3 +437,18 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
                 parts = [self.vae.decode(z[None], [st.vae_state])[0] for z in w.x.split(1, dim=1)]
                 videos[i] = torch.cat(parts, dim=1)
         return [videos[i] for i in range(len(group))]
+
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def grey_head(video: torch.Tensor, mono: float) -> torch.Tensor:
+    """The demo model's grayscale head: ``video [3, ...]`` moved towards its luma by ``mono`` in [0, 1].
+
+    Monochrome styles (noir, sketch) are grey by definition; a decoder that reads the camera frame
+    leaks its colour into them, so their output is projected to luma (fading with a style blend).
+    """
+    if mono <= 0.0:
+        return video
+    luma = _LUMA[0] * video[0] + _LUMA[1] * video[1] + _LUMA[2] * video[2]
+    return torch.lerp(video, luma.expand_as(video), min(1.0, mono))

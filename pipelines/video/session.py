@@ -50,14 +50,17 @@ class PromptBlend:
     """The session's prompt states, fading from the old prompt to a new one over some frames.
 
     Prompt *states* are the DiT's projected embeddings ``[1, Lc, dim]``; their cross-attention
-    keys/values are cached per layer and recomputed only while a blend is running.
+    keys/values are cached per layer and recomputed only while a blend is running. ``mono`` is how
+    grey the prompt's output is (1 for the demo's monochrome styles, 0 otherwise); it fades with the
+    prompt and drives the decoder's grayscale head.
     """
 
     @torch.inference_mode()
-    def __init__(self, dit: CausalWanDiT, embeds: torch.Tensor) -> None:
+    def __init__(self, dit: CausalWanDiT, embeds: torch.Tensor, mono: float = 0.0) -> None:
         self.dit = dit
         self.text = ""
         self._from = self._to = self._states(embeds)
+        self._mono_from = self._mono_to = float(mono)
         self.alpha = 1.0
         self._rate = 1.0
         self.cross: CrossKV = dit.cross_kv(self._to)
@@ -71,16 +74,21 @@ class PromptBlend:
         return int(self._to.shape[1])
 
     @torch.inference_mode()
-    def start(self, embeds: torch.Tensor, frames: int) -> None:
-        """Fade to ``embeds [1, Lc, text_dim]`` over ``frames`` frames (0: at once)."""
+    def start(self, embeds: torch.Tensor, frames: int, mono: float = 0.0) -> None:
+        """Fade to ``embeds [1, Lc, text_dim]`` (grey by ``mono``) over ``frames`` frames (0: at once)."""
         new = self._states(embeds)
         if new.shape != self._to.shape:  # a different prompt length cannot blend: switch
             frames = 0
+        self._mono_from, self._mono_to = (self.mono() if frames > 0 else float(mono)), float(mono)
         self._from = self.current() if new.shape == self._to.shape else new
         self._to = new
         self.alpha = 0.0 if frames > 0 else 1.0
         self._rate = 1.0 / frames if frames > 0 else 1.0
         self.cross = self.dit.cross_kv(self.current())
+
+    def mono(self) -> float:
+        """How grey the output is at the blend's current point, in [0, 1]."""
+        return self._mono_from + (self._mono_to - self._mono_from) * self.alpha
 
     def current(self) -> torch.Tensor:
         return torch.lerp(self._from, self._to, self.alpha) if self.alpha < 1.0 else self._to

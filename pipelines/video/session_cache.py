@@ -41,6 +41,18 @@ class SessionCache:
     def _prompt_for(self, params: VideoParams) -> str:
         """The text handed to the prompt encoder (the pipeline defines it)."""
 
+    def _mono_for(self, params: VideoParams) -> float:
+        """1 for the demo model's monochrome styles (its grayscale head), 0 for anything else."""
+        from .styles import MONOCHROME
+
+        return 1.0 if self.loaded.prompts.choices is not None and self._prompt_for(params) in MONOCHROME else 0.0
+
+    def _new_prompt(self, params: VideoParams) -> PromptBlend:
+        """The session's prompt state for ``params``, encoded and labelled."""
+        prompt = PromptBlend(self.dit, self.loaded.prompts.encode(self._prompt_for(params)), self._mono_for(params))
+        prompt.text = params.prompt_text()
+        return prompt
+
     def _new_state(self, session_id: str, params: VideoParams, prompt: PromptBlend | None = None) -> SessionState:
         d = self.loaded.defaults
         width, height = params.width or d.width, params.height or d.height
@@ -59,8 +71,7 @@ class SessionCache:
             for cid in caches:
                 pool.view(cid)
         if prompt is None:
-            prompt = PromptBlend(self.dit, self.loaded.prompts.encode(self._prompt_for(params)))
-            prompt.text = params.prompt_text()
+            prompt = self._new_prompt(params)
         gen = torch.Generator(device=self.dit.device).manual_seed(params.seed)
         shape = (self.vae.latent_channels, 1, lh, lw)
         noise = [torch.randn(shape, generator=gen, device=self.dit.device, dtype=self.dit.dtype)

@@ -19,6 +19,9 @@ import numpy as np
 STYLES: tuple[str, ...] = ("watercolor", "sketch", "cartoon", "sepia", "noir", "thermal")
 """Style names, in the order of the demo model's style-embedding table."""
 
+MONOCHROME: frozenset[str] = frozenset({"sketch", "noir"})
+"""Styles whose targets are grey by definition: the demo model's output stage projects them to luma."""
+
 STYLE_PROMPTS: dict[str, str] = {
     "watercolor": "a soft watercolor painting on warm paper, smooth washes of colour",
     "sketch": "a pencil sketch on white paper, grey graphite strokes",

@@ -197,3 +197,28 @@ def test_warmup_leaves_no_session(tiny_pipe: VideoDiffusionPipeline) -> None:
     tiny_pipe.warmup()
     assert tiny_pipe.kv_bytes == 0
     torch.testing.assert_close(torch.tensor(1.0), torch.tensor(1.0))
+
+
+def test_monochrome_styles_are_grey_and_the_grey_fades_with_a_blend(tiny_pipe: VideoDiffusionPipeline) -> None:
+    """The grayscale head: noir/sketch come out with R = G = B; a blend to a colour style fades it out."""
+    from streamserve.pipelines.video.pipeline import grey_head
+
+    video = torch.rand(3, 2, 4, 4) * 2 - 1
+    grey = grey_head(video, 1.0)
+    assert torch.allclose(grey[0], grey[1]) and torch.allclose(grey[1], grey[2])
+    assert torch.equal(grey_head(video, 0.0), video)
+    half = grey_head(video, 0.5)
+    assert torch.allclose(half, (video + grey) / 2, atol=1e-6)
+
+    tiny_pipe.open_session("m", VideoParams(style="noir", blend_frames=4))
+    clip = [frames(1)[0]] * 8
+    out = run(tiny_pipe, "m", clip[:3])
+    spread = [float(np.ptp(o[0].data.astype(int), axis=2).max()) for o in out]
+    assert spread == [0.0, 0.0, 0.0]  # max(R, G, B) - min(R, G, B) is 0 everywhere
+    tiny_pipe.update_params("m", VideoParams(style="thermal", blend_frames=4))
+    monos = []
+    for i in range(3, 8):
+        run(tiny_pipe, "m", [clip[i]], start=i)
+        monos.append(tiny_pipe._sessions["m"].prompt.mono())
+    assert monos == pytest.approx([0.75, 0.5, 0.25, 0.0, 0.0])
+    tiny_pipe.close_session("m")
