@@ -10,7 +10,13 @@ diffusion cost grows roughly with both.
 Seeded by a warm-up profile (`seed`, or `from_dict` of a saved profile), then learned online from
 every step the engine measures (`observe`): a per-pipeline *speed factor* follows the machine getting
 slower or faster (a noisy neighbour, thermal throttling) within a few steps, for every batch size
-and shape at once, while the tables learn the shape of the cost curve slowly, in the factor's units. Each observation first scores the prediction it replaces:
+and shape at once, while the tables learn the shape of the cost curve slowly, in the factor's units.
+Both learn from the same signal, the measured ÷ predicted ratio, in log space (the factor by its
+`factor_alpha` power, the measured table entry by what is left of it to the power `alpha`), each step bounded to a factor of
+`MAX_STEP_RATIO`: so one spike moves the prediction by a bounded amount, and the split between the
+factor and the tables cannot drift (with separate linear updates a pipeline of tiny, spiky steps
+drove the factor to 1e12 and every stale batch size's prediction with it). Each observation first
+scores the prediction it replaces:
 `errors()` gives the running mean absolute relative error per pipeline, which /metrics reports.
 `overhead` (`schedulers/overhead.py`) learns the latency outside the step (wake-up and event-loop
 delay, step-time spread, step end to session); `to_dict` exports both, predictions as of now.
@@ -26,6 +32,7 @@ from typing import Any
 from streamserve.schedulers.latency import LatencyModel
 from streamserve.schedulers.overhead import Overhead
 
+MAX_STEP_RATIO = 4.0  # one measurement counts as at most 4x (or 1/4 of) what was predicted
 DEFAULT_UNKNOWN_S = 0.010  # the guess for a pipeline never measured (admission then learns quickly)
 OVERHEAD_KEY = "_overhead"  # the profile's entry for the learned non-compute latency (`Overhead`)
 
@@ -111,18 +118,19 @@ class CostModel:
         predicted = self.batch_cost(pipeline, [s for s, n in groups.items() for _ in range(n)]) if known else None
         # The speed factor moves fast (the machine got slower or faster: every size and shape of
         # this pipeline at once); the tables learn the rest, in the factor's units, more slowly.
-        factor = self._factor.get(pipeline, 1.0)
-        if predicted:
-            ratio = seconds / (predicted / factor)
-            factor += self._factor_alpha * (ratio - factor)
-            self._factor[pipeline] = factor
+        # Both step geometrically on the same bounded ratio (see the module's docstring).
+        ratio = 1.0
+        if predicted and seconds > 0:
+            ratio = min(MAX_STEP_RATIO, max(1.0 / MAX_STEP_RATIO, seconds / predicted))
+            self._factor[pipeline] = self._factor.get(pipeline, 1.0) * ratio ** self._factor_alpha
         # Attribute the measured time to each shape in proportion to its predicted share.
         shares = {s: self.predict(pipeline, s, n) or 0.0 for s, n in groups.items()}
         total = sum(shares.values())
         for shape, n in groups.items():
             part = seconds * (shares[shape] / total) if total > 0 else seconds / len(groups)
             self._shapes.setdefault(pipeline, {})[shape.key] = shape
-            self._table.observe(self._name(pipeline, shape), n, part / factor)
+            self._table.scale(self._name(pipeline, shape), n, ratio ** ((1.0 - self._factor_alpha) * self._table.alpha),
+                              part / self._factor.get(pipeline, 1.0))
         self._observations[pipeline] = self._observations.get(pipeline, 0) + 1
         if predicted is None or seconds <= 0:
             return None

@@ -24,6 +24,15 @@ class LatencyModel:
         old = table.get(batch_size)
         table[batch_size] = seconds if old is None else old + self.alpha * (seconds - old)
 
+    def scale(self, pipeline: str, batch_size: int, ratio: float, seconds: float) -> None:
+        """Multiply the mean for a batch size by ``ratio`` (a geometric step towards a measurement);
+        a size not measured yet starts at ``seconds``."""
+        if batch_size < 1 or ratio <= 0 or seconds < 0:
+            raise ValueError(f"need batch_size >= 1, ratio > 0 and seconds >= 0, got {batch_size}, {ratio}, {seconds}")
+        table = self._mean.setdefault(pipeline, {})
+        old = table.get(batch_size)
+        table[batch_size] = seconds if old is None else old * ratio
+
     def reset(self, pipeline: str, batch_size: int, seconds: float) -> None:
         """Set the mean for a batch size outright (a warm-up profile), forgetting earlier samples."""
         if batch_size < 1 or seconds < 0:

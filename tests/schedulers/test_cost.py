@@ -77,3 +77,25 @@ def test_a_shape_measured_at_one_batch_size_batches_like_its_nearest_profiled_sh
     # Not linear (2x, 4x): along the 256x256 curve, 1.5x and 2.5x the batch-1 time.
     assert cost.predict("video", S128, 2) == pytest.approx(1.5 * one)
     assert cost.predict("video", S128, 4) == pytest.approx(2.5 * one)
+
+
+def test_spiky_tiny_steps_do_not_run_the_speed_factor_away() -> None:
+    """A voice pipeline: 0.4 ms steps, 2% of them an 80 ms stall (GIL, a busy core). The factor and
+    the tables learn from one bounded ratio, so their split cannot drift (it reached 1.8e12 in 3000
+    steps with separate linear updates, and admission refused a second voice session)."""
+    import random
+
+    rng = random.Random(0)
+    cost = CostModel()
+    voice = WorkShape(audio_ms=32)
+    for _ in range(3000):
+        n = rng.choice([1, 1, 1, 2, 4])
+        cost.observe("voice", [voice] * n, 0.080 if rng.random() < 0.02 else 0.0004 * n)
+    assert 0.5 < cost.speed_factor("voice") < 2.0
+    for n in (1, 2, 4, 8):
+        assert cost.predict("voice", voice, n) == pytest.approx(0.0004 * n, rel=0.25)
+    # a lasting slowdown is still followed within a few steps, for every batch size
+    for _ in range(12):
+        cost.observe("voice", [voice], 0.0010)
+    assert cost.predict("voice", voice, 1) == pytest.approx(0.0010, rel=0.15)
+    assert cost.predict("voice", voice, 4) == pytest.approx(0.0040, rel=0.25)
