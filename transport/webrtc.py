@@ -63,7 +63,12 @@ class WebRTCTransport:
             summary="Start a session from a WebRTC offer",
             responses={400: _ERROR, 401: _ERROR, 413: _ERROR, 422: _ERROR, 503: _ERROR},
         )
-        self.router.add_api_route("/v1/webrtc/offer", self.preflight, methods=["OPTIONS"], include_in_schema=False)
+        self.router.add_api_route(
+            "/v1/webrtc/offer", self.preflight, methods=["OPTIONS"], status_code=204,
+            summary="CORS preflight: a demo page served by another cluster node re-offers here after a drain",
+            responses={204: {"description": "allowed", "headers": {
+                k: {"schema": {"type": "string"}} for k in OFFER_CORS}}},
+        )
 
     @staticmethod
     async def preflight() -> Response:
