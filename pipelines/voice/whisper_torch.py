@@ -159,8 +159,10 @@ class _Model:
             out.append((self._split(k), self._split(v)))
         return out
 
-    def decode(self, tokens: Any, offset: int, cache: list[list[Any]], cross: list[tuple[Any, Any]]) -> Any:
-        """Logits of the last token; `cache[i]` holds layer i's self-attention K and V (grown in place)."""
+    def decode(self, tokens: Any, offset: int, cache: list[list[Any]], cross: list[tuple[Any, Any]],
+               at: int | None = None) -> Any:
+        """Logits of the last token (and of position `at` of `tokens` if given); `cache[i]` holds
+        layer i's self-attention K and V (grown in place)."""
         import torch
         import torch.nn.functional as F
 
@@ -181,8 +183,9 @@ class _Model:
             a = F.scaled_dot_product_attention(q, *cross[i])
             x = x + self._lin(self._merge(a), p + "/attention/linear_2")
             x = self._ffn(x, p + "/ffn")
-        x = self._ln(x[:, -1:], "decoder/layer_norm")
-        return self._lin(x, "logits")[0, 0] if "logits" in self.packed else F.linear(x, w["decoder/embeddings/weight"])[0, 0]
+        x = self._ln(x[:, [-1] if at is None else [-1, at]], "decoder/layer_norm")
+        logits = self._lin(x, "logits")[0] if "logits" in self.packed else F.linear(x, w["decoder/embeddings/weight"])[0]
+        return logits[0] if at is None else logits  # [V], or [2, V]: the last position's and `at`'s
 
 
 class TorchWhisperAsr:
@@ -214,6 +217,7 @@ class TorchWhisperAsr:
         ids = {t: self._tok.token_to_id(t) for t in ("<|endoftext|>", "<|startoftranscript|>", "<|startofprev|>",
                                                       "<|notimestamps|>", "<|en|>", "<|transcribe|>")}
         self.eot, self.sot, self.prev = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|startofprev|>"]
+        self.no_speech = self._tok.token_to_id("<|nocaptions|>") or self._tok.token_to_id("<|nospeech|>")
         self.sot_seq = [self.sot]
         if ids["<|en|>"] is not None and self._m.w["decoder/embeddings/weight"].shape[0] >= 51865:
             self.sot_seq += [ids["<|en|>"], ids["<|transcribe|>"]]  # a multilingual model: English, transcribe
@@ -255,7 +259,11 @@ class TorchWhisperAsr:
                 start = [self.prev, *ptoks[-(self._m.n_ctx_text // 2 - 1):], *start]
             cache: list[list[Any]] = [[] for _ in range(self._m.dec_layers)]
             budget = min(self._m.n_ctx_text - len(start), 8 + int(self.max_tokens_per_s * len(audio) / MODEL_RATE))
-            logits = self._m.decode(torch.tensor([start]), 0, cache, cross)
+            both = self._m.decode(torch.tensor([start]), 0, cache, cross, at=len(start) - len(self.sot_seq))
+            logits = both[0]
+            # Whisper's no-speech probability: the <|nocaptions|> token's at the start-of-transcript.
+            no_speech = float(torch.softmax(both[1], -1)[self.no_speech]) if self.no_speech is not None else 0.0
+            logprob = 0.0
             out: list[int] = []
             offset = len(start)
             for step in range(budget):
@@ -263,6 +271,7 @@ class TorchWhisperAsr:
                 if step == 0:
                     logits[self._suppress_begin] = -math.inf
                 token = int(logits.argmax())
+                logprob += float(torch.log_softmax(logits, -1)[token])
                 if token == self.eot:
                     break
                 out.append(token)
@@ -274,6 +283,9 @@ class TorchWhisperAsr:
                 logits = self._m.decode(torch.tensor([[token]]), offset, cache, cross)
                 offset += 1
         self.calls += 1
+        # faster-whisper's rule (no_speech_threshold 0.6, log_prob_threshold -1): silence or noise.
+        if no_speech > 0.6 and logprob / max(1, len(out) + 1) < -1.0:
+            return []
         return out
 
     def _ends_sentence(self, token: int) -> bool:
