@@ -205,8 +205,8 @@ class Caller:
         return bool(self.frames) and time.monotonic() - self.frames[-1] > seconds
 
 
-async def video_client(port: int, stop: asyncio.Event, size: int = 256, fps: float = 30.0) -> dict[str, int]:
-    """One video session (the demo model) sending RGB frames on a clock until `stop`."""
+async def video_client(port: int, seconds: float, stop: Any, size: int = 256, fps: float = 30.0) -> dict[str, Any]:
+    """One video session (the demo model) sending RGB frames on a clock until `stop` (at most `seconds`)."""
     from streamserve.client import StreamClient
 
     frame = np.random.default_rng(1).integers(0, 255, (size, size, 3), np.uint8)
@@ -222,29 +222,55 @@ async def video_client(port: int, stop: asyncio.Event, size: int = 256, fps: flo
         reader = asyncio.create_task(receive())
         t0, k = time.monotonic(), 0
         try:
-            while not stop.is_set():
+            while time.monotonic() - t0 < seconds and not stop.is_set():
                 await client.send_frame(frame, pts_us=round(time.monotonic() * 1e6))
                 k += 1
                 await asyncio.sleep(max(0.0, t0 + k / fps - time.monotonic()))
             await asyncio.sleep(0.5)
+            stats = (await client.stats())["session"]
         finally:
             reader.cancel()
-        return {"frames_in": k, "frames_out": received, "seconds": time.monotonic() - t0}
+        return {"frames_in": k, "frames_out": received, "seconds": time.monotonic() - t0,
+                "tier_fps": (stats.get("slo") or {}).get("fps")}
+
+
+def _video_process(port: int, n: int, seconds: float, stop: Any, out: Any) -> None:
+    """Video clients in their own process, so their frame traffic does not slow the voice clients."""
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*(video_client(port, seconds, stop) for _ in range(n)), return_exceptions=True))
+
+    out.put([r if isinstance(r, dict) else repr(r) for r in asyncio.run(run())])
 
 
 async def measure(port: int, think: bool, sessions: int, questions: list[np.ndarray], video: int = 0) -> dict[str, Any]:
     per = [questions[i::sessions] for i in range(sessions)]
     callers = [Caller(port, think, qs) for qs in per]
-    stop = asyncio.Event()
-    videos = [asyncio.create_task(video_client(port, stop)) for _ in range(video)]
-    if videos:
-        await asyncio.sleep(3.0)  # the video sessions are open and streaming before the first question
+    proc, box, stop = None, None, None
+    if video:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        box, stop = ctx.Queue(), ctx.Event()
+        proc = ctx.Process(target=_video_process, args=(port, video, 1800.0, stop, box), daemon=True)
+        proc.start()
+        await asyncio.sleep(8.0)  # the video sessions are open and streaming before the first question
     t0 = time.monotonic()
+    vstats: list[Any] = []
     try:
-        await asyncio.gather(*(c.run() for c in callers))
+        results = await asyncio.gather(*(c.run() for c in callers), return_exceptions=True)
+        for c, res in zip(callers, results, strict=True):
+            if isinstance(res, BaseException):
+                c.errors.append(f"session failed: {res!r}")
     finally:
-        stop.set()
-        vstats = await asyncio.gather(*videos, return_exceptions=True)
+        if proc is not None and box is not None and stop is not None:
+            stop.set()
+            try:
+                vstats = await asyncio.to_thread(box.get, True, 600)
+            except Exception as exc:  # the video process died: say so in the row
+                vstats = [repr(exc)]
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
     lat = [x for c in callers for x in c.latencies]
     barge = [x for c in callers for x in c.barge_ins]
     hits = [e.get("speculative_hit") for c in callers for e in c.turn_events]
@@ -259,7 +285,7 @@ async def measure(port: int, think: bool, sessions: int, questions: list[np.ndar
         "end_reasons": dict(collections.Counter(e.get("end_reason") for c in callers for e in c.turn_events)),
         "input": {k: sum(c.session_stats.get(k, 0) for c in callers)
                   for k in ("audio_in", "dropped_overload", "dropped_expired", "dropped_inbox", "deadline_misses")},
-        "video": _video_row(vstats) if videos else None,
+        "video": _video_row(vstats) if video else None,
         "chunks": sum(max((e.get("chunks", 0) for e in c.turn_events), default=0) for c in callers),
         "late_chunks": sum(max((e.get("late_chunks", 0) for e in c.turn_events), default=0) for c in callers),
     }

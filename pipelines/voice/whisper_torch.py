@@ -214,12 +214,17 @@ class TorchWhisperAsr:
         n_mels = self._m.w["encoder/conv1/weight"].shape[1]
         self._fe = FeatureExtractor(feature_size=n_mels)
         self.pad_s, self.max_tokens_per_s = pad_s, max_tokens_per_s
-        ids = {t: self._tok.token_to_id(t) for t in ("<|endoftext|>", "<|startoftranscript|>", "<|startofprev|>",
-                                                      "<|notimestamps|>", "<|en|>", "<|transcribe|>")}
+        found = {t: self._tok.token_to_id(t) for t in ("<|endoftext|>", "<|startoftranscript|>", "<|startofprev|>",
+                                                        "<|notimestamps|>", "<|en|>", "<|transcribe|>")}
+        missing = [t for t in ("<|endoftext|>", "<|startoftranscript|>", "<|startofprev|>", "<|notimestamps|>")
+                   if found[t] is None]
+        if missing:
+            raise ValueError(f"{path / 'tokenizer.json'} is not a Whisper tokenizer (no {', '.join(missing)})")
+        ids = {t: i for t, i in found.items() if i is not None}
         self.eot, self.sot, self.prev = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|startofprev|>"]
         self.no_speech = self._tok.token_to_id("<|nocaptions|>") or self._tok.token_to_id("<|nospeech|>")
         self.sot_seq = [self.sot]
-        if ids["<|en|>"] is not None and self._m.w["decoder/embeddings/weight"].shape[0] >= 51865:
+        if "<|en|>" in ids and "<|transcribe|>" in ids and self._m.w["decoder/embeddings/weight"].shape[0] >= 51865:
             self.sot_seq += [ids["<|en|>"], ids["<|transcribe|>"]]  # a multilingual model: English, transcribe
         self.sot_seq.append(ids["<|notimestamps|>"])
         vocab = self._m.w["decoder/embeddings/weight"].shape[0]
