@@ -180,7 +180,7 @@ class VoiceAgent:
                                stale=lambda: self.closed or uid != self._utt_seq or pid != self._pause_seq)
 
     def _transcribe_tail(self, utt: Utterance, uid: int, pid: int) -> None:
-        end, asr, prompt = utt.samples, self.m.asr, utt.committed_text
+        end, asr, prompt, draft = utt.samples, self.m.asr, utt.committed_text, utt.draft()
         tail = utt.tail(end)
 
         def done(text: Any, error: BaseException | None) -> None:
@@ -193,7 +193,7 @@ class VoiceAgent:
                 return self._awaiting_final is None or self._awaiting_final[1] != pid
             return pid != self._pause_seq
 
-        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt), done, stale=stale)
+        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt, draft), done, stale=stale)
 
     def _on_semantic(self, uid: int, pid: int, prob: float) -> None:
         if uid != self._utt_seq or pid != self._pause_seq or self.utt is None:
@@ -265,6 +265,7 @@ class VoiceAgent:
         self._partial_inflight = True
         self._partial_from = end = utt.samples
         uid, asr, prompt, tail = self._utt_seq, self.m.asr, utt.committed_text, utt.tail(utt.samples)
+        draft = utt.draft()
 
         def done(text: Any, error: BaseException | None) -> None:
             self.mailbox.post(self._on_partial, uid, end, "" if error else str(text))
@@ -275,12 +276,12 @@ class VoiceAgent:
                 return True
             return False
 
-        self.background.submit(PRIORITY_PARTIAL, lambda: self._timed_asr(asr, tail, prompt), done, stale=stale)
+        self.background.submit(PRIORITY_PARTIAL, lambda: self._timed_asr(asr, tail, prompt, draft), done, stale=stale)
 
-    def _timed_asr(self, asr: Transcriber, audio: np.ndarray, prompt: str) -> str:
+    def _timed_asr(self, asr: Transcriber, audio: np.ndarray, prompt: str, draft: str = "") -> str:
         """Run ASR (worker thread) and keep a moving average of its wall time."""
         t0 = time.perf_counter()
-        text = asr(audio, prompt)
+        text = asr(audio, prompt, draft) if draft else asr(audio, prompt)
         self.asr_cost_s = 0.7 * self.asr_cost_s + 0.3 * (time.perf_counter() - t0)
         return text
 

@@ -24,8 +24,9 @@ _HALLUCINATIONS = {"you", "thank you.", "thanks for watching!", "thank you", "by
 
 
 class Transcriber(Protocol):
-    def __call__(self, audio: np.ndarray, prompt: str = "") -> str:
-        """Text of [samples] float32 16 kHz audio; `prompt` is the text that came before it."""
+    def __call__(self, audio: np.ndarray, prompt: str = "", draft: str = "") -> str:
+        """Text of [samples] float32 16 kHz audio; `prompt` is the text that came before it; `draft`
+        is what it probably says (the last partial transcript: a hint that may cut the cost)."""
         ...
 
 
@@ -59,7 +60,7 @@ class WhisperAsr:
         self.path = path
         self._model = WhisperModel(str(path), device="cpu", compute_type=compute_type, cpu_threads=threads)
 
-    def __call__(self, audio: np.ndarray, prompt: str = "") -> str:
+    def __call__(self, audio: np.ndarray, prompt: str = "", draft: str = "") -> str:
         if audio.size < MODEL_RATE // 10:
             return ""
         segments, _ = self._model.transcribe(
@@ -105,6 +106,12 @@ class Utterance:
     def tail(self, end: int | None = None) -> np.ndarray:
         """The audio not yet committed (what a partial or the final must decode)."""
         return self.audio(self.committed_samples, end)
+
+    def draft(self) -> str:
+        """The last partial's words after the committed text: what a decode of the tail should say."""
+        if self.partial.startswith(self.committed_text):
+            return self.partial[len(self.committed_text):].strip()
+        return ""
 
     def apply_partial(self, text: str, covered: int, commit: bool) -> str:
         """Record a decode of the tail up to sample `covered`; returns the full transcript so far."""

@@ -119,7 +119,8 @@ class VoicePipeline(Pipeline):
         self._owns_models = models is None
         self._load_lock = threading.Lock()
         self.worker = VoiceWorker()  # turn-critical model calls
-        self.background = VoiceWorker("voice-background")  # partial transcripts
+        # Partial transcripts: on a busy CPU they yield to the pause transcript and Smart Turn.
+        self.background = VoiceWorker("voice-background", nice=10)
         self.turn_worker = VoiceWorker("voice-turn")  # Smart Turn verdicts, in parallel with the pause ASR
         self._agents: dict[str, VoiceAgent] = {}
         self._resamplers: dict[str, InputResampler] = {}

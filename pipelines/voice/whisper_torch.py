@@ -160,9 +160,9 @@ class _Model:
         return out
 
     def decode(self, tokens: Any, offset: int, cache: list[list[Any]], cross: list[tuple[Any, Any]],
-               at: int | None = None) -> Any:
-        """Logits of the last token (and of position `at` of `tokens` if given); `cache[i]` holds
-        layer i's self-attention K and V (grown in place)."""
+               at: int | None = None, every: bool = False) -> Any:
+        """Logits of the last token (and of position `at` of `tokens` if given; of every position if
+        `every`); `cache[i]` holds layer i's self-attention K and V (grown in place)."""
         import torch
         import torch.nn.functional as F
 
@@ -177,15 +177,19 @@ class _Model:
                 k = torch.cat([cache[i][0], k], dim=2)
                 v = torch.cat([cache[i][1], v], dim=2)
             cache[i][:] = [k, v]
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1 and offset == 0)
+            if n > 1 and offset > 0:  # new tokens after a cache: causal among themselves
+                mask = torch.arange(offset + n)[None, :] <= torch.arange(offset, offset + n)[:, None]
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            else:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=n > 1)
             x = x + self._lin(self._merge(a), p + "/self_attention/linear_1")
             q = self._split(self._lin(self._ln(x, p + "/attention/layer_norm"), p + "/attention/linear_0"))
             a = F.scaled_dot_product_attention(q, *cross[i])
             x = x + self._lin(self._merge(a), p + "/attention/linear_2")
             x = self._ffn(x, p + "/ffn")
-        x = self._ln(x[:, [-1] if at is None else [-1, at]], "decoder/layer_norm")
+        x = self._ln(x if every else x[:, [-1] if at is None else [-1, at]], "decoder/layer_norm")
         logits = self._lin(x, "logits")[0] if "logits" in self.packed else F.linear(x, w["decoder/embeddings/weight"])[0]
-        return logits[0] if at is None else logits  # [V], or [2, V]: the last position's and `at`'s
+        return logits if every or at is not None else logits[0]  # [V]; [2, V]: last and `at`; [n, V]
 
 
 class TorchWhisperAsr:
@@ -236,6 +240,7 @@ class TorchWhisperAsr:
         self._suppress_begin = [i for i in config.get("suppress_ids_begin", [220, self.eot]) if i < vocab]
         self._sentence_ends: dict[int, bool] = {}
         self.calls = 0
+        self.drafted = 0  # decodes that checked a draft in one forward
 
     def mel(self, audio: np.ndarray) -> Any:
         """[1, n_mels, 2N] log-mel of the audio plus `pad_s` of silence, N <= 1500 positions."""
@@ -251,8 +256,10 @@ class TorchWhisperAsr:
             feats = np.pad(feats, ((0, 0), (0, frames - feats.shape[1])), mode="edge")
         return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))[None]
 
-    def tokens(self, audio: np.ndarray, prompt: str = "") -> list[int]:
-        """Greedy decode of `audio` ([samples] float32 16 kHz); the text tokens, without specials."""
+    def tokens(self, audio: np.ndarray, prompt: str = "", draft: str = "") -> list[int]:
+        """Greedy decode of `audio` ([samples] float32 16 kHz); the text tokens, without specials.
+        `draft`: text the decode is likely to produce (the last partial transcript), checked in one
+        forward instead of one per token; it changes the cost, never the result."""
         import torch
 
         with torch.inference_mode():
@@ -271,7 +278,15 @@ class TorchWhisperAsr:
             logprob = 0.0
             out: list[int] = []
             offset = len(start)
+            draft_ids = self._tok.encode(" " + draft.strip(), add_special_tokens=False).ids[:budget] if draft.strip() else []
+            # (logits, j): logits of the token after draft_ids[j] (j None: after the last decoded token)
+            queue: list[tuple[Any, int | None]] = [(logits, None)]
+            base = token = 0
             for step in range(budget):
+                if not queue:
+                    queue = [(self._m.decode(torch.tensor([[token]]), offset, cache, cross), None)]
+                    offset += 1
+                logits, j = queue.pop(0)
                 logits = logits.masked_fill(self._suppress, -math.inf)
                 if step == 0:
                     logits[self._suppress_begin] = -math.inf
@@ -285,8 +300,21 @@ class TorchWhisperAsr:
                 if repeat is not None:  # a cut encoder context rarely predicts the end: the text
                     out = out[:repeat]  # starts over instead; what came before is the transcript
                     break
-                logits = self._m.decode(torch.tensor([[token]]), offset, cache, cross)
-                offset += 1
+                if j is not None and j + 1 < len(draft_ids):  # draft_ids[j + 1] is in the cache already
+                    if token != draft_ids[j + 1]:  # the draft goes wrong here: drop its tail
+                        offset = base + j + 1
+                        for layer in cache:
+                            layer[:] = [layer[0][:, :, :offset], layer[1][:, :, :offset]]
+                        queue = []
+                    continue
+                if step == 0 and len(draft_ids) > 1 and token == draft_ids[0]:
+                    # Speculative decoding with the last partial transcript as the draft: one forward
+                    # checks every drafted token; greedy picks the same tokens as without it.
+                    base = offset
+                    every = self._m.decode(torch.tensor([draft_ids]), offset, cache, cross, every=True)
+                    offset += len(draft_ids)
+                    queue = [(every[i], i) for i in range(len(draft_ids))]
+                    self.drafted += 1
         self.calls += 1
         # faster-whisper's rule (no_speech_threshold 0.6, log_prob_threshold -1): silence or noise.
         if no_speech > 0.6 and logprob / max(1, len(out) + 1) < -1.0:
@@ -299,12 +327,12 @@ class TorchWhisperAsr:
             ends = self._sentence_ends[token] = self._tok.decode([token]).rstrip().endswith((".", "?", "!"))
         return ends
 
-    def __call__(self, audio: np.ndarray, prompt: str = "") -> str:
+    def __call__(self, audio: np.ndarray, prompt: str = "", draft: str = "") -> str:
         from streamserve.pipelines.voice.asr import clean_transcript
 
         if audio.size < MODEL_RATE // 10:
             return ""
-        return clean_transcript(self._tok.decode(self.tokens(audio, prompt)))
+        return clean_transcript(self._tok.decode(self.tokens(audio, prompt, draft)))
 
 
 def _has_quantized_ops() -> bool:

@@ -83,3 +83,18 @@ def test_bad_asr_choices_are_named(tmp_path: Path) -> None:
     (tmp_path / "model.bin").write_bytes(struct.pack("<IH", 6, 16) + b"TransformerSpec\x00" + struct.pack("<II", 1, 0))
     with pytest.raises(ValueError, match="TransformerSpec, not a Whisper model"):
         load_ct2(tmp_path / "model.bin")
+
+
+def test_a_draft_changes_the_cost_never_the_transcript(parts: Any, say: Any) -> None:
+    asr = parts.asr
+    audio = say("How many legs does a spider have?")
+    plain = asr.tokens(audio)
+    before = asr.drafted
+    for draft in ("How many legs does a spider have?",  # right: checked in one forward
+                  "How many legs does a spider",  # a prefix (a partial from before the last word)
+                  "How many eggs do a spider lay today?",  # wrong from the third word
+                  "Completely different words."):  # wrong from the first
+        assert asr.tokens(audio, draft=draft) == plain
+    assert asr.drafted - before == 3  # the drafts that started right were checked at once
+    prompt = "Tell me"
+    assert asr.tokens(say("about cats."), prompt, draft="about cats.") == asr.tokens(say("about cats."), prompt)
