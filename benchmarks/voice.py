@@ -96,7 +96,8 @@ def start_instant_llm(token_s: float) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}/v1"
 
 
-def start_server(llm_url: str | None, llm_model: str | None, asr_engine: str = "torch") -> tuple[Any, int]:
+def start_server(llm_url: str | None, llm_model: str | None, asr_engine: str = "torch",
+                 scheduler: str = "slo") -> tuple[Any, int]:
     import uvicorn
 
     from streamserve.core.config import ServerConfig
@@ -107,7 +108,7 @@ def start_server(llm_url: str | None, llm_model: str | None, asr_engine: str = "
     port = sock.getsockname()[1]
     options = tuple((k, v) for k, v in (("llm_url", llm_url), ("llm_model", llm_model), ("asr_engine", asr_engine)) if v)
     config = ServerConfig(pipeline="voice", port=port, log_level="warning", idle_timeout_s=30.0,
-                          max_sessions=8, pipeline_options=options)
+                          max_sessions=8, pipeline_options=options, scheduler=scheduler)
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", lifespan="on"))
     threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
     while not server.started:
@@ -331,6 +332,8 @@ def main() -> None:
                          "default Whisper service runs it, and the duplex agent's own engine)")
     ap.add_argument("--video", type=int, default=0, metavar="N",
                     help="run N video sessions (demo model, 256x256 RGB at 30 fps) on the same server meanwhile")
+    ap.add_argument("--scheduler", default="slo", choices=["slo", "edf", "fifo"],
+                    help="the server's scheduler (default slo, the server's own)")
     ap.add_argument("--modes", nargs="+", default=["duplex", "cascade"], choices=["duplex", "cascade"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -349,7 +352,7 @@ def main() -> None:
     rows = []
     try:
         for engine in dict.fromkeys([args.asr_engine, *cascade_engines]):
-            servers[engine] = start_server(args.llm_url, args.llm_model, engine)
+            servers[engine] = start_server(args.llm_url, args.llm_model, engine, args.scheduler)
         for sessions in args.sessions:
             runs = [(True, args.asr_engine)] if "duplex" in args.modes else []
             runs += [(False, e) for e in cascade_engines] if "cascade" in args.modes else []
@@ -364,7 +367,8 @@ def main() -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at the end "
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min), brain: {brain_name(args)}"
-          + (f", beside {args.video} video session(s) (demo model)" if args.video else "") + "\n")
+          + (f", beside {args.video} video session(s) (demo model)" if args.video else "")
+          + f", scheduler {args.scheduler}\n")
     print("| mode | ASR | sessions | turns | response p50 / p95 ms | barge-in p50 / p95 ms | speculative hits "
           "| voice chunks late or lost |")
     print("|---|---|---|---|---|---|---|---|")
