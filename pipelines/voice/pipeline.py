@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +52,18 @@ class VoiceParams:
 
     def agent_config(self) -> AgentConfig:
         sem = min(self.semantic_silence_ms, self.end_silence_ms) / 1000
-        turn = TurnConfig(pause_s=min(0.096, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000)
+        turn = TurnConfig(pause_s=min(0.064, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000)
         return AgentConfig(turn=turn, system_prompt=self.system_prompt, max_reply_tokens=self.max_reply_tokens,
                            backchannel_s=self.backchannel_ms / 1000, client_aec=self.client_aec,
                            semantic_turn=self.semantic_turn, think=self.think, out_rate=self.output_sample_rate)
 
 
 def load_models(*, llm_url: str | None = None, llm_model: str | None = None, llm_api_key: str | None = None,
-                llm_name: str = "default", asr_model: str | None = None, tts: str = "hibari",
-                smart_turn: bool = True) -> VoiceModels:
-    """The embedded defaults, or what the options name (`--llm-url`, `--llm-model`, `--asr-model`, `--tts`)."""
-    from streamserve.pipelines.voice.asr import WhisperAsr
+                llm_name: str = "default", asr_model: str | None = None, asr_engine: str = "torch",
+                tts: str = "hibari", smart_turn: bool = True) -> VoiceModels:
+    """The embedded defaults, or what the options name (`--llm-url`, `--llm-model`, `--asr-model`,
+    `--asr-engine`, `--tts`)."""
+    from streamserve.pipelines.voice.asr import make_asr
     from streamserve.pipelines.voice.brain import EndpointBrain
     from streamserve.pipelines.voice.smart_turn import SmartTurn
     from streamserve.pipelines.voice.tts import EspeakTts, HibariTts
@@ -82,8 +84,22 @@ def load_models(*, llm_url: str | None = None, llm_model: str | None = None, llm
             turn_model = SmartTurn()
         except (FileNotFoundError, ImportError) as exc:
             log.warning("Smart Turn unavailable (%s): ends of turn use silence only", exc)
-    return VoiceModels(vad=SileroVad, asr=WhisperAsr(asr_model), tts=HibariTts() if tts == "hibari" else EspeakTts(),
+    if asr_engine == "torch":
+        _cpu_threads()
+    return VoiceModels(vad=SileroVad, asr=make_asr(asr_model, asr_engine), tts=HibariTts() if tts == "hibari" else EspeakTts(),
                        brain=brain, smart_turn=turn_model)
+
+
+def _cpu_threads() -> None:
+    """torch on all cores but one (at least one), the video pipeline's policy: the voice worker
+    threads, ONNX models and the event loop need the rest, and an oversubscribed OpenMP pool
+    busy-waits (Whisper's decode took 3x longer with 2 torch threads on a loaded 2-core machine)."""
+    import os
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
 
 
 class VoicePipeline(Pipeline):
@@ -94,16 +110,18 @@ class VoicePipeline(Pipeline):
     outputs = frozenset({MediaKind.AUDIO})
 
     def __init__(self, device: str = "cpu", *, llm_url: str | None = None, llm_model: str | None = None,
-                 llm_api_key: str | None = None, asr_model: str | None = None, tts: str = "hibari",
-                 models: VoiceModels | None = None) -> None:
+                 llm_api_key: str | None = None, asr_model: str | None = None, asr_engine: str = "torch",
+                 tts: str = "hibari", models: VoiceModels | None = None) -> None:
         super().__init__(device)
         self._options = {"llm_url": llm_url, "llm_model": llm_model, "llm_api_key": llm_api_key,
-                         "asr_model": asr_model, "tts": tts}
+                         "asr_model": asr_model, "asr_engine": asr_engine, "tts": tts}
         self.models = models
         self._owns_models = models is None
         self._load_lock = threading.Lock()
         self.worker = VoiceWorker()  # turn-critical model calls
-        self.background = VoiceWorker("voice-background")  # partial transcripts
+        # Partial transcripts: on a busy CPU they yield to the pause transcript and Smart Turn.
+        self.background = VoiceWorker("voice-background", nice=10)
+        self.turn_worker = VoiceWorker("voice-turn")  # Smart Turn verdicts, in parallel with the pause ASR
         self._agents: dict[str, VoiceAgent] = {}
         self._resamplers: dict[str, InputResampler] = {}
 
@@ -128,7 +146,7 @@ class VoicePipeline(Pipeline):
     def open_session(self, session_id: str, params: Any) -> None:
         models = self._ensure_models()
         self._agents[session_id] = VoiceAgent(session_id, params.agent_config(), models, self.worker,
-                                              self.background)
+                                              self.background, self.turn_worker)
         self._resamplers[session_id] = InputResampler()
 
     def update_params(self, session_id: str, params: Any) -> None:
@@ -153,6 +171,8 @@ class VoicePipeline(Pipeline):
             agent = self._agents[item.session_id]
             audio = self._resamplers[item.session_id](chunk)  # ValueError names a bad rate/channel count
             out = agent.feed(audio)
+            agent.stats["chunks"] += 1  # the chunk's deadline: met when its step is over by then
+            agent.stats["late_chunks"] += time.monotonic() > chunk.deadline
             media = tuple(
                 AudioChunk((np.clip(frame, -1.0, 1.0) * 32767.0).round().astype(np.int16)[None, :],
                            agent.cfg.out_rate, pts, chunk.arrival, max(chunk.deadline, chunk.arrival),
@@ -167,6 +187,7 @@ class VoicePipeline(Pipeline):
             self.close_session(sid)
         self.worker.stop()
         self.background.stop()
+        self.turn_worker.stop()
         if self.models is not None and self._owns_models:
             close = getattr(self.models.brain, "close", None)
             if close is not None:

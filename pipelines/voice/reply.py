@@ -69,6 +69,9 @@ class Reply:
         self.spoken_text: list[str] = []  # clauses whose audio is queued
         self.frames_out = 0
         self.text_done = False
+        self.started_t = 0.0  # the agent's stream time when the reply started (set by the agent)
+        self.first_audio_t: float | None = None  # ... when its first audio was synthesized
+        self.clock: Callable[[], float] | None = None
 
     # --- engine thread ------------------------------------------------------------------------
     def pump(self) -> None:
@@ -100,6 +103,8 @@ class Reply:
         if self.cancelled:
             return
         self._audio[index] = audio
+        if self.first_audio_t is None and self.clock is not None:
+            self.first_audio_t = self.clock()
         while self._next_clause in self._audio:
             chunk = self._audio.pop(self._next_clause)
             self.spoken_text.append(self._clauses[self._next_clause])

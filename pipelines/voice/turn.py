@@ -20,7 +20,7 @@ class TurnConfig:
     speech_threshold: float = 0.5  # VAD probability that counts as speech
     release_threshold: float = 0.35  # below this it is silence again (hysteresis)
     min_speech_s: float = 0.064  # onset needs this much speech in a row (two 32 ms windows)
-    pause_s: float = 0.096  # silence that makes a pause (the agent starts preparing its reply)
+    pause_s: float = 0.064  # silence that makes a pause (the agent starts preparing its reply)
     semantic_silence_s: float = 0.192  # silence that ends a turn the semantic model calls complete
     end_silence_s: float = 0.64  # silence that ends any turn (the fallback)
     min_utterance_s: float = 0.2  # shorter speech bursts (clicks, coughs) never make a turn

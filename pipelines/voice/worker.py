@@ -14,6 +14,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,8 @@ class Job:
 
 
 class VoiceWorker:
-    def __init__(self, name: str = "voice-worker") -> None:
+    def __init__(self, name: str = "voice-worker", nice: int = 0) -> None:
+        self.nice = nice  # > 0: this thread yields the CPU to the others (speculative work)
         self._heap: list[Job] = []
         self._cv = threading.Condition()
         self._seq = itertools.count()
@@ -65,6 +67,11 @@ class VoiceWorker:
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        if self.nice > 0:  # Linux: a thread is a task with its own nice value
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+            except (AttributeError, OSError):
+                log.debug("could not lower the priority of %s", self._thread.name)
         while True:
             with self._cv:
                 while not self._heap and not self._stopping:

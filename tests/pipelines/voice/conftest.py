@@ -22,13 +22,14 @@ from tests.pipelines.voice.fake_llm import FakeLLM  # noqa: E402
 
 @pytest.fixture(scope="session")
 def parts() -> VoiceModels:
-    """VAD, Smart Turn, Whisper tiny.en and hibari, loaded once (the brain is set per test)."""
-    from streamserve.pipelines.voice.asr import WhisperAsr
+    """VAD, Smart Turn, Whisper tiny.en (the default torch engine) and hibari, loaded once (the brain
+    is set per test)."""
     from streamserve.pipelines.voice.smart_turn import SmartTurn
     from streamserve.pipelines.voice.tts import HibariTts
     from streamserve.pipelines.voice.vad import SileroVad
+    from streamserve.pipelines.voice.whisper_torch import TorchWhisperAsr
 
-    return VoiceModels(vad=SileroVad, asr=WhisperAsr(), tts=HibariTts(), brain=None,  # type: ignore[arg-type]
+    return VoiceModels(vad=SileroVad, asr=TorchWhisperAsr(), tts=HibariTts(), brain=None,  # type: ignore[arg-type]
                        smart_turn=SmartTurn())
 
 

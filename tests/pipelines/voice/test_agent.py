@@ -48,6 +48,11 @@ def test_a_spoken_question_gets_a_spoken_related_answer(parts: VoiceModels, work
         assert run.of("transcript", role="user", final=False)  # partials came before the final
         turns = run.of("turn")
         assert len(turns) == 1 and turns[0]["latency_ms"] > 0
+        # The turn's trace (stream clock, ms after the end of speech): in causal order.
+        trace = turns[0]["trace_ms"]
+        assert {"pause", "pause_text", "turn_end", "reply_started", "audio_ready"} <= set(trace)
+        assert 0 < trace["pause"] <= trace["pause_text"] and trace["reply_started"] <= trace["audio_ready"]
+        assert trace["pause"] <= trace["turn_end"] <= turns[0]["latency_ms"] + 1
         answer = heard(parts, run)
         assert "paris" in answer  # the agent's audio, transcribed, answers the question
         assert fake_llm.requests[-1]["messages"][-1]["content"] == user[0]["text"]

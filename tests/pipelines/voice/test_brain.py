@@ -183,3 +183,66 @@ def test_local_generation_cancel_stops_decoding(tiny_lm_dir: Path) -> None:
 def test_bad_llm_model_path_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=str(tmp_path)):
         LocalBrain.from_path(tmp_path)
+
+
+def test_long_conversation_keeps_the_system_sink_and_a_window(tiny_lm_dir: Path) -> None:
+    brain = LocalBrain.from_path(tiny_lm_dir, max_context=64)
+    try:
+        system = {"role": "system", "content": "be brief"}
+        turns: list[dict[str, str]] = []
+        for i in range(12):
+            turns += [{"role": "user", "content": f"what is w{i} w{i + 1}"}, {"role": "assistant", "content": f"w{i} is a spider"}]
+        messages = [system, *turns, {"role": "user", "content": "tell me more about it"}]
+        ids = brain.encode(messages, max_tokens=8)
+        assert len(ids) <= 64 - 8 - 1
+        kept = brain.window_messages(messages, 64 - 8 - 1)
+        assert kept[0] == system and kept[-1] == messages[-1]  # the sink and the question stay
+        assert 2 < len(kept) < len(messages)  # the oldest turns rolled out, whole
+        assert kept[1:] == messages[len(messages) - len(kept) + 1:]
+        assert ids == brain._tokens(kept)
+        # Even a question alone longer than the context keeps the sink and the question's last words.
+        huge = [system, {"role": "user", "content": " ".join(f"w{i % 64}" for i in range(200)) + " capital"}]
+        ids = brain.encode(huge, max_tokens=8)
+        assert len(ids) <= 55 and ids[:3] == brain._tokens([system])[:3]
+        assert "capital" in brain.tok.decode(ids)
+    finally:
+        brain.close()
+
+
+def test_rolled_kv_moves_the_window_to_its_new_positions(tiny_lm_dir: Path) -> None:
+    """Layer 0's keys depend only on the token and its position: after a roll they must equal a fresh
+    prefill's keys of the same tokens at their new positions (the RoPE re-rotation is exact)."""
+    from streamserve.pipelines.voice.lm import roll_kv
+
+    brain = LocalBrain.from_path(tiny_lm_dir)
+    try:
+        old = brain._tokens([{"role": "user", "content": "w1 w2 w3 w4 w5 w6 w7 w8 what is the capital of france"}])
+        sink, start = 3, 9
+        _, kv = brain._forward([old], [None], [0])
+        rolled = roll_kv(kv, sink, start, brain.model.model.rotary_emb)
+        _, fresh = brain._forward([old[:sink] + old[start:]], [None], [0])
+        assert rolled[0][0].shape == fresh[0][0].shape == (1, 2, len(old) - (start - sink), 16)
+        torch.testing.assert_close(rolled[0][0], fresh[0][0], atol=1e-5, rtol=1e-4)  # keys, re-rotated
+        torch.testing.assert_close(rolled[0][1], fresh[0][1], atol=1e-5, rtol=1e-4)  # values, moved
+    finally:
+        brain.close()
+
+
+def test_a_rolling_conversation_reuses_the_window_kv(tiny_lm_dir: Path) -> None:
+    brain = LocalBrain.from_path(tiny_lm_dir, max_context=96)
+    try:
+        system = {"role": "system", "content": "be brief"}
+        history: list[dict[str, str]] = []
+        for i in range(10):
+            messages = [system, *history, {"role": "user", "content": f"what is w{i} w{i + 1} w{i + 2}"}]
+            gen = brain.start(messages, 6, key="s1")
+            wait_done(gen)
+            assert gen.error is None
+            history += [messages[-1], {"role": "assistant", "content": gen.text}]
+        # The window rolled (the prompt stopped growing at the context) and the kept turns' KV was
+        # moved, not recomputed: most of each rolled prompt came from the cache.
+        assert len(brain.encode([system, *history], 6)) < len(brain._tokens([system, *history]))
+        assert brain.stats["rolled_tokens"] > 50
+        assert brain.stats["prefill_tokens"] < sum(len(brain._tokens(history[:2 * i + 1])) for i in range(10)) / 2
+    finally:
+        brain.close()
