@@ -332,15 +332,12 @@ def main() -> None:
                          "default Whisper service runs it, and the duplex agent's own engine)")
     ap.add_argument("--video", type=int, default=0, metavar="N",
                     help="run N video sessions (demo model, 256x256 RGB at 30 fps) on the same server meanwhile")
-    ap.add_argument("--scheduler", default=None, choices=["slo", "edf", "fifo"],
-                    help="the server's scheduler (default: slo with --video, whose voice lane is the point; "
-                         "edf for voice alone, where the two only differ in admission, and the SLO admission "
-                         "currently refuses a second voice session: see RESULTS.md)")
+    ap.add_argument("--scheduler", default="slo", choices=["slo", "edf", "fifo"],
+                    help="the server's scheduler (default slo, the server's own default; with --video its "
+                         "voice lane is the point)")
     ap.add_argument("--modes", nargs="+", default=["duplex", "cascade"], choices=["duplex", "cascade"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    if args.scheduler is None:
-        args.scheduler = "slo" if args.video else "edf"
 
     from hibari import Hibari
 
