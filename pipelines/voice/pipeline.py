@@ -52,7 +52,7 @@ class VoiceParams:
 
     def agent_config(self) -> AgentConfig:
         sem = min(self.semantic_silence_ms, self.end_silence_ms) / 1000
-        turn = TurnConfig(pause_s=min(0.064, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000)
+        turn = TurnConfig(pause_s=min(0.032, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000)
         return AgentConfig(turn=turn, system_prompt=self.system_prompt, max_reply_tokens=self.max_reply_tokens,
                            backchannel_s=self.backchannel_ms / 1000, client_aec=self.client_aec,
                            semantic_turn=self.semantic_turn, think=self.think, out_rate=self.output_sample_rate)
