@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from streamserve.core.frames import MediaKind
 from streamserve.schedulers import SloScheduler
+from streamserve.schedulers.overhead import PARTS as OVERHEAD_PARTS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ADMITTED_HOW = ("none", "degraded", "preempted")  # schedulers.admission.Decision.limit when admitted
@@ -163,13 +164,15 @@ class SchedulerCollector(Collector):
                                  "online: pre = ready to step start, post = step end to session",
                                  labels=["pipeline", "part", "stat"])
         jitter = GaugeMetricFamily("streamserve_step_time_ratio", "Measured step time over the cost model's "
-                                   "prediction (its spread is what the planner samples)", labels=["pipeline", "stat"])
-        for pipeline, parts in self._scheduler.cost.overhead.summary().items():
-            for part, stats in parts.items():
+                                   "prediction (its spread is what the planner samples; 0 before any sample)", labels=["pipeline", "stat"])
+        summary = self._scheduler.cost.overhead.summary()
+        unmeasured: dict[str, dict[str, float]] = {part: {} for part in OVERHEAD_PARTS}  # zeros until sampled
+        for pipeline in (*self._pipelines, *(p for p in summary if p not in self._pipelines)):
+            for part, stats in {**unmeasured, **summary.get(pipeline, {})}.items():
                 for stat in ("mean", "p50", "p99"):
                     if part == "jitter":
-                        jitter.add_metric([pipeline, stat], stats[stat])
+                        jitter.add_metric([pipeline, stat], stats.get(stat, 0.0))
                     else:
-                        over.add_metric([pipeline, part, stat], stats[stat])
+                        over.add_metric([pipeline, part, stat], stats.get(stat, 0.0))
         yield over
         yield jitter
