@@ -254,9 +254,15 @@ def folder_kind(folder: Path) -> str:
 def load_demo(folder: Path, device: str, dtype: torch.dtype) -> LoadedModel:
     from diffusers import WanTransformer3DModel
 
-    cfg = DemoConfig.from_json((folder / "streamserve.json").read_text())
     transformer = from_pretrained(WanTransformer3DModel, folder / "transformer", dtype)
     dit = CausalWanDiT(transformer).to(device).eval()  # type: ignore[arg-type]
+    vae, prompts, defaults = load_demo_parts(folder, device, dtype)
+    return LoadedModel(dit, vae, prompts, defaults, str(folder))
+
+
+def load_demo_parts(folder: Path, device: str, dtype: torch.dtype) -> tuple[DemoVAE, StyleTable, ModelDefaults]:
+    """Everything of a demo folder but the DiT: its VAE (+ guide), style table and defaults."""
+    cfg = DemoConfig.from_json((folder / "streamserve.json").read_text())
     ae = TinyAutoencoder.load(folder / "vae").to(device=device, dtype=dtype)
     styles = load_file(str(folder / "styles.safetensors"))["embeddings"].to(device=device, dtype=dtype)
     defaults = ModelDefaults(
@@ -265,7 +271,7 @@ def load_demo(folder: Path, device: str, dtype: torch.dtype) -> LoadedModel:
         min_size=cfg.min_size, max_size=cfg.max_size,
     )
     guide = GuidedDecoder.load(folder / "guide").to(device=device, dtype=dtype) if (folder / "guide").is_dir() else None
-    return LoadedModel(dit, DemoVAE(ae, guide), StyleTable(cfg.styles, styles), defaults, str(folder))
+    return DemoVAE(ae, guide), StyleTable(cfg.styles, styles), defaults
 
 
 def load_wan(

@@ -16,33 +16,9 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from streamserve.client import ServerError, StreamClient
-from streamserve.core.config import ServerConfig
-from streamserve.core.plan import Batch, StepOutput
-from streamserve.pipelines import registry
-from streamserve.pipelines.passthrough import PassthroughPipeline
 from streamserve.transport.probe import StampedVideoTrack
-
-STEP_S, PER_ITEM_S, FPS = 0.055, 0.010, 10.0
-QOS = {"fps": FPS, "degrade": []}  # refuse rather than offer a lower tier
-
-
-class SlowPassthrough(PassthroughPipeline):
-    """Test-only: passthrough that sleeps a known time per step."""
-
-    name = "slowpass"
-
-    def step(self, batch: Batch) -> list[StepOutput]:
-        time.sleep(STEP_S + PER_ITEM_S * batch.size)
-        return super().step(batch)
-
-
-@pytest.fixture
-def slow_server(server_factory):  # type: ignore[no-untyped-def]
-    registry.register(SlowPassthrough, replace=True)
-    try:
-        yield server_factory(ServerConfig(pipeline="slowpass", port=0, max_batch=8, idle_timeout_s=5.0))
-    finally:
-        registry.unregister("slowpass")
+from tests.server.slow_pipeline import FIXED as QOS
+from tests.server.slow_pipeline import FPS
 
 
 async def stream(client: StreamClient, seconds: float) -> tuple[int, int]:

@@ -15,32 +15,7 @@ import numpy as np
 import pytest
 
 from streamserve.client import ServerError, StreamClient
-from streamserve.core.config import ServerConfig
-from streamserve.core.plan import Batch, StepOutput
-from streamserve.pipelines import registry
-from streamserve.pipelines.passthrough import PassthroughPipeline
-
-STEP_S, PER_ITEM_S, FPS = 0.055, 0.010, 10.0
-FIXED = {"fps": FPS, "degrade": []}  # refuse rather than offer a lower tier
-
-
-class SleepyPassthrough(PassthroughPipeline):
-    """Test-only: passthrough that sleeps a known time per step."""
-
-    name = "sleepypass"
-
-    def step(self, batch: Batch) -> list[StepOutput]:
-        time.sleep(STEP_S + PER_ITEM_S * batch.size)
-        return super().step(batch)
-
-
-@pytest.fixture
-def sleepy_server(server_factory):  # type: ignore[no-untyped-def]
-    registry.register(SleepyPassthrough, replace=True)
-    try:
-        yield server_factory(ServerConfig(pipeline="sleepypass", port=0, max_batch=8, idle_timeout_s=5.0))
-    finally:
-        registry.unregister("sleepypass")
+from tests.server.slow_pipeline import FIXED, FPS
 
 
 async def stream(client: StreamClient, seconds: float, fps: float) -> tuple[int, int]:
@@ -69,19 +44,19 @@ async def stream(client: StreamClient, seconds: float, fps: float) -> tuple[int,
 
 
 def ws_client(server: Any, params: dict[str, Any]) -> StreamClient:
-    return StreamClient(server.url.replace("http", "ws") + "/v1/ws", pipeline="sleepypass", params=params,
+    return StreamClient(server.url.replace("http", "ws") + "/v1/ws", pipeline="slowpass", params=params,
                         send_format="rgb24", output_format="rgb24", kinds=("video",))
 
 
 @pytest.mark.slow
-async def test_a_change_that_raises_work_is_re_admitted_and_one_that_lowers_it_frees_capacity(sleepy_server) -> None:
-    clients = [ws_client(sleepy_server, FIXED) for _ in range(3)]
+async def test_a_change_that_raises_work_is_re_admitted_and_one_that_lowers_it_frees_capacity(slow_server) -> None:
+    clients = [ws_client(slow_server, FIXED) for _ in range(3)]
     for c in clients:
         await c.connect()
     a, b, c3 = clients
     owner = {"Authorization": f"Bearer {a.session_secret}"}
     try:
-        async with httpx.AsyncClient(base_url=sleepy_server.url, timeout=20) as http:
+        async with httpx.AsyncClient(base_url=slow_server.url, timeout=20) as http:
             # Raising A's rate to 20 fps: U = 10 x 0.065 + 10 x 0.085 (2 at 10 fps in a batch of 3) = 1.5.
             raised = await http.patch(f"/v1/sessions/{a.session_id}", json={"fps": 20}, headers=owner)
             assert raised.status_code == 503 and raised.headers["retry-after"] == "5"
@@ -101,7 +76,7 @@ async def test_a_change_that_raises_work_is_re_admitted_and_one_that_lowers_it_f
 
             # Full: a 4th session at 10 fps is refused (U 0.95).
             with pytest.raises(ServerError) as refused:
-                async with ws_client(sleepy_server, FIXED):
+                async with ws_client(slow_server, FIXED):
                     pass
             assert refused.value.code == "over_capacity"
             # B lowers its rate to 2 fps over WS `update`: always applied, and it frees capacity.
@@ -112,7 +87,7 @@ async def test_a_change_that_raises_work_is_re_admitted_and_one_that_lowers_it_f
             capacity = (await http.get("/v1/capacity")).json()
             # rates 10, 10, 2: 8 x 0.075 + 2 x 0.085 = 0.77 (profiled sleeps run ~1 ms over)
             assert capacity["utilization"] == pytest.approx(0.77, abs=0.04)
-            fourth = ws_client(sleepy_server, FIXED)
+            fourth = ws_client(slow_server, FIXED)
             await fourth.connect()  # admitted now: 8 x 0.085 + 2 x 0.095 = 0.87
             clients.append(fourth)
             # A WS `update` that raises work past the limit: a typed, non-fatal error naming it.
@@ -121,7 +96,7 @@ async def test_a_change_that_raises_work_is_re_admitted_and_one_that_lowers_it_f
             assert ws_refused.value.code == "over_capacity" and ws_refused.value.details["limit"] == "utilization"
             assert (await c3.stats())["session"]["slo"]["requested_fps"] == FPS  # the session goes on
             metrics = (await http.get("/metrics")).text
-            assert 'streamserve_admissions_total{how="change",pipeline="sleepypass"} 1.0' in metrics
+            assert 'streamserve_admissions_total{how="change",pipeline="slowpass"} 1.0' in metrics
             # The four admitted keep their rates (the two at 10 fps and B at 2 fps lose nothing).
             results = await asyncio.gather(stream(a, 3.0, FPS), stream(b, 3.0, 2.0), stream(c3, 3.0, FPS),
                                            stream(fourth, 3.0, FPS))
@@ -133,11 +108,11 @@ async def test_a_change_that_raises_work_is_re_admitted_and_one_that_lowers_it_f
 
 
 @pytest.mark.slow
-async def test_a_raise_that_fits_only_lower_is_clamped_to_a_tier_the_client_sees(sleepy_server) -> None:
+async def test_a_raise_that_fits_only_lower_is_clamped_to_a_tier_the_client_sees(slow_server) -> None:
     # Two sessions at 10 fps (U 0.75). A asks for 20 fps and lets the server lower the rate: its new
     # ladder is 20 fps, then 10 fps (min_fps 10); only 10 fits, so it runs at tier 1 and says why.
-    a = ws_client(sleepy_server, {"fps": FPS})
-    b = ws_client(sleepy_server, FIXED)
+    a = ws_client(slow_server, {"fps": FPS})
+    b = ws_client(slow_server, FIXED)
     await a.connect()
     await b.connect()
     try:
@@ -155,25 +130,25 @@ async def test_a_raise_that_fits_only_lower_is_clamped_to_a_tier_the_client_sees
 
 
 @pytest.mark.slow
-async def test_plan_reads_the_cost_model_a_running_server_learned(sleepy_server, capsys) -> None:  # type: ignore[no-untyped-def]
+async def test_plan_reads_the_cost_model_a_running_server_learned(slow_server, capsys) -> None:  # type: ignore[no-untyped-def]
     from streamserve.cli import main
 
-    a = ws_client(sleepy_server, FIXED)
+    a = ws_client(slow_server, FIXED)
     await a.connect()
     try:
         sent, got = await stream(a, 3.0, FPS)  # ~30 steps: the server learns pre, post and jitter
         assert got >= 0.9 * sent
-        async with httpx.AsyncClient(base_url=sleepy_server.url, timeout=20) as http:
+        async with httpx.AsyncClient(base_url=slow_server.url, timeout=20) as http:
             capacity = (await http.get("/v1/capacity")).json()
             metrics = (await http.get("/metrics")).text
     finally:
         await a.close()
-    overhead = capacity["overhead"]["sleepypass"]
+    overhead = capacity["overhead"]["slowpass"]
     assert set(overhead) == {"pre", "post", "jitter"} and overhead["jitter"]["samples"] >= 20
     assert 0.8 < overhead["jitter"]["p50"] < 1.25  # the sleeps are what the profile measured
-    assert 'streamserve_latency_overhead_seconds{part="post",pipeline="sleepypass",stat="p99"}' in metrics
-    assert set(capacity["profile"]["_overhead"]["sleepypass"]) == {"pre", "post", "jitter"}
-    code = await asyncio.to_thread(main, ["plan", "--from", sleepy_server.url, "--pipeline", "sleepypass",
+    assert 'streamserve_latency_overhead_seconds{part="post",pipeline="slowpass",stat="p99"}' in metrics
+    assert set(capacity["profile"]["_overhead"]["slowpass"]) == {"pre", "post", "jitter"}
+    code = await asyncio.to_thread(main, ["plan", "--from", slow_server.url, "--pipeline", "slowpass",
                                           "--fps", "10", "--duration", "6", "--max-sessions", "5"])
     text = capsys.readouterr().out
     assert code == 0 and "non-compute latency: pre mean" in text
@@ -181,4 +156,4 @@ async def test_plan_reads_the_cost_model_a_running_server_learned(sleepy_server,
     # (3 sessions); the simulated engine keeps every deadline up to U(4) = 0.95, not at U(5) = 1.05.
     assert "capacity (>= 99% of frames on time): 4 session(s) simulated, 3 admitted" in text, text
     with pytest.raises(SystemExit, match="could not read"):
-        main(["plan", "--from", "http://127.0.0.1:9/", "--pipeline", "sleepypass"])
+        main(["plan", "--from", "http://127.0.0.1:9/", "--pipeline", "slowpass"])

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..checkpoint import (
     CAUSAL_WEIGHT_NAMES,
@@ -23,11 +22,11 @@ from ..checkpoint import (
     ModelDefaults,
     folder_kind,
     from_pretrained,
+    load_demo_parts,
 )
-from ..demo_config import WEIGHTS_DIR, DemoConfig
-from ..guided import GuidedDecoder
-from ..prompts import PromptEncoder, StyleTable, T5PromptEncoder
-from ..vae import DemoVAE, StreamingVAE, TinyAutoencoder
+from ..demo_config import WEIGHTS_DIR
+from ..prompts import PromptEncoder, T5PromptEncoder
+from ..vae import StreamingVAE
 from .split import split_layers
 from .stage import load_stage_dit
 
@@ -52,7 +51,7 @@ def load_rank0(model: str | None, device: str, dtype: torch.dtype | None, stages
     vae: StreamingVAE
     prompts: PromptEncoder
     if kind == "demo":
-        vae, prompts, defaults = _demo_parts(folder, device, dtype)
+        vae, prompts, defaults = load_demo_parts(folder, device, dtype)
     else:
         causal = [n for n in CAUSAL_WEIGHT_NAMES if (folder / n).is_file()]
         if causal:
@@ -63,19 +62,6 @@ def load_rank0(model: str | None, device: str, dtype: torch.dtype | None, stages
     if prompts.text_dim != dit.text_dim:
         raise ValueError(f"text encoder width {prompts.text_dim} != transformer text_dim {dit.text_dim}")
     return LoadedModel(dit, vae, prompts, defaults, str(folder)), ranges
-
-
-def _demo_parts(folder: Path, device: str, dtype: torch.dtype) -> tuple[StreamingVAE, PromptEncoder, ModelDefaults]:
-    cfg = DemoConfig.from_json((folder / "streamserve.json").read_text())
-    ae = TinyAutoencoder.load(folder / "vae").to(device=device, dtype=dtype)
-    styles = load_file(str(folder / "styles.safetensors"))["embeddings"].to(device=device, dtype=dtype)
-    defaults = ModelDefaults(
-        kind="demo", num_sinks=cfg.num_sinks, window=cfg.window, position_policy=cfg.position_policy,
-        strength=cfg.strength, shift=cfg.shift, width=cfg.width, height=cfg.height,
-        min_size=cfg.min_size, max_size=cfg.max_size,
-    )
-    guide = GuidedDecoder.load(folder / "guide").to(device=device, dtype=dtype) if (folder / "guide").is_dir() else None
-    return DemoVAE(ae, guide), StyleTable(cfg.styles, styles), defaults
 
 
 def _wan_parts(folder: Path, device: str, dtype: torch.dtype) -> tuple[StreamingVAE, PromptEncoder, ModelDefaults]:
