@@ -6,8 +6,12 @@ U(n) = 10 * (0.055 + 0.010 n) = 0.55 + 0.1 n: 3 sessions (0.85) fit under 0.9, a
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import numpy as np
+
+from streamserve.client import StreamClient
 from streamserve.core.plan import Batch, StepOutput
 from streamserve.pipelines.passthrough import PassthroughPipeline
 
@@ -23,3 +27,28 @@ class SlowPassthrough(PassthroughPipeline):
     def step(self, batch: Batch) -> list[StepOutput]:
         time.sleep(STEP_S + PER_ITEM_S * batch.size)
         return super().step(batch)
+
+
+async def stream(client: StreamClient, seconds: float, fps: float = FPS) -> tuple[int, int]:
+    """Send frames on an `fps` clock for `seconds`; count outputs received."""
+    frame = np.zeros((32, 32, 3), np.uint8)
+    got = 0
+
+    async def reader() -> None:
+        nonlocal got
+        while True:
+            out = await client.receive(timeout_s=2.0)
+            if out is None:
+                return
+            got += 1
+
+    task = asyncio.create_task(reader())
+    t0 = time.monotonic()
+    sent = 0
+    while time.monotonic() - t0 < seconds:
+        await client.send_frame(frame)
+        sent += 1
+        await asyncio.sleep(max(0.0, t0 + sent / fps - time.monotonic()))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    return sent, got

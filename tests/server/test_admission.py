@@ -7,43 +7,16 @@ U(n) = 10 * (0.055 + 0.010 n) = 0.55 + 0.1 n: 3 sessions (0.85) fit under 0.9, a
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from streamserve.client import ServerError, StreamClient
 from streamserve.transport.probe import StampedVideoTrack
 from tests.server.slow_pipeline import FIXED as QOS
-from tests.server.slow_pipeline import FPS
-
-
-async def stream(client: StreamClient, seconds: float) -> tuple[int, int]:
-    """Send frames on a 10 fps clock for `seconds`; count outputs received."""
-    frame = np.zeros((32, 32, 3), np.uint8)
-    got = 0
-
-    async def reader() -> None:
-        nonlocal got
-        while True:
-            out = await client.receive(timeout_s=2.0)
-            if out is None:
-                return
-            got += 1
-
-    task = asyncio.create_task(reader())
-    t0 = time.monotonic()
-    sent = 0
-    while time.monotonic() - t0 < seconds:
-        await client.send_frame(frame)
-        sent += 1
-        await asyncio.sleep(max(0.0, t0 + sent / FPS - time.monotonic()))
-    await asyncio.sleep(0.5)
-    task.cancel()
-    return sent, got
+from tests.server.slow_pipeline import stream
 
 
 @pytest.mark.slow
