@@ -34,7 +34,7 @@ from ..sampler import predict_x0
 from ..session import SessionState, Work
 from .loading import load_rank0
 from .ring import GroupSpec, StageGroup
-from .split import Balancer, BalancerConfig, split_layers
+from .split import Balancer, BalancerConfig, even_ranges, split_layers
 from .stage import PoolArgs
 from .wire import StageFailed
 
@@ -215,14 +215,7 @@ def micro_batches(n: int, parts: int) -> list[range]:
     """Split ``n`` items, in order, into ``min(parts, n)`` contiguous runs as even as possible."""
     if n < 1 or parts < 1:
         raise ValueError(f"need at least one item and one part, got {n} items, {parts} parts")
-    parts = min(parts, n)
-    base, extra = divmod(n, parts)
-    out, start = [], 0
-    for p in range(parts):
-        size = base + (1 if p < extra else 0)
-        out.append(range(start, start + size))
-        start += size
-    return out
+    return even_ranges(n, min(parts, n))
 
 
 def with_stages(stages: int, stage_devices: Sequence[str] | None = None,

@@ -18,12 +18,17 @@ def split_layers(num_layers: int, stages: int) -> list[range]:
     """Contiguous ranges, as even as possible (the first stages get the remainder)."""
     if not 1 <= stages <= num_layers:
         raise ValueError(f"stages must be in [1, {num_layers}] (one block at least per stage), got {stages}")
-    base, extra = divmod(num_layers, stages)
+    return even_ranges(num_layers, stages)
+
+
+def even_ranges(n: int, parts: int) -> list[range]:
+    """``range(n)`` cut into ``parts`` (1..n) contiguous runs, as even as possible, the first ones longer."""
+    base, extra = divmod(n, parts)
     out, start = [], 0
-    for s in range(stages):
-        n = base + (1 if s < extra else 0)
-        out.append(range(start, start + n))
-        start += n
+    for p in range(parts):
+        size = base + (1 if p < extra else 0)
+        out.append(range(start, start + size))
+        start += size
     return out
 
 
