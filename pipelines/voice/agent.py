@@ -129,6 +129,7 @@ class VoiceAgent:
             self._tentative_since = None
             self._utt_seq += 1
             self._trace = {}
+            self._pauses = 0
             self.utt = Utterance(0)
             self.utt.append(np.concatenate(list(self._preroll)) if self._preroll else np.zeros(0, np.float32))
             self._partial_from = 0
@@ -160,6 +161,7 @@ class VoiceAgent:
             return
         self._mark("pause")
         self._pause_seq += 1
+        self._pauses += 1
         uid, pid = self._utt_seq, self._pause_seq
         if self.cfg.think:  # the words so far, decoded now: the final then needs only what follows
             self._transcribe_tail(utt, uid, pid)
@@ -199,7 +201,7 @@ class VoiceAgent:
         if uid != self._utt_seq or pid != self._pause_seq or self.utt is None:
             return
         self._mark("verdict")
-        for ev in self.turn.set_semantic(prob >= 0.5):
+        for ev in self.turn.set_semantic(prob):
             self._on_turn(ev)
 
     def _on_pause_text(self, uid: int, pid: int, end: int, text: str) -> None:
@@ -248,11 +250,13 @@ class VoiceAgent:
 
     _final_utt: Utterance | None = None
     _pause_text_pid = -1
+    _pauses = 0  # pauses in the current utterance (each costs a transcript and a Smart Turn verdict)
 
     # --- partial transcripts and thinking -------------------------------------------------------
     def _maybe_partial(self) -> None:
         utt = self.utt
-        if utt is None or self._partial_inflight or self.turn.state is not TurnState.SPEAKING or not self.cfg.think:
+        if (utt is None or self._partial_inflight or self.turn.state is not TurnState.SPEAKING or not self.cfg.think
+                or not self.cfg.partial_every_s):
             return
         if utt.samples - self._partial_from < int(self.cfg.partial_every_s * MODEL_RATE):
             return
@@ -396,7 +400,7 @@ class VoiceAgent:
                 trace["reply_started"] = round((reply.started_t - self._turn_end_t) * 1000)
                 self.stats["replies"] += 1
                 self._emit("turn", latency_ms=round(latency * 1000, 1), end_reason=self._turn_reason,
-                           speculative_hit=self._speculative_hit, user=reply.user_text,
+                           speculative_hit=self._speculative_hit, user=reply.user_text, pauses=self._pauses,
                            chunks=self.stats["chunks"], late_chunks=self.stats["late_chunks"], trace_ms=trace)
             pts = int(round(self.t_out * self.cfg.out_rate))
             self._out.frames.append((frame, pts))

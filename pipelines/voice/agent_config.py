@@ -27,7 +27,7 @@ class AgentConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_reply_tokens: int = 48
     history_turns: int = 6  # user+agent pairs kept in the prompt (older ones roll out)
-    partial_every_s: float = 0.5  # a partial transcript per this much speech (skipped when ASR lags)
+    partial_every_s: float = 0.5  # a partial transcript per this much speech (skipped when ASR lags; 0: none)
     commit_after_s: float = 4.0  # at a pause, audio before it is committed once this much is uncommitted
     partial_cover_s: float = 0.15  # a partial this close to the end of speech starts a reply at the pause
     backchannel_s: float = 0.4  # user speech shorter than this during agent speech is not a barge-in

@@ -46,6 +46,7 @@ class Generation:
         self.cancelled = threading.Event()
         self._done = threading.Event()
         self._on_cancel: Callable[[], None] | None = None
+        self._listener: Callable[[], None] | None = None
 
     # --- producer ---
     def put(self, delta: str) -> None:
@@ -54,12 +55,24 @@ class Generation:
                 return
             self._parts.append(delta)
             self.text += delta
+            listener = self._listener
+        if listener is not None:
+            listener()
 
     def finish(self, error: BrainError | None = None) -> None:
         with self._lock:
             if not self.finished:
                 self.finished, self.error = True, error
             self._done.set()
+            listener = self._listener
+        if listener is not None:
+            listener()
+
+    def listen(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (on the producer's thread, no lock held) after each put and at the finish, so
+        the consumer can act on new text at once instead of at its next poll."""
+        with self._lock:
+            self._listener = fn
 
     def on_cancel(self, fn: Callable[[], None]) -> None:
         with self._lock:

@@ -39,10 +39,15 @@ class VoiceParams:
     max_reply_tokens: int = 48
     end_silence_ms: float = 640.0  # silence that ends a turn without a semantic verdict
     semantic_silence_ms: float = 192.0  # silence that ends a turn Smart Turn calls complete
+    # ... that Smart Turn is sure of (P >= confident_threshold): the duplex agent's early release.
+    # Set it to semantic_silence_ms to turn the early tier off (the benchmark's cascade does).
+    confident_silence_ms: float = 96.0
+    confident_threshold: float = 0.95
     semantic_turn: bool = True
     backchannel_ms: float = 400.0  # shorter user speech during agent speech does not interrupt it
     client_aec: bool = True  # false: the client has no echo cancellation; agent audio is not barge-in
     think: bool = True  # think while listening (false: the sequential cascade, for comparison)
+    partial_every_ms: float = 500.0  # a partial transcript per this much speech while thinking (0: none)
     output_sample_rate: int = 24_000
 
     def __post_init__(self) -> None:
@@ -52,10 +57,13 @@ class VoiceParams:
 
     def agent_config(self) -> AgentConfig:
         sem = min(self.semantic_silence_ms, self.end_silence_ms) / 1000
-        turn = TurnConfig(pause_s=min(0.032, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000)
+        turn = TurnConfig(pause_s=min(0.032, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000,
+                          confident_silence_s=min(self.confident_silence_ms / 1000, sem),
+                          confident_threshold=self.confident_threshold)
         return AgentConfig(turn=turn, system_prompt=self.system_prompt, max_reply_tokens=self.max_reply_tokens,
                            backchannel_s=self.backchannel_ms / 1000, client_aec=self.client_aec,
-                           semantic_turn=self.semantic_turn, think=self.think, out_rate=self.output_sample_rate)
+                           semantic_turn=self.semantic_turn, think=self.think, out_rate=self.output_sample_rate,
+                           partial_every_s=self.partial_every_ms / 1000)
 
 
 def load_models(*, llm_url: str | None = None, llm_model: str | None = None, llm_api_key: str | None = None,

@@ -1,8 +1,11 @@
 """One agent reply: brain text -> clauses -> TTS audio -> 20 ms output frames, cancellable as a whole.
 
-Engine thread only (the worker calls back through `Mailbox`). The reply pulls text from its
-`Generation`, cuts clauses (`ClauseSplitter`), sends each to TTS as a worker job in order, and keeps
-the synthesized audio, resampled to the session's output rate, as a queue of frames to release.
+The reply pulls text from its `Generation`, cuts clauses (`ClauseSplitter`), sends each to TTS as a
+worker job in order, and keeps the synthesized audio, resampled to the session's output rate, as a
+queue of frames to release. `pump` (text -> clauses -> TTS jobs) runs on the engine thread and, as
+soon as the brain produces text, on the brain's thread (under the reply's lock): a clause goes to
+TTS the moment it is complete, not at the next input chunk. Everything else is engine thread only
+(the worker calls back through `Mailbox`).
 """
 
 from __future__ import annotations
@@ -72,23 +75,31 @@ class Reply:
         self.started_t = 0.0  # the agent's stream time when the reply started (set by the agent)
         self.first_audio_t: float | None = None  # ... when its first audio was synthesized
         self.clock: Callable[[], float] | None = None
+        self._text_lock = threading.RLock()  # pump and say: the engine thread and the brain's thread
+        gen.listen(self.pump)
 
-    # --- engine thread ------------------------------------------------------------------------
     def pump(self) -> None:
-        """Pull new text from the brain and send complete clauses to TTS."""
-        if self.cancelled:
-            return
-        delta = self.gen.drain()
-        clauses = self._splitter.feed(delta) if delta else []
-        if self.gen.finished and not self.text_done:
-            self.text_done = True
-            clauses += self._splitter.flush()
-        for clause in clauses:
-            self.say(clause)
+        """Pull new text from the brain and send complete clauses to TTS (any thread)."""
+        with self._text_lock:
+            if self.cancelled:
+                return
+            delta = self.gen.drain()
+            clauses = self._splitter.feed(delta) if delta else []
+            finished = self.gen.finished and not self.text_done
+            if finished:
+                clauses += self._splitter.flush()
+            for clause in clauses:
+                self.say(clause)
+            if finished:  # only now: `done` (engine thread) must never see the end before the clauses
+                self.text_done = True
 
     def say(self, clause: str) -> None:
-        index = len(self._clauses)
-        self._clauses.append(clause)
+        with self._text_lock:
+            index = len(self._clauses)
+            self._clauses.append(clause)
+            self._submit(index, clause)
+
+    def _submit(self, index: int, clause: str) -> None:
         tts, rate, out_rate = self._tts, self._tts.sample_rate, self._cfg.out_rate
 
         def run() -> np.ndarray:
@@ -99,6 +110,7 @@ class Reply:
 
         self._worker.submit(PRIORITY_TTS, run, done, stale=lambda: self.cancelled)
 
+    # --- engine thread ------------------------------------------------------------------------
     def _on_audio(self, index: int, audio: np.ndarray) -> None:
         if self.cancelled:
             return

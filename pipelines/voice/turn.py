@@ -4,7 +4,9 @@
     PAUSED --speech--> SPEAKING (same utterance)      PAUSED --see below--> SILENT (turn end)
 
 The turn ends after `end_silence_s` of silence (the fallback), or already after `semantic_silence_s`
-when the semantic model (Smart Turn) said the words so far finish a turn. Times are stream seconds
+when the semantic model (Smart Turn) said the words so far finish a turn (P >= `semantic_threshold`),
+or after only `confident_silence_s` when it is sure (P >= `confident_threshold`: SHANKS-style early
+release; measured false ends on mid-sentence pauses are in docs/voice.md). Times are stream seconds
 (samples / 16 kHz), so the machine is deterministic and testable on generated audio. Every knob is
 per session (`TurnConfig`, from the session's params).
 """
@@ -22,24 +24,36 @@ class TurnConfig:
     min_speech_s: float = 0.064  # onset needs this much speech in a row (two 32 ms windows)
     pause_s: float = 0.064  # silence that makes a pause (the agent starts preparing its reply)
     semantic_silence_s: float = 0.192  # silence that ends a turn the semantic model calls complete
+    confident_silence_s: float | None = None  # ... that it is sure of (None: semantic_silence_s, no early tier)
+    semantic_threshold: float = 0.5  # P(complete) that counts as complete
+    confident_threshold: float = 0.95  # P(complete) that ends the turn after confident_silence_s
     end_silence_s: float = 0.64  # silence that ends any turn (the fallback)
     min_utterance_s: float = 0.2  # shorter speech bursts (clicks, coughs) never make a turn
 
     def __post_init__(self) -> None:
-        for name in ("speech_threshold", "release_threshold"):
+        if self.confident_silence_s is None:
+            object.__setattr__(self, "confident_silence_s", self.semantic_silence_s)
+        for name in ("speech_threshold", "release_threshold", "semantic_threshold", "confident_threshold"):
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {v}")
         if self.release_threshold > self.speech_threshold:
             raise ValueError(f"release_threshold ({self.release_threshold}) must not exceed "
                              f"speech_threshold ({self.speech_threshold})")
-        for name in ("min_speech_s", "pause_s", "semantic_silence_s", "end_silence_s", "min_utterance_s"):
+        for name in ("min_speech_s", "pause_s", "semantic_silence_s", "confident_silence_s", "end_silence_s",
+                     "min_utterance_s"):
             v = getattr(self, name)
             if not 0.0 <= v <= 10.0:
                 raise ValueError(f"{name} must be in [0, 10] s, got {v}")
         if not self.pause_s <= self.semantic_silence_s <= self.end_silence_s:
             raise ValueError(f"need pause_s <= semantic_silence_s <= end_silence_s, got {self.pause_s}, "
                              f"{self.semantic_silence_s}, {self.end_silence_s}")
+        if not 0.0 <= self.confident_silence_s <= self.semantic_silence_s:  # type: ignore[operator]
+            raise ValueError(f"need confident_silence_s <= semantic_silence_s, got {self.confident_silence_s}, "
+                             f"{self.semantic_silence_s}")
+        if self.confident_threshold < self.semantic_threshold:
+            raise ValueError(f"confident_threshold ({self.confident_threshold}) must not be below "
+                             f"semantic_threshold ({self.semantic_threshold})")
 
 
 class TurnState(enum.StrEnum):
@@ -73,7 +87,7 @@ class TurnDetector:
         self.onset = 0.0  # stream time the current utterance began
         self.speech_end = 0.0  # end of the last speech window of the utterance
         self.speech_s = 0.0  # speech accumulated in the current utterance
-        self.semantic_complete: bool | None = None  # verdict for the current pause, once known
+        self.semantic_p: float | None = None  # P(complete) for the current pause, once known
 
     def push(self, t_end: float, prob: float, window_s: float) -> list[TurnEvent]:
         """Feed one VAD window ending at stream time `t_end`; returns the events it causes."""
@@ -99,7 +113,7 @@ class TurnDetector:
             self._run = 0.0
             if self.state is TurnState.PAUSED:
                 self.state = TurnState.SPEAKING
-                self.semantic_complete = None
+                self.semantic_p = None
                 events.append(TurnEvent(EventKind.RESUME, t_end - window_s, speech_s=self.speech_s))
             return events
         self._run += window_s
@@ -108,7 +122,7 @@ class TurnDetector:
                 self._reset()
                 return [TurnEvent(EventKind.NOISE, self.speech_end, "too short", self.speech_s)]
             self.state = TurnState.PAUSED
-            self.semantic_complete = None
+            self.semantic_p = None
             events.append(TurnEvent(EventKind.PAUSE, self.speech_end, speech_s=self.speech_s))
         if self.state is TurnState.PAUSED:
             end = self._turn_end_reason()
@@ -117,11 +131,12 @@ class TurnDetector:
                 self._reset()
         return events
 
-    def set_semantic(self, complete: bool) -> list[TurnEvent]:
-        """The semantic model's verdict on the current pause; may end the turn at once."""
+    def set_semantic(self, prob: float | bool) -> list[TurnEvent]:
+        """The semantic model's verdict on the current pause, P(turn complete) (a bool: 1 or 0); may
+        end the turn at once."""
         if self.state is not TurnState.PAUSED:
             return []
-        self.semantic_complete = complete
+        self.semantic_p = float(prob)
         end = self._turn_end_reason()
         if not end:
             return []
@@ -133,15 +148,19 @@ class TurnDetector:
         c = self.config
         if self._run >= c.end_silence_s - 1e-9:
             return "silence"
-        if self.semantic_complete and self._run >= c.semantic_silence_s - 1e-9:
+        p = self.semantic_p
+        if p is not None and p >= c.semantic_threshold and self._run >= c.semantic_silence_s - 1e-9:
             return "semantic"
+        confident = c.confident_silence_s if c.confident_silence_s is not None else c.semantic_silence_s
+        if p is not None and p >= c.confident_threshold and self._run >= confident - 1e-9:
+            return "confident"
         return ""
 
     def _reset(self) -> None:
         self.state = TurnState.SILENT
         self._run = 0.0
         self.speech_s = 0.0
-        self.semantic_complete = None
+        self.semantic_p = None
 
     @property
     def silence_s(self) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -246,3 +247,40 @@ def test_a_rolling_conversation_reuses_the_window_kv(tiny_lm_dir: Path) -> None:
         assert brain.stats["prefill_tokens"] < sum(len(brain._tokens(history[:2 * i + 1])) for i in range(10)) / 2
     finally:
         brain.close()
+
+
+def test_a_clause_goes_to_tts_when_the_brain_writes_it_not_at_the_next_chunk(parts: Any) -> None:
+    """The reply listens to its generation: the brain's own thread cuts the clause and queues its TTS,
+    so the first audio is synthesized with no engine step in between; every clause is queued before
+    the reply can count as done, and the audio comes back through the mailbox in order."""
+    import threading
+
+    from streamserve.pipelines.voice.reply import Mailbox, Reply, ReplyConfig
+    from streamserve.pipelines.voice.worker import VoiceWorker
+
+    spoken: list[str] = []
+    said = threading.Event()
+
+    def tts(text: str) -> Any:
+        spoken.append(text)
+        said.set()
+        return parts.tts(text)
+
+    tts.sample_rate = parts.tts.sample_rate  # type: ignore[attr-defined]
+    worker, mailbox, gen = VoiceWorker("test-tts"), Mailbox(), Generation()
+    try:
+        reply = Reply(0, "hi", gen, tts=tts, worker=worker, mailbox=mailbox, config=ReplyConfig(),  # type: ignore[arg-type]
+                      speculative=False)
+        producer = threading.Thread(target=lambda: (gen.put("Sure thing, "), gen.put("Paris is the capital."), gen.finish()))
+        producer.start()
+        producer.join(5)
+        assert said.wait(10)  # no reply.pump() on this (the "engine") thread
+        assert reply.text_done and not reply.done
+        deadline = time.monotonic() + 20
+        while len(reply.spoken_text) < 2 and time.monotonic() < deadline:
+            mailbox.run()
+            time.sleep(0.01)
+        assert spoken == ["Sure thing,", "Paris is the capital."] and reply.spoken_text == spoken
+        assert reply.has_audio
+    finally:
+        worker.stop()

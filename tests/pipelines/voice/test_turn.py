@@ -120,3 +120,50 @@ def test_short_bursts_are_noise_not_turns() -> None:
 def test_bad_turn_config_names_the_value(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(kw))):
         TurnConfig(**kw)
+
+
+def test_a_confident_verdict_ends_the_turn_after_a_shorter_silence() -> None:
+    """SHANKS-style early release: P >= confident_threshold ends the turn after confident_silence_s;
+    a merely likely verdict (semantic_threshold <= P < confident_threshold) still waits for
+    semantic_silence_s; a verdict for a pause the user resumed from is forgotten."""
+    cfg = TurnConfig(pause_s=0.032, confident_silence_s=0.096, semantic_silence_s=0.192, end_silence_s=0.64)
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS..")  # 64 ms of silence
+    assert turn.set_semantic(0.97) == []  # sure, but the confident silence is not over yet
+    assert [(e.kind, e.reason) for e in feed(turn, ".")] == [(EventKind.TURN_END, "confident")]
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS...")  # 96 ms: a confident verdict now ends the turn at once
+    assert [e.reason for e in turn.set_semantic(0.99)] == ["confident"]
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS...")
+    assert turn.set_semantic(0.8) == []  # complete, not sure: the 192 ms rule
+    assert feed(turn, "..") == []
+    assert [e.reason for e in feed(turn, "....")] == ["semantic"]
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS..")
+    turn.set_semantic(0.99)
+    assert [e.kind for e in feed(turn, "SSS")] == [EventKind.RESUME]  # the user went on
+    assert [e.kind for e in feed(turn, "." * 4)] == [EventKind.PAUSE]  # no verdict for the new pause yet
+    # Without an early tier (the default) a sure verdict waits like any other.
+    turn = TurnDetector(TurnConfig(pause_s=0.032, semantic_silence_s=0.192))
+    feed(turn, "SSSSSSSSSS...")
+    assert turn.set_semantic(0.99) == []
+
+
+def test_confident_tier_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="confident_silence_s"):
+        TurnConfig(confident_silence_s=0.3, semantic_silence_s=0.192)
+    with pytest.raises(ValueError, match="confident_threshold"):
+        TurnConfig(confident_threshold=0.4)
+
+
+def test_session_params_carry_the_confident_tier() -> None:
+    from streamserve.pipelines.voice.pipeline import VoiceParams
+
+    turn = VoiceParams().agent_config().turn
+    assert (turn.confident_silence_s, turn.confident_threshold, turn.semantic_silence_s) == (0.096, 0.95, 0.192)
+    off = VoiceParams(confident_silence_ms=192.0).agent_config().turn  # the benchmark's cascade
+    assert off.confident_silence_s == off.semantic_silence_s
+    assert VoiceParams(semantic_silence_ms=64.0).agent_config().turn.confident_silence_s == 0.064
+    with pytest.raises(ValueError, match="confident_threshold"):
+        VoiceParams(confident_threshold=0.3)
