@@ -47,6 +47,16 @@ RATE = 16_000
 FRAME = 320  # 20 ms
 
 
+# mode -> (think, session params)
+MODES: dict[str, tuple[bool, dict[str, Any]]] = {
+    "duplex": (True, {}),
+    "duplex-192": (True, {"confident_silence_ms": 192}),
+    "duplex-nopartials": (True, {"partial_every_ms": 0}),
+    "cascade": (False, {"confident_silence_ms": 192}),
+    "cascade-early": (False, {}),
+}
+
+
 def percentile(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -57,6 +67,17 @@ def percentile(xs: list[float], q: float) -> float | None:
 def speech_span(audio: np.ndarray) -> tuple[int, int]:
     loud = np.flatnonzero(np.abs(audio) > 0.02)
     return int(loud[0]), int(loud[-1]) + 1
+
+
+def with_mid_pause(audio: np.ndarray, pause_s: float) -> tuple[np.ndarray, int]:
+    """The question with `pause_s` of silence inserted mid-sentence (at the quietest 40 ms between
+    30% and 75% of its speech: between two words, with the sentence's own non-final prosody), and
+    the sample where that pause starts."""
+    first, last = speech_span(audio)
+    n, w = last - first, 640
+    cuts = range(first + int(0.3 * n), first + int(0.75 * n), 160)
+    cut = min(cuts, key=lambda c: float(np.mean(audio[c - w // 2:c + w // 2] ** 2)))
+    return np.concatenate([audio[:cut], np.zeros(int(pause_s * RATE), np.float32), audio[cut:]]), cut
 
 
 ANSWER = "Sure. Here is a short answer to your question, in a few words."
@@ -119,12 +140,16 @@ def start_server(llm_url: str | None, llm_model: str | None, asr_engine: str = "
 class Caller:
     """One session speaking its questions back to back, measuring at the client."""
 
-    def __init__(self, port: int, think: bool, questions: list[np.ndarray]) -> None:
-        self.port, self.think, self.questions = port, think, questions
+    def __init__(self, port: int, params: dict[str, Any], questions: list[tuple[np.ndarray, int | None]],
+                 delay_s: float = 0.0) -> None:
+        self.port, self.params, self.questions, self.delay_s = port, params, questions, delay_s
+        self.cut_ins = 0  # questions with a mid-sentence pause that the agent answered during the pause
+        self.mid_pauses = 0
         self.frames: list[float] = []  # arrival times of agent audio frames
         self.latencies: list[float] = []
         self.barge_ins: list[float] = []
         self.turn_events: list[dict[str, Any]] = []
+        self.turn_times: list[tuple[float, float]] = []  # (end of speech since the call began, latency), s
         self.errors: list[str] = []
         self.session_stats: dict[str, int] = {}
 
@@ -132,13 +157,13 @@ class Caller:
         from streamserve.client import StreamClient
 
         async with StreamClient(f"ws://127.0.0.1:{self.port}/v1/ws", pipeline="voice",
-                                params={"think": self.think}, kinds=("audio",), open_timeout=300) as client:
+                                params=self.params, kinds=("audio",), open_timeout=300) as client:
             reader = asyncio.create_task(self._read(client))
             events = asyncio.create_task(self._events(client))
             self._t0 = time.monotonic()
             self._sent = 0
             try:
-                await self._send(client, np.zeros(RATE // 2, np.float32))
+                await self._send(client, np.zeros(RATE // 2 + int(self.delay_s * RATE), np.float32))
                 for i, q in enumerate(self.questions):
                     interrupt_next = i % 2 == 0 and i + 1 < len(self.questions)
                     await self._turn(client, q, interrupt_next)
@@ -172,12 +197,20 @@ class Caller:
             if until is not None and until():
                 return
 
-    async def _turn(self, client: Any, q: np.ndarray, interrupt: bool) -> None:
+    async def _turn(self, client: Any, question: tuple[np.ndarray, int | None], interrupt: bool) -> None:
+        q, pause_at = question
         first, last = speech_span(q)
         await self._send(client, q[:first])
         onset = time.monotonic()  # the first speech sample leaves now
         n = len(self.frames)
-        await self._send(client, q[first:last])
+        if pause_at is None:
+            await self._send(client, q[first:last])
+        else:  # a mid-sentence pause: agent audio from its start until the end of speech is a cut-in
+            await self._send(client, q[first:pause_at])
+            paused = time.monotonic()
+            await self._send(client, q[pause_at:last])
+            self.mid_pauses += 1
+            cut_in = any(t > paused for t in self.frames[n:])
         end_of_speech = time.monotonic()
         if self._interrupting:  # this question cut the previous answer: when did its audio stop?
             end = onset
@@ -193,7 +226,13 @@ class Caller:
             self.errors.append("no answer within 15 s")
             self._interrupting = False
             return
+        if pause_at is not None and cut_in:  # not a response time: the agent answered half a question
+            self.cut_ins += 1
+            await self._send(client, np.zeros(20 * RATE, np.float32), until=lambda: self._quiet(0.6))
+            self._interrupting = False
+            return
         self.latencies.append(answer[0] - end_of_speech)
+        self.turn_times.append((end_of_speech - self._t0, answer[0] - end_of_speech))
         if interrupt:  # 0.5 s of the answer plays, then the next question talks over it
             await self._send(client, np.zeros(RATE // 2, np.float32))
         else:  # let the answer finish
@@ -243,9 +282,12 @@ def _video_process(port: int, n: int, seconds: float, stop: Any, out: Any) -> No
     out.put([r if isinstance(r, dict) else repr(r) for r in asyncio.run(run())])
 
 
-async def measure(port: int, think: bool, sessions: int, questions: list[np.ndarray], video: int = 0) -> dict[str, Any]:
-    per = [questions[i::sessions] for i in range(sessions)]
-    callers = [Caller(port, think, qs) for qs in per]
+async def measure(port: int, think: bool, per: list[list[tuple[np.ndarray, int | None]]], video: int = 0,
+                  params: dict[str, Any] | None = None, stagger_s: float = 0.0) -> dict[str, Any]:
+    """One run: session k speaks the questions `per[k]` (audio, sample where a mid-sentence pause starts)."""
+    sessions = len(per)
+    callers = [Caller(port, {"think": think, **(params or {})}, qs, delay_s=k * stagger_s / sessions)
+               for k, qs in enumerate(per)]
     proc, box, stop = None, None, None
     if video:
         import multiprocessing
@@ -279,7 +321,8 @@ async def measure(port: int, think: bool, sessions: int, questions: list[np.ndar
         "mode": "duplex" if think else "cascade", "sessions": sessions, "turns": len(lat),
         "latency_p50_ms": _ms(percentile(lat, 50)), "latency_p95_ms": _ms(percentile(lat, 95)),
         "barge_in_p50_ms": _ms(percentile(barge, 50)), "barge_in_p95_ms": _ms(percentile(barge, 95)),
-        "barge_ins": len(barge), "speculative_hits": sum(1 for h in hits if h),
+        "barge_ins": len(barge), "mid_pauses": sum(c.mid_pauses for c in callers),
+        "cut_ins": sum(c.cut_ins for c in callers), "speculative_hits": sum(1 for h in hits if h),
         "server_latency_p50_ms": _ms(percentile([e["latency_ms"] / 1000 for c in callers for e in c.turn_events], 50)),
         "errors": [e for c in callers for e in c.errors][:5], "wall_s": round(time.monotonic() - t0, 1),
         "trace_p50_ms": _trace_p50([e.get("trace_ms") or {} for c in callers for e in c.turn_events]),
@@ -288,8 +331,35 @@ async def measure(port: int, think: bool, sessions: int, questions: list[np.ndar
                   for k in ("audio_in", "dropped_overload", "dropped_expired", "dropped_inbox", "deadline_misses")},
         "video": _video_row(vstats) if video else None,
         "chunks": sum(max((e.get("chunks", 0) for e in c.turn_events), default=0) for c in callers),
+        "per_turn": [{"session": i, "end_of_speech_s": round(t0c + end - t0, 3), "latency_ms": round(1000 * lat),
+                      **{k: e.get(k) for k in ("trace_ms", "pauses", "speculative_hit", "end_reason")}}
+                     for i, c in enumerate(callers) for t0c in [getattr(c, "_t0", t0)]
+                     for (end, lat), e in zip(c.turn_times, c.turn_events, strict=False)],
         "late_chunks": sum(max((e.get("late_chunks", 0) for e in c.turn_events), default=0) for c in callers),
+        "raw": {"latency": lat, "barge_in": barge, "server": [e["latency_ms"] / 1000 for c in callers for e in c.turn_events],
+                "traces": [e.get("trace_ms") or {} for c in callers for e in c.turn_events]},
     }
+
+
+def merge(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of one (mode, ASR, sessions): percentiles over every turn, counts summed."""
+    if len(rows) == 1:
+        return rows[0]
+    raw = {k: [x for r in rows for x in r["raw"][k]] for k in rows[0]["raw"]}
+    out = dict(rows[0])
+    out.update({
+        "turns": len(raw["latency"]), "raw": raw,
+        "latency_p50_ms": _ms(percentile(raw["latency"], 50)), "latency_p95_ms": _ms(percentile(raw["latency"], 95)),
+        "barge_in_p50_ms": _ms(percentile(raw["barge_in"], 50)), "barge_in_p95_ms": _ms(percentile(raw["barge_in"], 95)),
+        "server_latency_p50_ms": _ms(percentile(raw["server"], 50)), "trace_p50_ms": _trace_p50(raw["traces"]),
+        "errors": [e for r in rows for e in r["errors"]][:5], "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+        "end_reasons": dict(sum((collections.Counter(r["end_reasons"]) for r in rows), collections.Counter())),
+        "input": {k: sum(r["input"][k] for r in rows) for k in rows[0]["input"]},
+        "per_turn": [t for r in rows for t in r["per_turn"]], "rounds": len(rows),
+    })
+    for k in ("barge_ins", "mid_pauses", "cut_ins", "speculative_hits", "chunks", "late_chunks"):
+        out[k] = sum(r[k] for r in rows)
+    return out
 
 
 def _trace_p50(traces: list[dict[str, float]]) -> dict[str, float | None]:
@@ -335,7 +405,20 @@ def main() -> None:
     ap.add_argument("--scheduler", default="slo", choices=["slo", "edf", "fifo"],
                     help="the server's scheduler (default slo, the server's own default; with --video its "
                          "voice lane is the point)")
-    ap.add_argument("--modes", nargs="+", default=["duplex", "cascade"], choices=["duplex", "cascade"])
+    ap.add_argument("--modes", nargs="+", default=["duplex", "cascade"], choices=list(MODES),
+                    help="duplex: think while listening, early release when Smart Turn is sure (P >= 0.95 after "
+                         "96 ms of silence); duplex-192: the same without the early tier (every semantic end "
+                         "after 192 ms); cascade: Pipecat's default turn taking (Smart Turn P >= 0.5 after "
+                         "192 ms ~ VADParams.stop_secs 0.2), then ASR -> LLM -> TTS; cascade-early: the cascade "
+                         "with the duplex agent's early tier")
+    ap.add_argument("--mid-pause-ms", type=float, default=0.0,
+                    help="insert a mid-sentence pause of this length into every other question of each "
+                         "session and count the agent's cut-ins (answers that start during it)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="split each session's questions into this many blocks and let the modes take turns "
+                         "block by block (an A/B on a machine whose load drifts); rows merge the rounds")
+    ap.add_argument("--stagger-s", type=float, default=0.0,
+                    help="start session k of N this much * k / N later (0: all at once, turn ends coincide)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -344,7 +427,8 @@ def main() -> None:
     from streamserve.pipelines.voice.audio import resample
 
     tts = Hibari()
-    questions = [resample(tts(q, seed=0), 24000, RATE) for q in (QUESTIONS * 4)[:args.utterances]]
+    spoken = [resample(tts(q, seed=0), 24000, RATE) for q in (QUESTIONS * 4)[:args.utterances]]
+    questions: list[tuple[np.ndarray, int | None]] = [(q, None) for q in spoken]
     if args.instant_llm is not None:
         args.llm_url = start_instant_llm(args.instant_llm)
     cascade_engines = [args.cascade_asr_engine] if args.cascade_asr_engine else \
@@ -355,13 +439,22 @@ def main() -> None:
         for engine in dict.fromkeys([args.asr_engine, *cascade_engines]):
             servers[engine] = start_server(args.llm_url, args.llm_model, engine, args.scheduler)
         for sessions in args.sessions:
-            runs = [(True, args.asr_engine)] if "duplex" in args.modes else []
-            runs += [(False, e) for e in cascade_engines] if "cascade" in args.modes else []
-            for think, engine in runs:
-                row = asyncio.run(measure(servers[engine][1], think, sessions, questions, args.video))
-                row["asr"] = engine
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            per = [questions[i::sessions] for i in range(sessions)]
+            runs = [(m, args.asr_engine) for m in args.modes if m.startswith("duplex")]
+            runs += [(m, e) for m in args.modes if m.startswith("cascade") for e in cascade_engines]
+            parts: dict[tuple[str, str], list[dict[str, Any]]] = {run: [] for run in runs}
+            for r in range(args.rounds):  # modes take turns, a block of questions each: same load for all
+                block = [qs[r * len(qs) // args.rounds:(r + 1) * len(qs) // args.rounds] for qs in per]
+                if args.mid_pause_ms:  # every other question (one that starts in silence, after a full answer)
+                    block = [[with_mid_pause(q, args.mid_pause_ms / 1000) if i % 2 == 0 else (q, p)
+                              for i, (q, p) in enumerate(qs)] for qs in block]
+                for mode, engine in runs:
+                    think, params = MODES[mode]
+                    row = asyncio.run(measure(servers[engine][1], think, block, args.video, params, args.stagger_s))
+                    row.update(mode=mode, asr=engine, round=r)
+                    parts[(mode, engine)].append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k not in ("raw", "per_turn")}), flush=True)
+            rows += [merge(parts[run]) for run in runs]
     finally:
         for server, _ in servers.values():
             server.should_exit = True
@@ -369,24 +462,26 @@ def main() -> None:
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at the end "
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min), brain: {brain_name(args)}"
           + (f", beside {args.video} video session(s) (demo model)" if args.video else "")
-          + f", scheduler {args.scheduler}\n")
+          + f", scheduler {args.scheduler}"
+          + (f", a {args.mid_pause_ms:g} ms mid-sentence pause in every other question" if args.mid_pause_ms else "")
+          + (f", sessions started {args.stagger_s:g} s / N apart" if args.stagger_s else "") + "\n")
     print("| mode | ASR | sessions | turns | response p50 / p95 ms | barge-in p50 / p95 ms | speculative hits "
-          "| voice chunks late or lost |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| cut-ins on mid-sentence pauses | voice chunks late or lost |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         late = r["late_chunks"] + r["input"]["dropped_expired"] + r["input"]["dropped_overload"]
         print(f"| {r['mode']} | {r['asr']} | {r['sessions']} | {r['turns']} | {r['latency_p50_ms']} / "
               f"{r['latency_p95_ms']} | {r['barge_in_p50_ms']} / {r['barge_in_p95_ms']} | "
-              f"{r['speculative_hits'] if r['mode'] == 'duplex' else '-'} | {late} of {r['input']['audio_in']} "
+              f"{r['speculative_hits'] if r['mode'].startswith('duplex') else '-'} | {r['cut_ins']} of {r['mid_pauses']} | {late} of {r['input']['audio_in']} "
               f"({100 * late / max(1, r['input']['audio_in']):.2f}%; {r['input']['deadline_misses']} output "
               f"frames late) |")
         if r.get("video"):
             v = r["video"]
             print(f"|  | video beside it | {v['sessions']} | | {v['frames_out']} frames out of {v['frames_in']} in "
-                  f"| | | {v['fps']:.1f} fps per session |")
+                  f"| | | | {v['fps']:.1f} fps per session |")
     print("\n| goal | figure | met |\n|---|---|---|")
     for sessions in args.sessions:
-        d = next((r for r in rows if r["sessions"] == sessions and r["mode"] == "duplex"), None)
+        d = next((r for r in rows if r["sessions"] == sessions and r["mode"].startswith("duplex")), None)
         if d is None or d["latency_p50_ms"] is None:
             continue
         print(f"| response p50 <= 300 ms, {sessions} session(s) | {d['latency_p50_ms']} ms | "
@@ -394,10 +489,10 @@ def main() -> None:
         if d["barge_in_p50_ms"] is not None:
             print(f"| barge-in p50 <= 100 ms, {sessions} session(s) | {d['barge_in_p50_ms']} ms | "
                   f"{'yes' if d['barge_in_p50_ms'] <= 100 else 'no'} |")
-        for c in (r for r in rows if r["sessions"] == sessions and r["mode"] == "cascade"):
+        for c in (r for r in rows if r["sessions"] == sessions and r["mode"].startswith("cascade")):
             if c["latency_p50_ms"]:
                 ratio = d["latency_p50_ms"] / c["latency_p50_ms"]
-                print(f"| duplex / cascade ({c['asr']}) p50 <= 0.5, {sessions} session(s) | {ratio:.2f} "
+                print(f"| {d['mode']} / {c['mode']} ({c['asr']}) p50 <= 0.5, {sessions} session(s) | {ratio:.2f} "
                       f"({d['latency_p50_ms']} / {c['latency_p50_ms']} ms) | {'yes' if ratio <= 0.5 else 'no'} |")
         if args.video:
             late = d["late_chunks"] + d["input"]["dropped_expired"] + d["input"]["dropped_overload"]
