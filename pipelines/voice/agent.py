@@ -260,13 +260,16 @@ class VoiceAgent:
             return
         if utt.samples - self._partial_from < int(self.cfg.partial_every_s * MODEL_RATE):
             return
-        if self.asr_cost_s > self.cfg.partial_every_s or self.worker.pending():
-            # Whisper cannot keep up (a busy CPU): partials would only slow the transcript that
-            # matters, the one at the pause. Skip this one (counted); duplex degrades to the cascade.
+        if self.asr_cost_s > self.cfg.partial_every_s or self.worker.pending() or self.background.pending():
+            # Whisper cannot keep up (a busy CPU), or another session's partial is already waiting:
+            # partials are best effort and would only slow the transcripts that matter, the ones at
+            # the pauses (measured: partials are ~40% of a duplex turn's CPU). Skip this one
+            # (counted); with many sessions they share one partial at a time.
             self._partial_from = utt.samples
             self.stats["partials_skipped"] += 1
             return
         self._partial_inflight = True
+        self.stats["partials"] += 1
         self._partial_from = end = utt.samples
         uid, asr, prompt, tail = self._utt_seq, self.m.asr, utt.committed_text, utt.tail(utt.samples)
         draft = utt.draft()
@@ -401,6 +404,7 @@ class VoiceAgent:
                 self.stats["replies"] += 1
                 self._emit("turn", latency_ms=round(latency * 1000, 1), end_reason=self._turn_reason,
                            speculative_hit=self._speculative_hit, user=reply.user_text, pauses=self._pauses,
+                           partials=self.stats["partials"], partials_skipped=self.stats["partials_skipped"],
                            chunks=self.stats["chunks"], late_chunks=self.stats["late_chunks"], trace_ms=trace)
             pts = int(round(self.t_out * self.cfg.out_rate))
             self._out.frames.append((frame, pts))

@@ -166,3 +166,35 @@ def test_closing_mid_reply_closes_the_llm_stream(parts: VoiceModels, worker: Voi
     agent.close()
     assert slow_llm.wait_for(lambda: slow_llm.disconnects == 1 and slow_llm.active == 0, timeout=5.0)
     assert agent.reply is None and agent.feed(silence(0.02)).frames == []
+
+
+def test_partials_never_queue_behind_another_sessions_partial(parts: VoiceModels, worker: VoiceWorker, say: Any,
+                                                              fake_llm: FakeLLM) -> None:
+    """Partial transcripts are best effort (≈ 40% of a duplex turn's CPU, measured): while another
+    session's partial waits on the shared background worker, this session skips its own (counted)
+    instead of queueing; with the worker free it runs them; the turn is answered either way."""
+    import threading
+
+    background = VoiceWorker("test-background")
+    gate = threading.Event()
+    models = dataclasses.replace(parts, brain=EndpointBrain(fake_llm.url))
+    agent = VoiceAgent("s1", AgentConfig(), models, worker, background=background)
+    try:
+        background.submit(2, gate.wait, lambda *_: None)  # another session's partial, running
+        background.submit(2, lambda: None, lambda *_: None)  # ... and one waiting behind it
+        question = say("How many legs does a spider have?")
+        run = drive(agent, np.concatenate([silence(0.3), question]), realtime=False)
+        assert agent.stats["partials"] == 0 and agent.stats["partials_skipped"] >= 2
+        gate.set()
+        run = drive(agent, silence(6.0), run, until=lambda r: bool(r.of("turn")))
+        assert run.of("turn") and run.of("transcript", role="user", final=True)
+        agent2 = VoiceAgent("s2", AgentConfig(), models, worker, background=background)
+        try:  # the background worker is free now: partials run
+            drive(agent2, np.concatenate([silence(0.3), question, silence(0.5)]))
+            assert agent2.stats["partials"] >= 1
+        finally:
+            agent2.close()
+    finally:
+        gate.set()
+        agent.close()
+        background.stop()
