@@ -137,6 +137,43 @@ def start_server(llm_url: str | None, llm_model: str | None, asr_engine: str = "
     return server, port
 
 
+def _server_process(llm_url: str | None, llm_model: str | None, asr_engine: str, scheduler: str, port: Any,
+                    stop: Any) -> None:
+    server, p = start_server(llm_url, llm_model, asr_engine, scheduler)
+    port.value = p
+    stop.wait()
+    server.should_exit = True
+    time.sleep(1.0)
+
+
+class ServerProcess:
+    """The server in its own process (`--server-process`): the clients' 50 messages a second per
+    session no longer share the server's interpreter (its GIL), as on a real deployment."""
+
+    def __init__(self, llm_url: str | None, llm_model: str | None, asr_engine: str, scheduler: str) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._port, self._stop = ctx.Value("i", 0), ctx.Event()
+        self._proc = ctx.Process(target=_server_process, daemon=True,
+                                 args=(llm_url, llm_model, asr_engine, scheduler, self._port, self._stop))
+        self._proc.start()
+        deadline = time.monotonic() + 300
+        while not self._port.value:
+            if not self._proc.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server process did not start")
+            time.sleep(0.1)
+        self.port = int(self._port.value)
+        self.should_exit = False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+
+
 class Caller:
     """One session speaking its questions back to back, measuring at the client."""
 
@@ -297,7 +334,7 @@ async def measure(port: int, think: bool, per: list[list[tuple[np.ndarray, int |
         proc = ctx.Process(target=_video_process, args=(port, video, 1800.0, stop, box), daemon=True)
         proc.start()
         await asyncio.sleep(8.0)  # the video sessions are open and streaming before the first question
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     vstats: list[Any] = []
     try:
         results = await asyncio.gather(*(c.run() for c in callers), return_exceptions=True)
@@ -325,6 +362,8 @@ async def measure(port: int, think: bool, per: list[list[tuple[np.ndarray, int |
         "cut_ins": sum(c.cut_ins for c in callers), "speculative_hits": sum(1 for h in hits if h),
         "server_latency_p50_ms": _ms(percentile([e["latency_ms"] / 1000 for c in callers for e in c.turn_events], 50)),
         "errors": [e for c in callers for e in c.errors][:5], "wall_s": round(time.monotonic() - t0, 1),
+        # CPU time of this process (server, clients and stand-in LLM when the server is in it) per turn
+        "cpu_s": round(time.process_time() - cpu0, 2),
         "trace_p50_ms": _trace_p50([e.get("trace_ms") or {} for c in callers for e in c.turn_events]),
         "end_reasons": dict(collections.Counter(e.get("end_reason") for c in callers for e in c.turn_events)),
         "input": {k: sum(c.session_stats.get(k, 0) for c in callers)
@@ -336,6 +375,8 @@ async def measure(port: int, think: bool, per: list[list[tuple[np.ndarray, int |
                      for i, c in enumerate(callers) for t0c in [getattr(c, "_t0", t0)]
                      for (end, lat), e in zip(c.turn_times, c.turn_events, strict=False)],
         "late_chunks": sum(max((e.get("late_chunks", 0) for e in c.turn_events), default=0) for c in callers),
+        "partials": sum(max((e.get("partials", 0) for e in c.turn_events), default=0) for c in callers),
+        "partials_skipped": sum(max((e.get("partials_skipped", 0) for e in c.turn_events), default=0) for c in callers),
         "raw": {"latency": lat, "barge_in": barge, "server": [e["latency_ms"] / 1000 for c in callers for e in c.turn_events],
                 "traces": [e.get("trace_ms") or {} for c in callers for e in c.turn_events]},
     }
@@ -353,11 +394,13 @@ def merge(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "barge_in_p50_ms": _ms(percentile(raw["barge_in"], 50)), "barge_in_p95_ms": _ms(percentile(raw["barge_in"], 95)),
         "server_latency_p50_ms": _ms(percentile(raw["server"], 50)), "trace_p50_ms": _trace_p50(raw["traces"]),
         "errors": [e for r in rows for e in r["errors"]][:5], "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+        "cpu_s": round(sum(r.get("cpu_s", 0.0) for r in rows), 2),
         "end_reasons": dict(sum((collections.Counter(r["end_reasons"]) for r in rows), collections.Counter())),
         "input": {k: sum(r["input"][k] for r in rows) for k in rows[0]["input"]},
         "per_turn": [t for r in rows for t in r["per_turn"]], "rounds": len(rows),
     })
-    for k in ("barge_ins", "mid_pauses", "cut_ins", "speculative_hits", "chunks", "late_chunks"):
+    for k in ("barge_ins", "mid_pauses", "cut_ins", "speculative_hits", "chunks", "late_chunks", "partials",
+              "partials_skipped"):
         out[k] = sum(r[k] for r in rows)
     return out
 
@@ -417,6 +460,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="split each session's questions into this many blocks and let the modes take turns "
                          "block by block (an A/B on a machine whose load drifts); rows merge the rounds")
+    ap.add_argument("--server-process", action="store_true",
+                    help="run the server in its own process (default: a thread of this one, beside the clients)")
     ap.add_argument("--stagger-s", type=float, default=0.0,
                     help="start session k of N this much * k / N later (0: all at once, turn ends coincide)")
     ap.add_argument("--json", default=None)
@@ -437,7 +482,11 @@ def main() -> None:
     rows = []
     try:
         for engine in dict.fromkeys([args.asr_engine, *cascade_engines]):
-            servers[engine] = start_server(args.llm_url, args.llm_model, engine, args.scheduler)
+            if args.server_process:
+                proc = ServerProcess(args.llm_url, args.llm_model, engine, args.scheduler)
+                servers[engine] = (proc, proc.port)
+            else:
+                servers[engine] = start_server(args.llm_url, args.llm_model, engine, args.scheduler)
         for sessions in args.sessions:
             per = [questions[i::sessions] for i in range(sessions)]
             runs = [(m, args.asr_engine) for m in args.modes if m.startswith("duplex")]
@@ -457,14 +506,18 @@ def main() -> None:
             rows += [merge(parts[run]) for run in runs]
     finally:
         for server, _ in servers.values():
-            server.should_exit = True
+            if isinstance(server, ServerProcess):
+                server.close()
+            else:
+                server.should_exit = True
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at the end "
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min), brain: {brain_name(args)}"
           + (f", beside {args.video} video session(s) (demo model)" if args.video else "")
           + f", scheduler {args.scheduler}"
           + (f", a {args.mid_pause_ms:g} ms mid-sentence pause in every other question" if args.mid_pause_ms else "")
-          + (f", sessions started {args.stagger_s:g} s / N apart" if args.stagger_s else "") + "\n")
+          + (f", sessions started {args.stagger_s:g} s / N apart" if args.stagger_s else "")
+          + (", server in its own process" if args.server_process else ", server in the clients' process") + "\n")
     print("| mode | ASR | sessions | turns | response p50 / p95 ms | barge-in p50 / p95 ms | speculative hits "
           "| cut-ins on mid-sentence pauses | voice chunks late or lost |")
     print("|---|---|---|---|---|---|---|---|---|")
