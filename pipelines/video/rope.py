@@ -12,11 +12,14 @@ Shapes: a frame of ``h x w`` tokens (after the 1x2x2 patch) is ``S = h * w`` tok
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from streamserve.kv_rolling import RopeFn
+
+_MEMO_SIZE = 256  # cached RoPE tables per model (position lists x grids); cleared when full
 
 
 class RopeTable(NamedTuple):
@@ -52,11 +55,26 @@ class WanRope:
         self.head_dim = int(cos.shape[1])
         self._cos = cos_pairs.split(half, dim=1)  # t, h, w parts
         self._sin = sin_pairs.split(half, dim=1)
+        self._memo: dict[tuple[Any, ...], RopeTable] = {}
 
     def to(self, device: torch.device | str) -> WanRope:
         self._cos = tuple(c.to(device) for c in self._cos)
         self._sin = tuple(s.to(device) for s in self._sin)
+        self._memo.clear()
         return self
+
+    def cached_table(self, positions: Sequence[int], h: int, w: int, *, per_row: bool = False) -> RopeTable:
+        """:meth:`table` of ``positions`` (``per_row``: one position per batch row, ``[N, h*w, D/2]``;
+        else ``[1, len * h*w, D/2]``), memoised: a stream uses the same few position lists every step.
+        The tables are shared, so callers must not write to them."""
+        key = (tuple(positions), h, w, per_row)
+        table = self._memo.get(key)
+        if table is None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            pos = torch.tensor(key[0], device=self._cos[0].device)
+            table = self._memo[key] = self.table(pos[:, None] if per_row else pos, h, w)
+        return table
 
     def check_grid(self, h: int, w: int) -> None:
         """Raise ValueError when an ``h x w`` token grid exceeds the RoPE table."""

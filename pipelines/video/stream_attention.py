@@ -104,13 +104,13 @@ class StreamAttention:
         self.positions = positions
         own = torch.ones(len(items), self.tokens, dtype=torch.bool)
         self.mask = torch.cat([visible, own], dim=1)[:, None, None, :].to(device)  # [N, 1, 1, cap + S]
-        self.table = rope.table(torch.tensor(positions, device=device)[:, None], h, w)  # [N, S, D/2]
+        self.table = rope.cached_table(positions, h, w, per_row=True)  # [N, S, D/2]
         self._cache_rope = rope.block_rope(h, w) if self.reposition and not self.direct else None
         self._views = [pool.view(sid) for sid in self.session_ids] if self.direct else []
-        self._cache_tables = self._slot_tables(rope, h, w, device) if self.direct and self.reposition else []
+        self._cache_tables = self._slot_tables(rope, h, w) if self.direct and self.reposition else []
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _slot_tables(self, rope: WanRope, h: int, w: int, device: torch.device) -> list[RopeTable]:
+    def _slot_tables(self, rope: WanRope, h: int, w: int) -> list[RopeTable]:
         """Per item, the RoPE table of its cache in slot order: each held block at its cache-relative
         position (what an ordered read rotates it at); free slots (masked) continue the sequence."""
         per_session: dict[Hashable, RopeTable] = {}
@@ -118,7 +118,7 @@ class StreamAttention:
             cache = self.pool.view(sid).layer(0)
             pos = cache.block_positions(ordered=False).tolist()
             pos += list(range(len(pos), cache.capacity_blocks))
-            per_session[sid] = rope.table(torch.tensor(pos, device=device), h, w)  # [1, cap, D/2]
+            per_session[sid] = rope.cached_table(pos, h, w)  # [1, cap * S, D/2]
         return [per_session[sid] for sid in self.session_ids]
 
     def _kv_buffers(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
