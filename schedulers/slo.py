@@ -7,8 +7,12 @@
 2. Each session offers its oldest unit. Video units that cannot finish by their deadline any more
    are expired (dropped, counted); voice units only once their deadline has passed. If that
    prediction has stopped every step of a pipeline for `PROBE_AFTER_S`, one unit runs anyway (a
-   probe: the cost model learns only from steps, and may be stuck on a slow spell that ended). A session on a lower frame-rate tier skips units to its rate
-   (`skipped`, counted as such): a deliberate, even decimation instead of random drops.
+   probe: the cost model learns only from steps, and may be stuck on a slow spell that ended). A
+   session on a lower frame-rate tier skips units to its rate (`skipped`, counted as such): a
+   deliberate, even decimation instead of random drops. It is a rate credit, not "every k-th unit":
+   each unit adds ``tier fps x time since the previous unit`` (capped at `CREDIT_CAP`) and is taken
+   when the credit reaches one unit (less `CREDIT_SLACK`, for arrival jitter), which spends it. A
+   9/10 tier on a 30 fps camera takes 9 frames of every 10, evenly spread; 1/2 every other one.
 3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`.
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
    cost fits the voice slack (voice budget minus voice compute), so a voice chunk never waits behind
@@ -34,6 +38,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 from streamserve.core.frames import Media
@@ -48,7 +53,8 @@ from streamserve.schedulers.stats import SloStats
 OnTier = Callable[[Tier], None]
 UNKNOWN_PIECE_S = 0.05  # a chore piece never measured is assumed this long (and runs alone)
 HOLD_ABOVE = 0.5  # hold batches open only above this fraction of max_utilization (unbatched load)
-DECIMATE_TOLERANCE = 0.9  # a unit is due on a 1/f tier if it arrived >= 0.9 periods after the last taken
+CREDIT_SLACK = 0.125  # a unit is taken once the rate credit is within this of a whole unit (jitter)
+CREDIT_CAP = 2.0  # at most this much credit is saved up (a pause never buys a burst of more than 2)
 PROBE_AFTER_S = 0.5  # after this long without a step of a pipeline, units are no longer expired by prediction
 
 
@@ -74,6 +80,9 @@ class _Live:
     applied: int = 0  # tier level whose shape the pipeline runs now
     last_taken: float | None = None  # arrival time of the last unit run
     last_seen: float | None = None  # arrival time of the newest unit seen
+    credit: float = 0.0  # frame-rate decimation: units the tier rate has earned (see the module doc)
+    credit_at: float | None = None  # arrival time of the last unit the credit decided on
+    granted: float | None = None  # arrival time of a unit granted but not yet run
     reason: str = "requested quality"
     changed_at: float = 0.0
 
@@ -257,8 +266,7 @@ class SloScheduler:
             if head.deadline < now + own:
                 live.inbox.pop()
                 expired.append(WorkItem(live.session_id, head))
-            elif fps < live.spec.fps and live.last_taken is not None and \
-                    head.arrival - live.last_taken < DECIMATE_TOLERANCE / fps:
+            elif fps < live.spec.fps and not self._grant(live, head.arrival, fps):
                 live.inbox.pop()
                 head.meta["dropped"] = "tier"
                 skipped.append(WorkItem(live.session_id, head))
@@ -266,6 +274,31 @@ class SloScheduler:
                 return head
             head = live.inbox.peek()
         return None
+
+    @staticmethod
+    def _grant(live: _Live, arrival: float, fps: float) -> bool:
+        """Rate credit of a session on a lower frame-rate tier: whether the unit that arrived at
+        `arrival` runs (decided once per unit; a granted unit stays granted until it runs)."""
+        if arrival == live.granted:
+            return True
+        credit = 1.0 if live.credit_at is None else live.credit + fps * max(0.0, arrival - live.credit_at)
+        live.credit, live.credit_at = min(CREDIT_CAP, credit), arrival
+        if live.credit < 1.0 - CREDIT_SLACK:
+            return False
+        live.credit -= 1.0
+        live.granted = arrival
+        return True
+
+    def _next_due(self, live: _Live, fps: float) -> float:
+        """When the session's next unit that will run is expected (it has units, `last_seen` is set)."""
+        assert live.last_seen is not None
+        period = 1.0 / live.spec.fps
+        due = live.last_seen + period
+        if fps < live.spec.fps and live.credit_at is not None:  # the first arrival the credit grants
+            need = live.credit_at + max(0.0, 1.0 - CREDIT_SLACK - live.credit) / fps
+            if need > due:
+                due += math.ceil((need - due) * live.spec.fps - 1e-9) * period
+        return due
 
     def _hold_until(self, now: float, pipeline: str, group: list[tuple[_Live, Media]], cap: int) -> float | None:
         """When to run this pipeline's batch if it should wait for more sessions, else None."""
@@ -277,8 +310,7 @@ class SloScheduler:
             if live.spec.pipeline != pipeline or live.session_id in present or live.last_seen is None:
                 continue
             fps = self._fps(live)
-            base = live.last_taken if live.last_taken is not None else live.last_seen
-            due = max(live.last_seen + 1.0 / live.spec.fps, base + DECIMATE_TOLERANCE / fps)
+            due = self._next_due(live, fps)
             if now < due <= now + 1.0 / fps:  # streaming, and its next unit is near
                 expected.append((due, live))
         if not expected:

@@ -2,9 +2,16 @@
 
 A tier is a frame rate and a work shape. The ladder of a session starts at what it asked for and
 steps down, in the order the session's `degrade` policy names (default: frame rate, then resolution,
-then denoising steps): frame rate to 1/2 and 1/3 of the requested rate (never below `min_fps`),
-resolution to 3/4 and 1/2 (multiples of `size_multiple`, never below `min_size`), steps down to 1.
-Each rung keeps the earlier rungs' reductions, so rungs only ever cost less.
+then denoising steps): frame rate to 0.95, 0.9, 0.8, 2/3, 1/2 and 1/3 of the requested rate (never
+below `min_fps`), resolution to 3/4 and 1/2 (multiples of `size_multiple`, never below `min_size`),
+steps down to 1. Each rung keeps the earlier rungs' reductions, so rungs only ever cost less.
+
+The frame-rate rungs are fine at the top on purpose: a device that cannot quite hold the camera's
+rate at the admission limit (a 30 fps camera on a 31-FPS pipeline: 30 fps would load it 97%) serves
+28.5 or 27 fps, not 15. Adjacent rungs are 5-25% apart; quality does not flap between them because a
+restore must bring the load under `restore_utilization` (0.7), well below the 0.9 that lowers it.
+A fraction like 0.95 is served by even decimation (the scheduler's rate credit: 19 frames of every
+20, evenly spread), not by taking every k-th frame.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from streamserve.schedulers.cost import WorkShape
 
 Lane = Literal["video", "voice"]
 DEGRADE_KNOBS = ("fps", "resolution", "steps")
-FPS_DIVISORS = (2, 3)
+FPS_FRACTIONS = (0.95, 0.9, 0.8, 2 / 3, 1 / 2, 1 / 3)
 RESOLUTION_SCALES = (0.75, 0.5)
 
 
@@ -91,8 +98,8 @@ def ladder(spec: SessionSpec) -> list[Tier]:
     fps, shape = spec.fps, spec.shape
     for knob in spec.degrade:
         if knob == "fps":
-            for div in FPS_DIVISORS:
-                lower = spec.fps / div
+            for fraction in FPS_FRACTIONS:
+                lower = spec.fps * fraction
                 if lower + 1e-9 >= spec.min_fps and lower < fps:
                     fps = lower
                     tiers.append(Tier(len(tiers), fps, shape, "fps"))

@@ -36,6 +36,7 @@ from .attention import (
     block_causal_mask,
 )
 from .attention import cross_kv as _cross_kv
+from .block import block_forward, fast_block_ok
 from .rope import WanRope
 
 CrossKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -75,6 +76,7 @@ class CausalWanDiT(nn.Module):
             block.attn1.set_processor(SelfAttnProcessor(self.router, i))
             block.attn2.set_processor(CrossAttnProcessor(self.router, i))
         self.rope = WanRope(tr.rope)
+        self._fast_ok = [fast_block_ok(block) for block in tr.blocks]  # see :mod:`.block`
 
     # ------------------------------------------------------------------ geometry
 
@@ -147,12 +149,19 @@ class CausalWanDiT(nn.Module):
         self, hidden: torch.Tensor, proj: torch.Tensor, prompt_states: torch.Tensor, strategy: AttentionStrategy,
         layers: range,
     ) -> torch.Tensor:
-        """Blocks ``layers`` (a contiguous range: one pipeline stage, or all) over hidden [B, L, dim]."""
+        """Blocks ``layers`` (a contiguous range: one pipeline stage, or all) over hidden [B, L, dim].
+
+        Without gradients (serving) each block runs :func:`~.block.block_forward`, the same function
+        in fewer passes; with gradients (training) diffusers' own forward."""
         blocks = self.transformer.blocks
+        fast = not torch.is_grad_enabled() and proj.dim() == 3  # inference, per-sample modulation
         self.router.strategy = strategy
         try:
             for i in layers:
-                hidden = blocks[i](hidden, prompt_states, proj, None)
+                if fast and self._fast_ok[i]:
+                    hidden = block_forward(blocks[i], hidden, prompt_states, proj)
+                else:
+                    hidden = blocks[i](hidden, prompt_states, proj, None)
         finally:
             self.router.strategy = None
         return hidden

@@ -395,11 +395,14 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
         x = torch.stack([w.x for _, w in group])  # [N, C, 1, h, w]
         sig = torch.tensor([w.sigma for _, w in group], device=x.device)
         t = torch.tensor([w.t for _, w in group], device=x.device)
-        cross = [
-            (torch.cat([st.prompt.cross[layer][0] for st, _ in group]),
-             torch.cat([st.prompt.cross[layer][1] for st, _ in group]))
-            for layer in range(self.dit.num_layers)
-        ]
+        if len(group) == 1:  # one item: its prompt's keys/values as they are (no copy)
+            cross = list(st0.prompt.cross)
+        else:
+            cross = [
+                (torch.cat([st.prompt.cross[layer][0] for st, _ in group]),
+                 torch.cat([st.prompt.cross[layer][1] for st, _ in group]))
+                for layer in range(self.dit.num_layers)
+            ]
         strategy = StreamAttention(
             self._pools[st0.pool_key], [(st.cache_for(w), w.block) for st, w in group], cross,
             self.dit.rope, st0.grid, self.window, self._attend[st0.params.attention],
@@ -451,4 +454,6 @@ def grey_head(video: torch.Tensor, mono: float) -> torch.Tensor:
     if mono <= 0.0:
         return video
     luma = _LUMA[0] * video[0] + _LUMA[1] * video[1] + _LUMA[2] * video[2]
-    return torch.lerp(video, luma.expand_as(video), min(1.0, mono))
+    if mono >= 1.0:  # the luma itself (what lerp gives at weight 1, exactly), without the pass
+        return luma.expand_as(video)
+    return torch.lerp(video, luma.expand_as(video), mono)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from streamserve.kv_rolling import KVPool
 
 from .model import CrossKV
-from .rope import WanRope, apply_rope
+from .rope import RopeTable, WanRope, apply_rope
 
 AttendFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``attend(layer, q, k, v, mask) -> out``: q ``[N, H, S, D]``, k/v ``[N, H, Lk, D]``, mask
@@ -45,12 +45,20 @@ class StreamAttention:
     """Attention strategy for :meth:`CausalWanDiT.forward_stream` over one :class:`KVPool`.
 
     Args:
-        pool: the rolling caches (one slot per session, one cache per layer).
+        pool: the rolling caches (one slot per session, one cache per layer); a :class:`KVPool`, or an
+            object with its ``view``/``gather``/``write`` API (video-pp's per-stage pools).
         items: ``(session_id, block_index)`` per item, in batch order.
         cross: per layer, the items' prompt keys/values (``[N, H, Lc, D]`` each).
         rope: the model's RoPE tables; ``grid``: tokens ``(h, w)`` of one latent frame.
         window: window blocks each item may see (the pool's window may be larger by the lag).
         attend: the attention kernel (dense SDPA by default; see :mod:`.sla`).
+
+    With a :class:`KVPool` the keys and values of a layer are assembled in one preallocated buffer per
+    forward, ``[N, H, cap + S, D]``: each item's cached blocks are read in *slot* order straight from
+    the pool storage (no ordered copy, no per-batch gather, no concatenation), rotated there at their
+    cache positions (``"reposition"``) or copied (``"refresh"``, keys stored rotated), and the new
+    block's keys and values go in the tail. Attention does not depend on key order, so this equals
+    the ordered read (to float rounding). Other pools take the :meth:`KVPool.gather` path.
     """
 
     def __init__(
@@ -75,40 +83,92 @@ class StreamAttention:
         device = pool.view(self.unique[0]).layer(0).storage.k.device  # KVPool has no public .device
         self.rows = torch.tensor([row_of[sid] for sid in self.session_ids], device=device)
         self.reposition = pool.position_policy == "reposition"
+        self.direct = isinstance(pool, KVPool)  # read the pool storage in place (see the class doc)
         h, w = grid
         self.tokens = h * w
+        self.capacity = pool.capacity_tokens
         positions: list[int] = []
-        visible = torch.zeros(len(items), pool.capacity_tokens, dtype=torch.bool)
+        visible = torch.zeros(len(items), self.capacity, dtype=torch.bool)
         for i, (sid, b) in enumerate(items):
             cache = pool.view(sid).layer(0)
-            held = cache.block_indices(ordered=True)
-            sinks = min(cache.num_sinks, len(held))
+            ordered = cache.block_indices(ordered=True)
             if self.reposition:  # cache-relative: a new block goes right after the held ones
-                positions.append(held.index(b) if b in held else len(held))
+                positions.append(ordered.index(b) if b in ordered else len(ordered))
             else:
                 positions.append(cache.position_for(b))
+            held = ordered if not self.direct else cache.block_indices(ordered=False)  # sinks first in both
+            sinks = min(cache.num_sinks, len(held))
             for j, idx in enumerate(held):
                 if idx < b and (j < sinks or b - idx <= window):
                     visible[i, j * self.tokens : (j + 1) * self.tokens] = True
         self.positions = positions
         own = torch.ones(len(items), self.tokens, dtype=torch.bool)
         self.mask = torch.cat([visible, own], dim=1)[:, None, None, :].to(device)  # [N, 1, 1, cap + S]
-        self.table = rope.table(torch.tensor(positions, device=device)[:, None], h, w)  # [N, S, D/2]
-        self._cache_rope = rope.block_rope(h, w) if self.reposition else None
+        self.table = rope.cached_table(positions, h, w, per_row=True)  # [N, S, D/2]
+        self._cache_rope = rope.block_rope(h, w) if self.reposition and not self.direct else None
+        self._views = [pool.view(sid) for sid in self.session_ids] if self.direct else []
+        self._cache_tables = self._slot_tables(rope, h, w) if self.direct and self.reposition else []
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _slot_tables(self, rope: WanRope, h: int, w: int) -> list[RopeTable]:
+        """Per item, the RoPE table of its cache in slot order: each held block at its cache-relative
+        position (what an ordered read rotates it at); free slots (masked) continue the sequence."""
+        per_session: dict[Hashable, RopeTable] = {}
+        for sid in self.unique:
+            cache = self.pool.view(sid).layer(0)
+            pos = cache.block_positions(ordered=False).tolist()
+            pos += list(range(len(pos), cache.capacity_blocks))
+            per_session[sid] = rope.cached_table(pos, h, w)  # [1, cap * S, D/2]
+        return [per_session[sid] for sid in self.session_ids]
+
+    def _kv_buffers(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[N, H, cap + S, D]`` of one layer, allocated once per forward."""
+        n, heads, s, d = like.shape
+        if self._buffers is None or self._buffers[0].dtype != like.dtype:
+            shape = (n, heads, self.capacity + s, d)
+            self._buffers = (torch.empty(shape, dtype=like.dtype, device=like.device),
+                             torch.empty(shape, dtype=like.dtype, device=like.device))
+        return self._buffers
 
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q, k, v: [N, H, S, D] before RoPE
         q_rot = apply_rope(q, self.table)
-        k_rot = apply_rope(k, self.table)
-        cached = self.pool.gather(layer, self.unique, rope=self._cache_rope)  # [U, H, cap, D]
-        ck = cached.k.index_select(0, self.rows).to(q.dtype)  # [N, H, cap, D]
-        cv = cached.v.index_select(0, self.rows).to(q.dtype)
-        keys = torch.cat([ck, k_rot], dim=2)  # [N, H, cap + S, D]
-        values = torch.cat([cv, v], dim=2)
+        if self.direct:
+            keys, values = self._assemble(layer, k, v)
+        else:
+            k_rot = apply_rope(k, self.table)
+            cached = self.pool.gather(layer, self.unique, rope=self._cache_rope)  # [U, H, cap, D]
+            ck = cached.k.index_select(0, self.rows).to(q.dtype)  # [N, H, cap, D]
+            cv = cached.v.index_select(0, self.rows).to(q.dtype)
+            keys = torch.cat([ck, k_rot], dim=2)  # [N, H, cap + S, D]
+            values = torch.cat([cv, v], dim=2)
         out = self.attend(layer, q_rot, keys, values, self.mask)
-        stored = k if self.reposition else k_rot  # "reposition" keeps keys before RoPE
+        stored = k if self.reposition else keys[:, :, self.capacity :]  # "reposition" keeps keys before RoPE
         self.pool.write(layer, self.session_ids, self.blocks, stored, v)
         return out
 
+    def _assemble(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (rotated) and values of ``layer``: each item's cache in slot order, then its new block."""
+        keys, values = self._kv_buffers(k)
+        cap = self.capacity
+        _rope_into(k, self.table, keys[:, :, cap:])
+        values[:, :, cap:].copy_(v)
+        for i, view in enumerate(self._views):
+            cached = view.layer(layer).keys_values(ordered=False, padded=True)  # [1, H, cap, D], a view
+            if self.reposition:
+                _rope_into(cached.k, self._cache_tables[i], keys[i : i + 1, :, :cap])
+            else:
+                keys[i : i + 1, :, :cap].copy_(cached.k)
+            values[i : i + 1, :, :cap].copy_(cached.v)
+        return keys, values
+
     def cross_kv(self, layer: int, attn: Any, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cross[layer]
+
+
+def _rope_into(x: torch.Tensor, table: RopeTable, out: torch.Tensor) -> None:
+    """``out[...] = apply_rope(x, table)``, rotating straight into ``out`` when it is fp32."""
+    if out.dtype == torch.float32:
+        apply_rope(x, table, out=out)
+    else:
+        out.copy_(apply_rope(x, table))

@@ -218,7 +218,7 @@ def test_demo_page_streams_in_order_and_measures_latency(
                            timeout=5_000)
     stats_text = page.text_content("#stats") or ""
     assert "output  " in stats_text and "fps" in stats_text
-    assert "tier    0/2: 30.0 fps · requested quality" in stats_text  # the scheduler's tier and why
+    assert "tier    0/6: 30.0 fps · requested quality" in stats_text  # the scheduler's tier (of 7) and why
     save_screenshot(page, SCREENSHOT if UPDATE_DOCS else tmp_path / "demo.png")
 
     # A live parameter change through the page's control: mirrored frames stop reading as codes.

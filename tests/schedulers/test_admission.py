@@ -51,13 +51,14 @@ def test_a_degraded_tier_is_offered_before_refusing() -> None:
     adm = Admission(cost, AdmissionConfig(max_utilization=0.85))
     for i in range(3):  # U = 30 * 0.025 = 0.75
         assert adm.check(f"s{i}", SessionSpec("video", S256, **FIXED)).admitted  # type: ignore[arg-type]
-    # A 4th at 30 fps: U = 30 * 0.030 = 0.9 > 0.85. At 15 fps it batches with the others every
-    # other frame: 15 * cost(4) + 15 * cost(3) = 0.45 + 0.375 = 0.825: offered tier 1.
+    # A 4th at 30 fps: U = 30 * 0.030 = 0.9 > 0.85. At f fps it batches with the others f times a
+    # second: f * cost(4) + (30 - f) * cost(3). 28.5 fps: 0.8925, 27: 0.885, 24: 0.87, all > 0.85;
+    # 20 fps: 0.6 + 0.25 = 0.85: offered tier 4, the best that fits.
     d = adm.check("s3", SessionSpec("video", S256))
     assert d.admitted and d.limit == "degraded" and d.tier is not None
-    assert (d.tier.level, d.tier.fps, d.tier.knob) == (1, 15, "fps")
-    assert d.utilization == pytest.approx(0.825)
-    assert "admitted at a lower tier (tier 1: 15 fps 256x256 1 step)" in d.reason
+    assert (d.tier.level, d.tier.fps, d.tier.knob) == (4, 20, "fps")
+    assert d.utilization == pytest.approx(0.85)
+    assert "admitted at a lower tier (tier 4: 20 fps 256x256 1 step)" in d.reason
     assert not adm.check("s4", SessionSpec("video", S256, **FIXED)).admitted  # type: ignore[arg-type]
 
 
@@ -75,11 +76,15 @@ def test_a_higher_priority_newcomer_lowers_lower_priority_sessions() -> None:
 def test_ladder_lowers_frame_rate_then_resolution_then_steps() -> None:
     spec = SessionSpec("video", WorkShape(256, 256, 2), fps=30)
     got = [(t.knob, t.fps, t.shape.width, t.shape.steps) for t in ladder(spec)]
-    assert got == [("requested", 30, 256, 2), ("fps", 15, 256, 2), ("fps", 10, 256, 2),
+    assert got == [("requested", 30, 256, 2), ("fps", 28.5, 256, 2), ("fps", 27, 256, 2), ("fps", 24, 256, 2),
+                   ("fps", 20, 256, 2), ("fps", 15, 256, 2), ("fps", 10, 256, 2),
                    ("resolution", 10, 192, 2), ("resolution", 10, 128, 2), ("steps", 10, 128, 1)]
     custom = SessionSpec("video", WorkShape(256, 256, 2), degrade=("steps", "fps"), min_fps=15)
     assert [(t.knob, t.fps, t.shape.steps) for t in ladder(custom)] == [
-        ("requested", 30, 2), ("steps", 30, 1), ("fps", 15, 1)]
+        ("requested", 30, 2), ("steps", 30, 1), ("fps", 28.5, 1), ("fps", 27, 1), ("fps", 24, 1), ("fps", 20, 1),
+        ("fps", 15, 1)]
+    # 25 fps (a PAL camera): 23.75, 22.5, 20, 16.7, 12.5; 25/3 is under min_fps 10.
+    assert [round(t.fps, 2) for t in ladder(SessionSpec("video", fps=25))] == [25, 23.75, 22.5, 20, 16.67, 12.5]
     with pytest.raises(ValueError, match="degrade must list distinct knobs"):
         SessionSpec("video", degrade=("fps", "colour"))
 
@@ -111,10 +116,11 @@ def test_a_live_change_is_re_admitted_exactly() -> None:
     refused = adm.change("s0", dataclasses.replace(fixed, fps=31.0))
     assert not refused.admitted and refused.limit == "utilization" and refused.retry_after_s == 5.0
     assert adm.spec("s0").fps == 30.0 and adm.tier("s0").level == 0
-    # Allowed to degrade, a raise to 60 fps runs at the new ladder's 30 fps tier (clamped).
+    # Allowed to degrade, a raise to 60 fps runs at the new ladder's 30 fps tier (clamped): 57, 54,
+    # 48 and 40 fps add (f - 30) x cost(1) > 0 to the 0.9 the four use at 30 fps.
     clamped = adm.change("s0", dataclasses.replace(fixed, fps=60.0, degrade=("fps",)))
     assert clamped.admitted and clamped.limit == "degraded" and clamped.tier is not None
-    assert (clamped.tier.level, clamped.tier.fps) == (1, 30.0) and adm.spec("s0").fps == 60.0
+    assert (clamped.tier.level, clamped.tier.fps) == (5, 30.0) and adm.spec("s0").fps == 60.0
     # Lowering two sessions to 10 fps frees room for a 5th at 30 fps:
     # rates 30, 30, 30, 10, 10: 20 x cost(3) + 10 x cost(5) = 0.5 + 0.35 = 0.85.
     assert not adm.check("s4", fixed).admitted

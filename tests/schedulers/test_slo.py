@@ -7,7 +7,7 @@ import pytest
 
 from streamserve.schedulers import CostModel, SessionSpec, WorkShape
 from streamserve.schedulers.admission import voice_slack
-from streamserve.schedulers.sim import SimSession, simulate
+from streamserve.schedulers.sim import SimInbox, SimSession, SimUnit, simulate
 
 from .helpers import S256, Affine, scheduler, seeded
 
@@ -19,31 +19,43 @@ def levels(result, sid: str) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def test_noisy_neighbour_degrades_in_order_then_restores_without_flapping() -> None:
-    # 3 sessions fit (U = 30 * 0.020 = 0.6); from t=3 s to t=8 s the device is 2.5x slower.
-    fake = Affine(0.010, 0.005, slow=2.5, slow_from=3.0, slow_until=8.0)
+    # 3 sessions fit (U = 30 * cost(3) = 0.75); from t=3 s to t=14 s the device is 2.5x slower.
+    fake = Affine(0.010, 0.005, slow=2.5, slow_from=3.0, slow_until=14.0)
     sched = scheduler(seeded(fake))
     sessions = [SimSession(SessionSpec("video", S256, priority=p), phase=i * 0.007) for i, p in enumerate([0, 0, 1])]
-    result = simulate(sessions, fake, sched, duration=20.0)
+    result = simulate(sessions, fake, sched, duration=34.0)
     ladder = sched.admission.tiers("s0")
-    assert [t.knob for t in ladder] == ["requested", "fps", "fps", "resolution", "resolution"]
-    # Low-priority sessions go all the way down, one rung at a time, before the high-priority one moves;
-    # then everything comes back, each level visited once per direction (no flapping).
+    assert [t.knob for t in ladder] == ["requested"] + ["fps"] * 6 + ["resolution"] * 2
+    assert [t.fps for t in ladder] == [30, 28.5, 27, 24, 20, 15, 10, 10, 10]
+    # Low-priority sessions go all the way down, one rung at a time (every frame-rate rung before a
+    # resolution rung), before the high-priority one moves; then everything comes back up, each
+    # level visited once per direction (no flapping).
+    bottom = len(ladder) - 1
     for sid in ("s0", "s1"):
         path = levels(result, sid)
-        assert path[: path.index(4) + 1] == [0, 1, 2, 3, 4]
-        assert path[path.index(4):] == sorted(path[path.index(4):], reverse=True)
-    assert levels(result, "s2") == [0, 1, 0]
-    first_down = {sid: next(t for t, lvl in s.tiers if lvl > 0) for sid, s in
-                  ((s.session_id, s) for s in result.sessions)}
-    assert first_down["s2"] > max(first_down["s0"], first_down["s1"]) > 3.0
-    assert all(t >= 8.0 for s in result.sessions for (t, lvl), prev in zip(s.tiers[1:], s.tiers, strict=False)
+        assert path[: path.index(bottom) + 1] == list(range(bottom + 1))
+        assert path[path.index(bottom):] == sorted(path[path.index(bottom):], reverse=True)
+    s2_path = levels(result, "s2")
+    top = s2_path.index(max(s2_path))
+    assert s2_path[: top + 1] == list(range(top + 1)) and s2_path[top:] == list(range(top, -1, -1))
+    at_bottom = {sid: next(t for t, lvl in s.tiers if lvl == bottom) for sid, s in
+                 ((s.session_id, s) for s in result.sessions[:2])}
+    first_down_s2 = next(t for t, lvl in result.sessions[2].tiers if lvl > 0)
+    assert first_down_s2 > max(at_bottom.values()) > 3.0
+    assert all(t >= 14.0 for s in result.sessions for (t, lvl), prev in zip(s.tiers[1:], s.tiers, strict=False)
                if lvl < prev[1])  # restores only after the neighbour left
-    assert levels(result, "s0")[-1] == 0 and levels(result, "s2")[-1] == 0
-    assert sum(sched.stats.tier_changes.values()) <= 2 * (4 + 4 + 1)
+    # The high-priority session is restored first and fully. The others climb back until one more
+    # rung would load the device over restore_utilization (0.7): the hysteresis band, not a stall.
+    adm = sched.admission
+    assert levels(result, "s2")[-1] == 0 and adm.load().fits(0.9)
+    for sid in ("s0", "s1"):
+        level = adm.tier(sid).level
+        assert level < bottom and (level == 0 or adm.load({sid: level - 1}).utilization > 0.7)
+    assert sum(sched.stats.tier_changes.values()) <= 2 * (bottom + bottom + top)
     assert sched.cost.predict("video", S256, 3) == pytest.approx(0.025, rel=0.1)  # learned the recovery
     # The high-priority session kept most of its frames; the lowered ones were decimated evenly.
     s0, _, s2 = result.sessions
-    assert s2.on_time > 1.5 * s0.on_time and s0.skipped > 100 and s0.late == 0
+    assert s2.on_time > 1.4 * s0.on_time and s0.skipped > 100 and s0.late == 0
 
 
 def test_hysteresis_holds_a_tier_while_load_sits_between_thresholds() -> None:
@@ -53,16 +65,19 @@ def test_hysteresis_holds_a_tier_while_load_sits_between_thresholds() -> None:
     adm = sched.admission
     for i in range(2):
         adm.check(f"s{i}", SessionSpec("video", S256))  # U = 30 * 0.020 = 0.6
-    adm.set_level("s0", 1)  # 15 fps: U = 15 * 0.020 + 15 * 0.015 = 0.525
+    assert [t.fps for t in adm.tiers("s0")][:6] == [30, 28.5, 27, 24, 20, 15]
+    adm.set_level("s0", 5)  # 15 fps: U = 15 * 0.020 + 15 * 0.015 = 0.525
     assert adm.load().utilization == pytest.approx(0.525)
-    assert adm.load({"s0": 0}).utilization == pytest.approx(0.6)
+    assert adm.load({"s0": 4}).utilization == pytest.approx(20 * 0.020 + 10 * 0.015)  # 0.55
     change = sched.policy.tick(10.0, adm, late=0, samples=100)
-    assert change is not None and (change.old_level, change.new_level, change.direction) == (1, 0, "up")
+    assert change is not None and (change.old_level, change.new_level, change.direction) == (5, 4, "up")
     adm.check("s2", SessionSpec("video", S256, degrade=()))  # U = 30 * 0.025 = 0.75 at tier 0
-    adm.set_level("s0", 1)  # U = 15 * 0.025 + 15 * 0.020 = 0.675; restoring would give 0.75 > 0.7
-    assert adm.load().utilization == pytest.approx(0.675)
+    # s0 at 20 fps: U = 20 * 0.025 + 10 * 0.020 = 0.7; its next rung (24 fps) would give
+    # 24 * 0.025 + 6 * 0.020 = 0.72 > 0.7: the tier holds.
+    assert adm.load().utilization == pytest.approx(0.7)
+    assert adm.load({"s0": 3}).utilization == pytest.approx(0.72)
     assert sched.policy.tick(20.0, adm, late=0, samples=100) is None
-    assert adm.tier("s0").level == 1
+    assert adm.tier("s0").level == 4
     # Misses over 1% degrade even when the model says all fits (the model can be wrong).
     change = sched.policy.tick(30.0, adm, late=2, samples=100)
     assert change is not None and change.direction == "down" and "2.0% of recent frames late" in change.reason
@@ -145,8 +160,9 @@ def test_holding_a_batch_forms_full_batches_from_staggered_clients() -> None:
 def test_priority_decides_who_keeps_quality_under_overload() -> None:
     """5 sessions let in over capacity (U = 30 * 0.035 = 1.05): the policy lowers priority-0
     sessions one rung at a time, spread (never the same one twice while another is untouched), and
-    stops as soon as it fits: two at 15 fps give 15 * 0.035 + 15 * 0.025 = 0.9. The priority-5
-    session never moves and never misses."""
+    stops as soon as it fits: at 30 (the priority-5 one), 24, 24, 20 and 20 fps the load is
+    6 * cost(1) + 4 * cost(3) + 20 * cost(5) = 0.09 + 0.1 + 0.7 = 0.89, and one rung less for any of
+    them would exceed 0.9. The priority-5 session never moves and never misses."""
     fake = Affine(0.010, 0.005)
     sched = scheduler(seeded(fake))
     priorities = [0, 5, 0, 0, 0]
@@ -155,7 +171,48 @@ def test_priority_decides_who_keeps_quality_under_overload() -> None:
     vip = result.sessions[1]
     assert levels(result, "s1") == [0] and vip.expired == vip.late == 0
     lowered = [sched.admission.tier(f"s{i}").level for i in (0, 2, 3, 4)]
-    assert sorted(lowered) == [0, 0, 1, 1]
-    assert sched.admission.load().fits(0.9)
+    assert sorted(lowered) == [3, 3, 4, 4]  # 24, 24, 20, 20 fps: spread, at most one rung apart
+    adm = sched.admission
+    assert adm.load().utilization == pytest.approx(0.89) and adm.load().fits(0.9)
+    for i in (0, 2, 3, 4):
+        assert not adm.load({f"s{i}": adm.tier(f"s{i}").level - 1}).fits(0.9)
     tail = simulate(sessions, fake, scheduler(seeded(fake)), duration=12.0, admit_all=True, warmup=6.0)
     assert tail.goodput() >= 0.99  # once settled, >= 99% of the offered frames on time
+
+
+@pytest.mark.parametrize(("level", "fps", "taken", "period"), [
+    (1, 28.5, 19, 20),  # 19 of every 20 frames
+    (2, 27.0, 9, 10),
+    (3, 24.0, 4, 5),
+    (4, 20.0, 2, 3),
+    (5, 15.0, 1, 2),
+    (6, 10.0, 1, 3),
+])
+def test_frame_rate_tiers_decimate_evenly(level: int, fps: float, taken: int, period: int) -> None:
+    """A 30 fps camera on each frame-rate tier (fake clock, a device fast enough for anything): the
+    rate credit takes exactly the tier's share of frames, spread evenly -- a fixed pattern repeating
+    every `period` frames, e.g. 9 of every 10 at 27 fps, where "every k-th frame" could only give 30/k."""
+    sched = scheduler(seeded(Affine(0.001, 0.001)))
+    spec = SessionSpec("video", S256)
+    sched.admission.check("s0", spec)
+    sched.admission.set_level("s0", level)
+    assert sched.admission.tier("s0").fps == pytest.approx(fps)
+    inbox = SimInbox(2)
+    sched.add("s0", "video", inbox, spec)
+    ran: set[int] = set()
+    for pts in range(121):  # 4 s of frames, each scheduled as it arrives
+        now = pts / 30.0
+        inbox.put(SimUnit(pts, now, now + 0.25))
+        plan = sched.schedule(now)
+        ran |= {int(i.media.pts) for b in plan.batches for i in b.items}  # type: ignore[attr-defined]
+        assert len(inbox) == 0  # every frame is run or skipped at once, none waits
+        assert all(i.media.meta["dropped"] == "tier" for i in plan.skipped)
+    got = [int(pts in ran) for pts in range(121)]
+    assert got[0] == 1  # the first frame always runs
+    later = got[1:]
+    assert all(later[i] == later[i + period] for i in range(len(later) - period))  # one repeating pattern
+    assert all(sum(later[i : i + period]) == taken for i in range(0, len(later) - period + 1, period))
+    assert sum(later) == round(fps * 4)  # 120 frames after the first: exactly the tier's rate
+    skips = [i for i, t in enumerate(later) if not t]
+    if taken > 1 and period - taken == 1:  # one skip per period: always `period` frames apart
+        assert {b - a for a, b in zip(skips, skips[1:], strict=False)} == {period}

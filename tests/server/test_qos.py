@@ -30,7 +30,8 @@ def test_spec_and_tier_params_for_a_pipeline_without_resolution() -> None:
     pipe = PassthroughPipeline()
     spec = build_spec(pipe, "passthrough", pipe.Params(), Qos(priority=2, fps=20), SessionConfig(latency_budget_s=0.1))
     assert (spec.lane, spec.fps, spec.budget_s, spec.priority, spec.shape) == ("video", 20.0, 0.1, 2, WorkShape())
-    assert [t.fps for t in ladder(spec)] == [20.0, 10.0]  # 20/3 is under min_fps 10: one fps rung only
+    # 0.95, 0.9, 0.8, 2/3 and 1/2 of 20 fps; 20/3 is under min_fps 10.
+    assert [t.fps for t in ladder(spec)] == pytest.approx([20.0, 19.0, 18.0, 16.0, 40 / 3, 10.0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ def test_params_for_tier_lowers_only_what_the_tier_lowered() -> None:
     tiers = ladder(spec)
     user = SizedParams(style="sketch")
     assert params_for_tier(user, spec, tiers[1]) is user  # a frame-rate tier: the pipeline is untouched
-    assert params_for_tier(user, spec, tiers[3]) == SizedParams(192, 192, 2, "sketch")
+    assert tiers[7].knob == "resolution"  # after the six frame-rate rungs
+    assert params_for_tier(user, spec, tiers[7]) == SizedParams(192, 192, 2, "sketch")
     assert params_for_tier(user, spec, tiers[-1]) == SizedParams(128, 128, 1, "sketch")
     assert params_for_tier(user, spec, tiers[0]) is user  # restored: the user's own params again

@@ -1,0 +1,114 @@
+"""The serving fast paths compute what the plain ones do: complex RoPE, the inference block forward,
+and the stream attention that reads the KV pool in place (slot order) instead of gathering it."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import WanTransformer3DModel
+
+from streamserve.kv_rolling import BatchedKV, KVPool, SessionKV
+from streamserve.pipelines.video.block import block_forward, fast_block_ok, gelu_tanh
+from streamserve.pipelines.video.model import CausalWanDiT, tiny_wan_config
+from streamserve.pipelines.video.rope import RopeTable, apply_rope
+from streamserve.pipelines.video.stream_attention import StreamAttention
+
+
+def _dit(seed: int = 0) -> CausalWanDiT:
+    torch.manual_seed(seed)
+    cfg = tiny_wan_config(dim=48, heads=4, layers=2, ffn=64, channels=4, text_dim=16)
+    model: Any = WanTransformer3DModel
+    return CausalWanDiT(model(**cfg).eval()).eval()
+
+
+def _real_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The four real products, as diffusers writes them."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[:, None], sin[:, None]
+    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).type_as(x)
+
+
+def test_complex_rope_equals_the_real_rotation() -> None:
+    torch.manual_seed(0)
+    base = torch.randn(2, 10, 4 * 8)
+    x = base.unflatten(2, (4, -1)).transpose(1, 2)  # [2, 4, 10, 8], heads split as the model does
+    ang = torch.rand(2, 10, 4) * 6.0
+    table = RopeTable(ang.cos(), ang.sin())  # no complex form given: built on use
+    expected = _real_rope(x, table.cos, table.sin)
+    torch.testing.assert_close(apply_rope(x, table), expected, rtol=0, atol=1e-6)
+    # Into a slice of a larger buffer (how the stream attention assembles its keys).
+    buf = torch.zeros(2, 4, 13, 8)
+    apply_rope(x, table, out=buf[:, :, 3:])
+    torch.testing.assert_close(buf[:, :, 3:], expected, rtol=0, atol=1e-6)
+    assert torch.count_nonzero(buf[:, :, :3]) == 0
+    # An odd storage offset cannot be viewed as complex pairs: copied first, same numbers.
+    odd = torch.randn(1, 1, 10 * 8 + 1)[..., 1:].reshape(1, 1, 10, 8)
+    torch.testing.assert_close(apply_rope(odd, RopeTable(ang[:1].cos(), ang[:1].sin())),
+                               _real_rope(odd, ang[:1].cos(), ang[:1].sin()), rtol=0, atol=1e-6)
+    # Gradients flow (training uses the same function).
+    xg = x.detach().clone().requires_grad_(True)
+    apply_rope(xg, table).square().sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_gelu_tanh_matches_aten() -> None:
+    x = torch.linspace(-12, 12, 20001)
+    torch.testing.assert_close(gelu_tanh(x), F.gelu(x, approximate="tanh"), rtol=0, atol=2e-6)
+
+
+@torch.no_grad()
+def test_block_forward_equals_diffusers_block() -> None:
+    dit = _dit(3)
+    block = dit.transformer.blocks[0]
+    assert fast_block_ok(block)
+    hidden, context = torch.randn(2, 20, 48), torch.randn(2, 5, 48)
+    _, proj = dit.time_embedding(torch.tensor([250.0, 900.0]))  # [2, 6, 48]
+    expected = block(hidden, context, proj, None)  # no strategy set: diffusers' processors
+    torch.testing.assert_close(block_forward(block, hidden, context, proj), expected, rtol=0, atol=1e-5)
+    assert not fast_block_ok(torch.nn.Linear(2, 2))
+
+
+class _GatherOnly:
+    """A pool with only the API video-pp's stage pools have: StreamAttention takes its gather path."""
+
+    def __init__(self, pool: KVPool) -> None:
+        self.pool = pool
+        self.position_policy = pool.position_policy
+        self.capacity_tokens = pool.capacity_tokens
+
+    def view(self, session_id: Hashable) -> SessionKV:
+        return self.pool.view(session_id)
+
+    def gather(self, layer: int, session_ids: Sequence[Hashable], *, rope: Any = None) -> BatchedKV:
+        return self.pool.gather(layer, session_ids, rope=rope)
+
+    def write(self, layer: int, session_ids: Sequence[Hashable], blocks: Sequence[int], k: torch.Tensor,
+              v: torch.Tensor) -> None:
+        self.pool.write(layer, session_ids, blocks, k, v)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("policy", ["reposition", "refresh"])
+def test_in_place_pool_reads_equal_the_gather(policy: str) -> None:
+    """Two sessions at different points of their streams, with a stream-batch pair, for more blocks
+    than the window holds (the ring wraps): reading the pool in slot order gives the gather's output."""
+    dit = _dit(4)
+    cross = dit.cross_kv(dit.embed_prompt(torch.randn(1, 5, 16)))
+    xs = torch.randn(9, 1, 4, 1, 8, 8)
+    pools = [KVPool(dit.num_layers, 2, 1, 3, 16, dit.heads, dit.head_dim, dtype=torch.float32,
+                    position_policy=policy) for _ in range(2)]  # type: ignore[arg-type]
+    for i in range(9):
+        items = [("a", i)] + ([("b", i - 3)] if i >= 3 else []) + ([("a", i - 1)] if i >= 1 else [])
+        x = torch.cat([xs[b] for _, b in items])
+        t = torch.full((len(items),), 400.0)
+        cr = [(k.expand(len(items), -1, -1, -1), v.expand(len(items), -1, -1, -1)) for k, v in cross]
+        fast = StreamAttention(pools[0], items, cr, dit.rope, (4, 4), 2)
+        slow = StreamAttention(_GatherOnly(pools[1]), items, cr, dit.rope, (4, 4), 2)  # type: ignore[arg-type]
+        assert fast.direct and not slow.direct
+        got, expected = dit.forward_stream(x, t, fast), dit.forward_stream(x, t, slow)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert fast.positions == slow.positions
