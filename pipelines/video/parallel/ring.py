@@ -98,7 +98,7 @@ def serve_stage(stage: Stage, channel: Channel, timeout_s: float) -> None:
     import datetime
 
     while True:
-        meta, tensors = channel.recv(channel.prev)
+        meta, tensors = channel.recv(channel.prev, idle=True)  # idle between forwards is not a failure
         channel.timeout = datetime.timedelta(seconds=timeout_s)  # start-up is over once rank 0 spoke
         kind = meta["kind"]
         if kind in ("stop", "error"):

@@ -26,6 +26,11 @@ _DTYPES = {str(t): t for t in (torch.float32, torch.float16, torch.bfloat16, tor
                                 torch.bool)}
 
 
+IDLE_TIMEOUT = datetime.timedelta(days=7)
+"""How long a stage rank waits for the next message: no traffic is no failure (a server without
+video-pp sessions sends none); a dead rank 0 ends the wait at once (connection closed)."""
+
+
 class StageFailed(StreamserveError, RuntimeError):
     """A pipeline-parallel stage (another rank) died, hung past the timeout, or raised."""
 
@@ -80,9 +85,9 @@ class Channel:
                 self._unwaited.clear()
                 raise StageFailed(f"rank {self.rank}: sending to rank {dst} failed: {_short(exc)}") from exc
 
-    def _recv(self, t: torch.Tensor, src: int) -> torch.Tensor:
+    def _recv(self, t: torch.Tensor, src: int, timeout: datetime.timedelta | None = None) -> torch.Tensor:
         try:
-            self.group.recv([t], src, 0).wait(self.timeout)
+            self.group.recv([t], src, 0).wait(timeout or self.timeout)
         except Exception as exc:
             raise StageFailed(f"rank {self.rank}: receiving from rank {src} failed: {_short(exc)}") from exc
         return t
@@ -99,8 +104,11 @@ class Channel:
         for t in tensors:
             self._send(t.to(self.device), dst, wait)
 
-    def recv(self, src: int) -> tuple[dict[str, Any], list[torch.Tensor]]:
-        header = self._recv(torch.zeros(2, dtype=torch.int64, device=self.device), src)
+    def recv(self, src: int, idle: bool = False) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        """One message from ``src``. ``idle``: the wait for its first transfer may be as long as the
+        server stays idle (a worker waiting for the next forward; a peer that dies still fails it at
+        once); the rest of the message, once it started, is bound by the transfer timeout."""
+        header = self._recv(torch.zeros(2, dtype=torch.int64, device=self.device), src, IDLE_TIMEOUT if idle else None)
         size, count = (int(v) for v in header.tolist())
         blob = self._recv(torch.empty(size, dtype=torch.uint8, device=self.device), src)
         meta: dict[str, Any] = pickle.loads(blob.cpu().numpy().tobytes())
