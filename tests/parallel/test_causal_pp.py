@@ -79,3 +79,16 @@ def test_two_ranks_with_causal_weights_equal_single_process(causal: tuple[Path, 
     finally:
         pp.close()
     assert all(not p.is_alive() for p in pp.group.processes)
+
+
+def test_causal_options_reach_video_pp(tiny_pp_dir: Path, causal: tuple[Path, Path, Any]) -> None:
+    import inspect
+
+    from streamserve.pipelines.video.parallel.pipeline import with_stages
+
+    # The server passes a pipeline only the options its constructor names (`serve --pp-stages N`).
+    assert {"causal_weights", "checkpoint_key"} <= set(inspect.signature(with_stages(2).__init__).parameters)
+    with pytest.raises(ValueError, match="causal_weights applies to diffusers Wan folders"):
+        PipelinedVideoPipeline("cpu", str(tiny_pp_dir), stages=2, causal_weights=str(causal[1]))
+    with pytest.raises(ValueError, match="causal weights .* do not exist"):
+        PipelinedVideoPipeline("cpu", str(causal[0]), stages=2, causal_weights=str(causal[0] / "nope.pt"))

@@ -277,7 +277,10 @@ def with_stages(stages: int, stage_devices: Sequence[str] | None = None,
         raise ValueError(f"{stages} stages need {stages} devices, got {list(stage_devices)}")
 
     class Configured(PipelinedVideoPipeline):
-        def __init__(self, device: str = "cpu", model: str | None = None, **options: Any) -> None:
+        def __init__(self, device: str = "cpu", model: str | None = None, *, causal_weights: str | None = None,
+                     checkpoint_key: str = "generator", **options: Any) -> None:
+            # the causal options are named: the server passes a pipeline only the options it names
+            options.update(causal_weights=causal_weights, checkpoint_key=checkpoint_key)
             options.setdefault("stages", stages)
             options.setdefault("stage_devices", stage_devices)
             options.setdefault("timeout_s", timeout_s)
