@@ -124,7 +124,7 @@ class NodeServer:
             loads = manager.devices.loads(manager.config.pipeline)  # with goodput headroom once warm
             open_ = [ld for ld in loads if not ld.draining]
             warm = bool(open_) and all(ld.more_sessions is not None for ld in open_)
-            kv_free = [ld.kv_free_bytes for ld in open_]
+            kv_free = [ld.kv_free_bytes for ld in loads]  # draining or not: what memory is free
             try:  # the KV cache of a default session of the node's pipeline
                 name = manager.config.pipeline
                 kv_need = manager.devices.kv_need(name, parse_params(registry.get_class(name).Params, None))
