@@ -187,6 +187,10 @@ class KVPool:
     def sessions(self) -> list[Hashable]:
         return list(self._sessions)
 
+    def live_views(self) -> list[SessionKV]:
+        """The views of the sessions holding a slot now (a copy: never opens or changes one)."""
+        return list(self._sessions.values())
+
     @property
     def num_free(self) -> int:
         return len(self._free)

@@ -115,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             turn_username=turn_username, turn_credential=turn_credential,
             scheduler=args.scheduler, max_utilization=args.max_utilization,
             pipeline_options=_pipeline_options(args),
-            devices=_devices(args.devices),
+            devices=_devices(args.devices), kv_budget_mb=args.kv_budget_mb,
             record_dir=args.record_dir, record_max_bytes=int(args.record_max_mb * 1024 * 1024),
         )
     except ValueError as exc:
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     serve.add_argument("--devices", default=None, help="one engine per device, e.g. cuda:0,cuda:1 (or "
                        "cpu,cpu); new sessions go to the device with the most headroom")
+    serve.add_argument("--kv-budget-mb", type=float, default=None, help="KV memory one engine may hold; "
+                       "placement skips an engine that cannot hold a new session's cache (default: the "
+                       "device's free memory)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--model", default=None, help="model folder for pipelines that load checkpoints")
     serve.add_argument("--causal-weights", default=None, metavar="PT",

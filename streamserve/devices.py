@@ -6,6 +6,12 @@ highest (by default the most goodput headroom from each engine's cost model, few
 those are cold), and stays there: its pipeline state and KV cache live on that
 device, and every call for it (open, update, step, close) runs on that engine's thread.
 
+Each engine reports its free KV memory (:func:`kv_free_bytes`): on a GPU what
+``torch.cuda.mem_get_info`` says is free; on CPU the configured KV budget (``--kv-budget-mb``) minus
+what the live sessions' caches hold, measured from their tensors (without a budget: the memory the
+OS says is available). Placement skips an engine whose free KV memory cannot hold the new session's
+cache (:func:`kv_fits`; the pipeline tells the bytes from the session's shape).
+
 Each engine has a *name* for metrics and session stats: the device string, or ``cpu:0``, ``cpu:1``...
 when a device is listed more than once.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -68,6 +75,50 @@ Goodput = Callable[[int, str], "tuple[int, float] | None"]
 model (:meth:`~streamserve.gate.SloGate.placement_headroom`), or None while it is cold."""
 
 
+def available_memory() -> int | None:
+    """The memory the OS says is available (``MemAvailable`` of /proc/meminfo), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def kv_free_bytes(device: str, pipelines: Sequence[Any], budget: int | None) -> int | None:
+    """Free KV memory of an engine on ``device`` running ``pipelines`` (those created so far).
+
+    GPU: free device memory (``torch.cuda.mem_get_info``), capped by ``budget - held`` when a budget is
+    set. CPU: ``budget - held`` (held = the bytes of the live sessions' caches, measured from their
+    tensors by each pipeline's ``kv_held_bytes``; pipelines without one hold no KV cache), or the
+    memory the OS says is available without a budget (None where it does not say)."""
+    held = 0
+    for pipe in pipelines:
+        fn = getattr(pipe, "kv_held_bytes", None)
+        if callable(fn):
+            held += int(fn())
+    left = None if budget is None else max(0, budget - held)
+    if device.startswith("cuda"):
+        import torch
+
+        free = int(torch.cuda.mem_get_info(torch.device(device))[0])
+        return free if left is None else min(free, left)
+    return left if left is not None else available_memory()
+
+
+def kv_fits(load: EngineLoad, need: int | None) -> bool:
+    """Whether ``load``'s free KV memory can hold a new session's cache of ``need`` bytes (unknown
+    either way: yes)."""
+    return need is None or load.kv_free_bytes is None or load.kv_free_bytes >= need
+
+
+def choose_fitting(placement: Placement, loads: Sequence[EngineLoad], need: int | None) -> EngineLoad | None:
+    """:func:`choose` among the engines whose free KV memory holds ``need`` bytes."""
+    return choose(placement, [ld for ld in loads if kv_fits(ld, need)])
+
+
 class DeviceEngines:
     """The engines of one server and which session runs on which.
 
@@ -79,13 +130,19 @@ class DeviceEngines:
         placement: scores engines for new sessions (default :class:`GoodputHeadroom`: by the engines'
             goodput headroom, fewest sessions while a cost model is cold).
         goodput: each engine's goodput headroom for a pipeline (None: fewest sessions always).
+        kv_budget: bytes of KV memory one engine may hold (None: the device's free memory).
     """
 
     def __init__(self, devices: Sequence[str], make_engine: MakeEngine, *, max_sessions: int,
                  registry: CollectorRegistry, observer: EngineObserver | None = None,
-                 placement: Placement | None = None, goodput: Goodput | None = None) -> None:
+                 placement: Placement | None = None, goodput: Goodput | None = None,
+                 kv_budget: int | None = None) -> None:
         if not devices:
             raise ValueError("at least one device is needed")
+        if kv_budget is not None and kv_budget < 0:
+            raise ValueError(f"kv_budget must be >= 0 bytes, got {kv_budget}")
+        self.devices = list(devices)
+        self.kv_budget = kv_budget
         self.names = engine_names(devices)
         self.metrics = DeviceMetrics(registry)
         self.engines = [make_engine(dev, _DeviceObserver(observer, self.metrics, name))
@@ -113,13 +170,29 @@ class DeviceEngines:
         if len(warm) != len(self.engines):
             warm = [None] * len(self.engines)  # type: ignore[list-item]
         return [EngineLoad(i, self.names[i], self._count[i], self.max_sessions, i in self.draining,
+                           kv_free_bytes=self.kv_free(i),
                            more_sessions=None if r is None else r[0], free_utilization=None if r is None else r[1])
                 for i, r in enumerate(warm)]
 
-    def place(self, pipeline: str | None = None) -> int | None:
+    def kv_free(self, index: int) -> int | None:
+        """Engine ``index``'s free KV memory (all its pipelines' sessions count; None: unknown)."""
+        return kv_free_bytes(self.devices[index], list(self.engines[index].created().values()), self.kv_budget)
+
+    def kv_need(self, pipeline: str, params: Any) -> int | None:
+        """Bytes of KV cache a new session of ``pipeline`` with ``params`` needs (None: unknown -- the
+        pipeline is not loaded yet or keeps no KV cache)."""
+        for engine in self.engines:
+            need = getattr(engine.created().get(pipeline), "kv_bytes_for", None)
+            if callable(need):
+                return int(need(params))
+        return None
+
+    def place(self, pipeline: str | None = None, kv_need: int | None = None) -> int | None:
         """The index of the engine a new session (of ``pipeline``) should open on; None when every
-        engine is full. One engine: no cost model is consulted."""
-        best = choose(self.placement, self.loads(pipeline if len(self.engines) > 1 else None))
+        engine is full or none has ``kv_need`` bytes of KV memory free. One engine: no cost model is
+        consulted (its free KV memory still is)."""
+        loads = self.loads(pipeline if len(self.engines) > 1 else None)
+        best = choose_fitting(self.placement, loads, kv_need)
         return None if best is None else best.index
 
     def assign(self, session_id: str, index: int) -> None:

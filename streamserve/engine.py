@@ -110,6 +110,11 @@ class Engine:
             self._pipelines[name] = pipe
         return pipe
 
+    def created(self) -> dict[str, Pipeline]:
+        """The pipelines created so far, by name (a copy; never creates one): for read-only figures
+        another thread may take, such as their KV memory."""
+        return dict(self._pipelines)
+
     def _run_calls(self) -> None:
         while True:
             try:

@@ -18,7 +18,13 @@ from typing import Any
 
 from streamserve.core.clock import SYSTEM_CLOCK, Clock
 from streamserve.core.config import ServerConfig
-from streamserve.core.errors import InvalidParams, SessionLimitReached, SessionNotFound, StreamBusy
+from streamserve.core.errors import (
+    InvalidParams,
+    OverCapacity,
+    SessionLimitReached,
+    SessionNotFound,
+    StreamBusy,
+)
 from streamserve.core.params import parse_params
 from streamserve.core.plan import StepOutput, WorkItem
 from streamserve.devices import DeviceEngines
@@ -71,7 +77,8 @@ class SessionManager:
         self.gates: list[SloGate | None] = []
         self.devices = DeviceEngines(config.devices or (config.device,), self._make_engine,
                                      max_sessions=config.max_sessions, registry=self.metrics.registry,
-                                     observer=self.metrics, goodput=self._goodput)
+                                     observer=self.metrics, goodput=self._goodput,
+                                     kv_budget=None if config.kv_budget_mb is None else int(config.kv_budget_mb * 2**20))
         self.scheduler = self.engine.scheduler
         self.gate = self.gates[0]  # the first device's (the only one without --devices)
 
@@ -172,8 +179,15 @@ class SessionManager:
                     stream: str | None) -> Session:
         qos, params = split_qos(params)
         parsed: Any = parse_params(cls.Params, params)
-        index = self.devices.place(name)
+        try:
+            need = self.devices.kv_need(name, parsed)  # bytes of the session's KV cache at its shape
+        except ValueError:
+            need = None  # a shape the model cannot serve: the open reports it
+        index = self.devices.place(name, need)
         if index is None:
+            if need is not None and self.devices.place(name) is not None:
+                raise OverCapacity(f"no device has {need / 2**20:.1f} MiB of KV memory free for this session",
+                                   "kv_memory", self.config.retry_after_s, 0.0)
             raise SessionLimitReached(self.config.max_sessions)
         engine = self.devices.engines[index]
         session = Session(

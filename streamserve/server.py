@@ -116,7 +116,8 @@ def create_app(config: ServerConfig | None = None,
         ok = manager.devices.running
         body = {"status": "ok" if ok else "engine stopped", "version": streamserve.__version__,
                 "sessions": len(manager.list()), "device": config.device, "pipeline": config.pipeline,
-                "devices": manager.devices.names}
+                "devices": manager.devices.names,
+                "kv_free_bytes": [ld.kv_free_bytes for ld in manager.devices.loads()]}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["ops"])

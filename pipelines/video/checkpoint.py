@@ -55,6 +55,8 @@ class ModelDefaults:
 
 WAN_DEFAULTS = ModelDefaults(kind="wan", num_sinks=3, window=3, position_policy="refresh", strength=0.7,
                              shift=5.0, width=512, height=512, min_size=64, max_size=1280)
+CAUSAL_WAN_DEFAULTS = dataclasses.replace(WAN_DEFAULTS, preset="streamdiffusionv2", window=2, shift=1.0)
+"""A Wan folder with causal (CausVid / StreamDiffusionV2) weights: StreamDiffusionV2's streaming rules."""
 
 
 @dataclasses.dataclass
@@ -289,7 +291,7 @@ def load_wan(
             raise ValueError(f"causal weights {weights} do not exist")
         report = load_causal_state_dict(transformer, weights, checkpoint_key=checkpoint_key)
         log.info("loaded causal weights %s: %s", weights, report.summary())
-        defaults = dataclasses.replace(WAN_DEFAULTS, preset="streamdiffusionv2", window=2, shift=1.0)
+        defaults = CAUSAL_WAN_DEFAULTS
     else:
         defaults = WAN_DEFAULTS
     dit = CausalWanDiT(transformer).to(device).eval()  # type: ignore[arg-type]

@@ -127,3 +127,35 @@ class SessionCache:
     def kv_bytes(self) -> int:
         """All KV memory the pipeline holds (every pool)."""
         return sum(p.total_bytes for p in self._pools.values())
+
+    # ------------------------------------------------------------------ KV memory for placement
+
+    def kv_bytes_for(self, params: VideoParams) -> int:
+        """Bytes of K/V storage one session with ``params`` holds (its cache slots, every layer), from
+        the model's shape: what placement checks a device's free KV memory against."""
+        d = self.loaded.defaults
+        lh, lw = (params.height or d.height) // self.vae.spatial_factor, (params.width or d.width) // self.vae.spatial_factor
+        gh, gw = self.dit.token_grid(lh, lw)
+        per_step = self.rules.cache_per_step and params.stream_batch
+        copies = params.num_steps if per_step else 1
+        extra = 0 if per_step else params.extra_cache_blocks
+        tokens = (self.num_sinks + self.window + extra) * gh * gw
+        elem = torch.empty((), dtype=self.dit.dtype).element_size()
+        return copies * 2 * self.dit.num_layers * self.dit.heads * tokens * self.dit.head_dim * elem
+
+    def kv_held_bytes(self) -> int:
+        """K/V bytes the live sessions' caches hold, measured from their tensors (each cache's slot
+        storage in every layer). Safe to call from another thread than the engine's: it reads copies
+        of the pool and session lists (a session opening meanwhile is counted or not, never half)."""
+        return held_bytes(list(self._pools.values()))
+
+
+def held_bytes(pools: list[KVPool]) -> int:
+    """Bytes of the slot storage (K and V, every layer) of the sessions live in ``pools``."""
+    total = 0
+    for pool in pools:
+        for view in pool.live_views():
+            for layer in range(pool.num_layers):
+                k, v = view.layer(layer).storage
+                total += k.numel() * k.element_size() + v.numel() * v.element_size()
+    return total

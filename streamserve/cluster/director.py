@@ -4,7 +4,8 @@ A Ray actor holding the nodes (their actor handles and URLs). Placement asks eve
 load and applies the same :class:`~streamserve.schedulers.placement.Placement` protocol as one
 machine's devices: by default :class:`~streamserve.schedulers.placement.GoodputHeadroom`, the node
 whose engines' cost models say it can serve the most more sessions within their deadlines (fewest
-sessions while a node's cost model is cold). Draining is remembered here too, so a drained node gets
+sessions while a node's cost model is cold), among the nodes whose free KV memory can hold a new
+session's cache (each node reports both: its most free device, and a default session's bytes). Draining is remembered here too, so a drained node gets
 no new session even before it reports back.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamserve.devices import kv_fits
 from streamserve.schedulers.placement import EngineLoad, GoodputHeadroom, Placement, choose
 
 
@@ -20,7 +22,7 @@ def snapshot(loads: list[dict[str, Any]]) -> list[EngineLoad]:
     cost model on one node would make the scores incomparable)."""
     warm = bool(loads) and all(ld.get("more_sessions") is not None for ld in loads)
     return [EngineLoad(i, ld["node_id"], ld["sessions"], ld["max_sessions"], ld["draining"],
-                       more_sessions=ld["more_sessions"] if warm else None,
+                       kv_free_bytes=ld.get("kv_free_bytes"), more_sessions=ld["more_sessions"] if warm else None,
                        free_utilization=ld["free_utilization"] if warm else None)
             for i, ld in enumerate(loads)]
 
@@ -49,7 +51,9 @@ class Director:
     def place(self) -> dict[str, Any] | None:
         """The node a new session should go to: ``{"node_id", "url"}``, or None when all are full."""
         loads = self.loads()
-        best = choose(self.placement, snapshot(loads))
+        fitting = [snap for snap, ld in zip(snapshot(loads), loads, strict=True)
+                   if kv_fits(snap, ld.get("kv_session_bytes"))]  # its free KV memory holds a session's cache
+        best = choose(self.placement, fitting)
         if best is None:
             return None
         self.placed += 1

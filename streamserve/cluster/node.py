@@ -19,6 +19,8 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from streamserve.core.config import ServerConfig
+from streamserve.core.params import parse_params
+from streamserve.pipelines import registry
 
 from .migration import Adoption, InputHistory, replay
 
@@ -122,6 +124,12 @@ class NodeServer:
             loads = manager.devices.loads(manager.config.pipeline)  # with goodput headroom once warm
             open_ = [ld for ld in loads if not ld.draining]
             warm = bool(open_) and all(ld.more_sessions is not None for ld in open_)
+            kv_free = [ld.kv_free_bytes for ld in loads]  # draining or not: what memory is free
+            try:  # the KV cache of a default session of the node's pipeline
+                name = manager.config.pipeline
+                kv_need = manager.devices.kv_need(name, parse_params(registry.get_class(name).Params, None))
+            except ValueError:
+                kv_need = None
             return {
                 "node_id": self.node_id, "url": self.url,
                 "sessions": len(manager.list()), "max_sessions": manager.config.max_sessions,
@@ -134,6 +142,10 @@ class NodeServer:
                 # the node's goodput headroom: more default sessions over its devices, the best free share
                 "more_sessions": sum(ld.more_sessions or 0 for ld in open_) if warm else None,
                 "free_utilization": max(ld.free_utilization or 0.0 for ld in open_) if warm else None,
+                # the most free KV memory of one device (a session's cache lives on one), and the bytes
+                # a default session's cache needs; None: not reported (pipeline not loaded, no KV cache)
+                "kv_free_bytes": max(kv_free) if kv_free and None not in kv_free else None,  # type: ignore[type-var]
+                "kv_session_bytes": kv_need,
             }
 
         return self._run(read())

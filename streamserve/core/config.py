@@ -53,6 +53,7 @@ class ServerConfig:
     # extra keyword options for pipelines whose constructor takes them (voice: llm_url, llm_model, ...)
     pipeline_options: tuple[tuple[str, str], ...] = ()
     devices: tuple[str, ...] = ()  # one engine per entry (data parallel); empty = (device,)
+    kv_budget_mb: float | None = None  # KV memory one engine may hold (None: its device's free memory)
     session: SessionConfig = dataclasses.field(default_factory=SessionConfig)
     viewer_tokens: tuple[str, ...] = ()  # required by WHEP and /view when set (admin tokens also work)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
@@ -74,6 +75,8 @@ class ServerConfig:
         for dev in (self.device, *self.devices):
             if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
                 raise ValueError(f"device must be cpu, cuda or cuda:N, got {dev!r}")
+        if self.kv_budget_mb is not None and not 0 <= self.kv_budget_mb <= 2**30:
+            raise ValueError(f"kv_budget_mb must be in [0, 2**30], got {self.kv_budget_mb}")
         if len(self.devices) > 64:
             raise ValueError(f"at most 64 devices, got {len(self.devices)}")
         if self.scheduler not in ("slo", "edf", "fifo"):

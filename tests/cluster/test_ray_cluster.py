@@ -30,6 +30,8 @@ from tests.transport.whip_clients import ObsLikePublisher, WhepViewer  # noqa: E
 
 pytestmark = pytest.mark.slow
 
+KV_BUDGET_MB = 64  # each node's KV budget (CPU): nodes report it minus their sessions' caches
+
 
 class Front:
     """The front app on uvicorn in a thread (like tests.conftest.LiveServer, for another app)."""
@@ -58,7 +60,8 @@ class Front:
 def cluster() -> Iterator[tuple[Cluster, Front]]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        c = start_cluster(ServerConfig(pipeline="passthrough", port=0, max_sessions=4, idle_timeout_s=30),
+        c = start_cluster(ServerConfig(pipeline="passthrough", port=0, max_sessions=4, idle_timeout_s=30,
+                                       kv_budget_mb=KV_BUDGET_MB),
                           nodes=2, local=True)
         front = Front(c.director)
         try:
@@ -247,6 +250,16 @@ async def test_route_for_websocket_clients_runs_the_demo_pipeline(cluster: tuple
             out = await client.receive(timeout_s=120)
             assert out is not None and out.data.shape == (64, 64, 3)
             assert np.abs(out.data.astype(int) - frame.astype(int)).mean() > 1.0  # stylized, not echoed
+        # Free KV memory, as the director sees it: the serving node's budget less this session's cache.
+        from streamserve.pipelines.video import VideoDiffusionPipeline
+        from streamserve.pipelines.video.params import VideoParams
+
+        need = VideoDiffusionPipeline("cpu").kv_bytes_for(VideoParams(**params))  # the same demo model
+        async with httpx.AsyncClient(base_url=front.url, timeout=30) as http:
+            loads = await nodes(http)
+    budget = KV_BUDGET_MB * 2**20
+    assert {n["url"]: n["kv_free_bytes"] for n in loads.values()} == {
+        url: budget - need if url == route["url"] else budget for url in c.urls.values()}
 
 
 def test_drain_command_reports_an_unknown_node(cluster: tuple[Cluster, Front], capsys: pytest.CaptureFixture[str]) -> None:

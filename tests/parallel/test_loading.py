@@ -25,7 +25,8 @@ def test_rank0_reads_only_its_blocks(tiny_pp_dir: Path, monkeypatch: pytest.Monk
         return real(folder, layers, device, dtype)  # type: ignore[arg-type]
 
     monkeypatch.setattr(loading, "load_stage_dit", spy)
-    loaded, ranges = load_rank0(str(tiny_pp_dir), "cpu", None, 2)
+    loaded, ranges, weights = load_rank0(str(tiny_pp_dir), "cpu", None, 2)
+    assert weights is None
     assert ranges == [range(0, 2), range(2, 4)] and read == ["0-2"]
     devices = [next(b.parameters()).device.type for b in loaded.dit.transformer.blocks]
     assert devices == ["cpu", "cpu", "meta", "meta"]

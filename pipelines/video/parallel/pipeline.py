@@ -10,8 +10,11 @@ keys before running that forward); a session's end travels the ring in order too
 Options: ``stages`` (ranks, default 2), ``stage_devices`` (one per stage; default: ``cuda:0..`` on
 CUDA, the pipeline's device otherwise), ``timeout_s`` (a transfer that takes longer fails the
 group), ``rebalance`` (move blocks between stages from measured stage times), ``inflight`` (how many
-micro-batches of one tick are in the ring at once; default: ``stages``; 1 = one forward at a time).
-``attention`` must be "dense".
+micro-batches of one tick are in the ring at once; default: ``stages``; 1 = one forward at a time),
+``causal_weights`` / ``checkpoint_key`` (a CausVid / StreamDiffusionV2 ``.pt`` for a Wan folder, as for
+`video`: each rank loads the tensors of its own blocks, and the StreamDiffusionV2 preset applies --
+one cache per denoising step on every stage, the two-frame first chunk sent around the ring as one
+forward, its sigma table and RoPE restart). ``attention`` must be "dense".
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from streamserve.kv_rolling import KVPool
 from ..demo_config import WEIGHTS_DIR
 from ..params import VideoParams
 from ..pipeline import VideoDiffusionPipeline, set_cpu_threads
-from ..presets import make_rules
-from ..sampler import predict_x0
+from ..sampler import add_noise, predict_x0
 from ..session import SessionState, Work
+from ..session_cache import held_bytes
 from .loading import load_rank0
 from .ring import GroupSpec, StageGroup
 from .split import Balancer, BalancerConfig, even_ranges, split_layers
@@ -60,11 +63,9 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
         stage_devices: Sequence[str] | None = None, timeout_s: float = 30.0, rebalance: bool = True,
         balancer: BalancerConfig | None = None, inflight: int | None = None, max_sessions: int | None = None,
         num_sinks: int | None = None, window: int | None = None, position_policy: str | None = None,
-        dtype: str | None = None, preset: str | None = None, threads: int | None = None, **options: Any,
+        dtype: str | None = None, preset: str | None = None, threads: int | None = None,
+        causal_weights: str | None = None, checkpoint_key: str = "generator", **options: Any,
     ) -> None:
-        if options.pop("causal_weights", None):
-            raise ValueError("video-pp loads plain diffusers transformer folders; causal_weights is not supported")
-        options.pop("checkpoint_key", None)  # only meaningful with causal weights
         super(VideoDiffusionPipeline, self).__init__(device, **options)  # unknown options -> ValueError
         set_cpu_threads(device, threads)
         if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
@@ -74,11 +75,10 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
         if not 1 <= stages <= 64:
             raise ValueError(f"stages must be in [1, 64], got {stages}")
         # Rank 0 reads only stage 0's blocks (never the whole DiT); the other ranks read their own.
-        loaded, _ = load_rank0(model, device, _DTYPES[dtype] if dtype else None, stages)
+        loaded, _, weights = load_rank0(model, device, _DTYPES[dtype] if dtype else None, stages, causal_weights,
+                                        checkpoint_key)
+        self._causal = (str(weights), checkpoint_key) if weights is not None else None
         self._setup(loaded, max_sessions, num_sinks, window, position_policy, preset)
-        if self.rules != make_rules("streamserve", self.num_sinks, self.window):
-            raise ValueError("video-pp runs the streamserve stream preset only (its stages keep one plain "
-                             f"rolling cache per block), got preset rules {self.rules}")
         self.inflight = stages if inflight is None else int(inflight)
         if not 1 <= self.inflight <= 64:
             raise ValueError(f"inflight must be in [1, 64] micro-batches, got {inflight}")
@@ -94,6 +94,8 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
             transformer_dir=str(folder), ranges=tuple((r.start, r.stop) for r in ranges), devices=devices,
             dtype=str(self.dit.dtype), window=self.window, timeout_s=timeout_s,
             backend="nccl" if devices[0].startswith("cuda") else "gloo",
+            causal_weights=self._causal[0] if self._causal else None,
+            checkpoint_key=self._causal[1] if self._causal else "generator",
         )
         # Prompt keys/values are computed per stage (Stage.set_prompt), not for every block here.
         self.dit.cross_kv = lambda prompt_states: []  # type: ignore[method-assign]
@@ -139,6 +141,15 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
             self._pools[key] = pool
         return pool
 
+    def kv_bytes_for(self, params: VideoParams) -> int:
+        """KV bytes a session needs on this process's device: stage 0's share of the blocks."""
+        return super().kv_bytes_for(params) * len(self.group.stage.layers) // self.dit.num_layers
+
+    def kv_held_bytes(self) -> int:
+        """KV bytes the live sessions hold on this process's device (stage 0's blocks; rank 0's slot
+        ledger holds no KV of its own), measured from the caches' tensors."""
+        return held_bytes([p for pools in list(self.group.stage.pools.values()) for p in list(pools.pools.values())])
+
     # ------------------------------------------------------------------ the forward, over the ring
 
     def _forward(self, group: Sequence[tuple[SessionState, Work]]) -> None:
@@ -148,14 +159,9 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
         items of different streams are independent within a tick, and the stages defer the tick's KV
         writes to its end (:meth:`~.stage.Stage.forward`), so the result equals the batched forward."""
         st0 = group[0][0]
-        new_prompt: dict[str, torch.Tensor] = {}
-        for st, _ in group:
-            states = st.prompt.current()  # [1, Lc, dim]
-            last = self._sent_prompt.get(st.session_id)
-            if st.session_id not in new_prompt and (last is None or not torch.equal(last, states)):
-                new_prompt[st.session_id] = states
-        pool = PoolArgs(self.max_sessions, self.num_sinks, self.window + st0.pool_key[2], st0.grid[0] * st0.grid[1],
-                        self.position_policy, self.loaded.defaults.refresh_every)
+        new_prompt = self._new_prompts([st for st, _ in group])
+        pool = self._pool_args(st0)
+        timestep = (torch.tensor([w.t for _, w in group]) * 1000.0).tolist()  # as the one-process forward
         parts = micro_batches(len(group), self.inflight)
         t0 = time.perf_counter()
         try:
@@ -166,7 +172,8 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
                 prompts = [new_prompt.pop(sid) for sid in prompt_sessions]
                 for sid, states in zip(prompt_sessions, prompts, strict=True):
                     self._sent_prompt[sid] = states
-                meta = {"items": [(st.session_id, w.block) for st, w in sub], "sigma": [w.sigma for _, w in sub],
+                meta = {"items": [(st.cache_for(w), w.block) for st, w in sub], "sigma": [w.sigma for _, w in sub],
+                        "sessions": [st.session_id for st, _ in sub], "timestep": [timestep[j] for j in part],
                         "key": st0.pool_key, "grid": st0.grid, "pool": pool.__dict__,
                         "prompt_sessions": prompt_sessions, "tick_end": i == len(parts) - 1}
                 self.group.submit(meta, torch.stack([w.x for _, w in sub]), prompts)  # [n, C, 1, h, w]
@@ -186,6 +193,48 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
         self.tick_stats["ticks"] += 1
         self.tick_stats["micro_batches"] += len(parts)
         self.tick_stats["wall_s"] += time.perf_counter() - t0
+
+    def _new_prompts(self, states: Sequence[SessionState]) -> dict[str, torch.Tensor]:
+        """Prompt states the stages have not seen yet, per session (sent with its next forward)."""
+        new: dict[str, torch.Tensor] = {}
+        for st in states:
+            current = st.prompt.current()  # [1, Lc, dim]
+            last = self._sent_prompt.get(st.session_id)
+            if st.session_id not in new and (last is None or not torch.equal(last, current)):
+                new[st.session_id] = current
+        return new
+
+    def _pool_args(self, st: SessionState) -> PoolArgs:
+        """The stages' cache geometry for ``st``'s pool (its key: resolution, lag, caches per session)."""
+        key = st.pool_key
+        return PoolArgs(self.max_sessions * key[3], self.num_sinks, self.window + key[2], st.grid[0] * st.grid[1],
+                        self.position_policy, self.loaded.defaults.refresh_every, self.rules.restart_at,
+                        self.rules.sink_refresh_threshold)
+
+    def _prefill(self, st: SessionState) -> Work:
+        """StreamDiffusionV2's first chunk (two latent frames, both ways, all steps) over the ring: one
+        forward per step, written to every per-step cache of the session on every stage."""
+        w, st.prefill = st.prefill, None
+        assert w is not None
+        try:
+            while True:
+                prompts = self._new_prompts([st])
+                self._sent_prompt.update(prompts)
+                meta = {"items": [], "sigma": [w.sigma], "timestep": [w.t * 1000.0], "key": st.pool_key,
+                        "grid": st.grid, "pool": self._pool_args(st).__dict__, "prompt_sessions": list(prompts),
+                        "prefill": {"session": st.session_id, "caches": list(st.caches)}, "tick_end": True}
+                x = w.x[None]  # [1, C, 2, h, w]
+                v = self.group.forward(meta, x, list(prompts.values()))
+                w.x = predict_x0(x, v.to(x.dtype), w.sigma)[0]
+                if w.last:
+                    break
+                w.step += 1
+                w.x = add_noise(w.x, st.noise_for(w.step, w.x), w.sigma)
+        except StageFailed:
+            self._sent_prompt.pop(st.session_id, None)
+            raise
+        st.blocks_done += w.x.shape[1]
+        return w
 
     def session_stats(self, session_id: str) -> dict[str, Any]:
         """The `video` figures, with the KV ones replaced: the KV lives on the stages, not on rank 0."""
@@ -228,7 +277,10 @@ def with_stages(stages: int, stage_devices: Sequence[str] | None = None,
         raise ValueError(f"{stages} stages need {stages} devices, got {list(stage_devices)}")
 
     class Configured(PipelinedVideoPipeline):
-        def __init__(self, device: str = "cpu", model: str | None = None, **options: Any) -> None:
+        def __init__(self, device: str = "cpu", model: str | None = None, *, causal_weights: str | None = None,
+                     checkpoint_key: str = "generator", **options: Any) -> None:
+            # the causal options are named: the server passes a pipeline only the options it names
+            options.update(causal_weights=causal_weights, checkpoint_key=checkpoint_key)
             options.setdefault("stages", stages)
             options.setdefault("stage_devices", stage_devices)
             options.setdefault("timeout_s", timeout_s)

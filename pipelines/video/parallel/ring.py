@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from ..model import CausalWanDiT
 from .split import Balancer, Move, apply_move, check_ranges
-from .stage import Stage, drop_other_blocks, load_stage_dit
+from .stage import Stage, drop_other_blocks, load_stage_causal, load_stage_dit
 from .wire import Channel, StageFailed, make_group
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class GroupSpec:
     timeout_s: float = 30.0  # every transfer after start-up
     startup_timeout_s: float = 300.0  # joining the group and loading the blocks
     host: str = "127.0.0.1"
+    causal_weights: str | None = None  # a CausVid / StreamDiffusionV2 .pt each rank applies to its blocks
+    checkpoint_key: str = "generator"
 
     def __post_init__(self) -> None:
         if len(self.ranges) != len(self.devices):
@@ -85,6 +87,8 @@ def worker_main(rank: int, spec: GroupSpec, port: int) -> None:
     channel = Channel(group, rank, spec.world, spec.startup_timeout_s, device)
     start, stop = spec.ranges[rank]
     dit = load_stage_dit(spec.transformer_dir, range(start, stop), spec.devices[rank], _DTYPES[spec.dtype])
+    if spec.causal_weights is not None:
+        load_stage_causal(dit, spec.causal_weights, range(start, stop), spec.checkpoint_key)
     stage = Stage(dit, range(start, stop), rank, spec.world, spec.window)
     serve_stage(stage, channel, spec.timeout_s)
 
@@ -94,7 +98,7 @@ def serve_stage(stage: Stage, channel: Channel, timeout_s: float) -> None:
     import datetime
 
     while True:
-        meta, tensors = channel.recv(channel.prev)
+        meta, tensors = channel.recv(channel.prev, idle=True)  # idle between forwards is not a failure
         channel.timeout = datetime.timedelta(seconds=timeout_s)  # start-up is over once rank 0 spoke
         kind = meta["kind"]
         if kind in ("stop", "error"):

@@ -26,7 +26,9 @@ import torch
 from streamserve.kv_rolling import BatchedKV, KVPool, SessionKV
 
 from ..attention import cross_kv
+from ..checkpoint import _read_state_dict, load_causal_state_dict, map_causvid_key
 from ..model import CausalWanDiT, CrossKV
+from ..prefill import PrefillAttention
 from ..stream_attention import StreamAttention
 
 
@@ -40,6 +42,8 @@ class PoolArgs:
     block_tokens: int
     position_policy: str
     refresh_every: int
+    restart_at: int | None = None  # the preset's RoPE restart (None: num_sinks + window - 1)
+    sink_refresh_threshold: float | None = None  # the preset's adaptive sink refresh (None: off)
 
 
 class LayerPools:
@@ -56,7 +60,8 @@ class LayerPools:
         return KVPool(1, args.max_sessions, args.num_sinks, args.window, args.block_tokens, dit.heads,
                       dit.head_dim, dtype=dit.dtype, device=dit.device,
                       position_policy=args.position_policy,  # type: ignore[arg-type]
-                      refresh_every=args.refresh_every)
+                      refresh_every=args.refresh_every, restart_at=args.restart_at,
+                      sink_refresh_threshold=args.sink_refresh_threshold)
 
     def _any(self) -> KVPool:
         return self.pools[min(self.pools)]
@@ -90,9 +95,11 @@ class LayerPools:
             self.pools[layer].write(0, session_ids, blocks, k, v)
 
     def release(self, session_id: Hashable) -> None:
+        """Free the session's caches: its own id, or ``(id, step)`` with one cache per step."""
         for p in self.pools.values():
-            if session_id in p:
-                p.release(session_id)
+            for cid in p.sessions:
+                if cid == session_id or (isinstance(cid, tuple) and cid and cid[0] == session_id):
+                    p.release(cid)
 
     @property
     def sessions(self) -> list[Hashable]:
@@ -156,7 +163,7 @@ class Stage:
         before the tick -- what the batched forward does (all reads before the writes) -- and the
         writes land in the batched order. Messages reach a stage in order, so a tick is never
         interleaved with another message."""
-        items: list[tuple[str, int]] = [tuple(i) for i in meta["items"]]  # type: ignore[misc]
+        items: list[tuple[Hashable, int]] = [tuple(i) for i in meta["items"]]  # type: ignore[misc]
         key, grid = tuple(meta["key"]), tuple(meta["grid"])
         pools = self.pools.get(key)
         if pools is None:
@@ -172,18 +179,34 @@ class Stage:
             pools.flush()
         return out
 
-    def _run(self, meta: dict[str, Any], data: torch.Tensor, items: list[tuple[str, int]], pools: LayerPools,
+    def _run(self, meta: dict[str, Any], data: torch.Tensor, items: list[tuple[Hashable, int]], pools: LayerPools,
              grid: tuple[Any, ...]) -> torch.Tensor:
-        sig = torch.tensor(meta["sigma"], device=self.dit.device)
-        temb, proj = self.dit.time_embedding(sig * 1000.0)  # [N, dim], [N, 6, dim]
+        """``meta``: ``items`` (cache id, block) per item and ``sessions`` (whose prompt each item uses;
+        default: the cache ids), ``timestep`` (what the model is told, 0..1000; default: ``sigma`` x
+        1000), and for StreamDiffusionV2's first chunk ``prefill`` ({"session", "caches"}: one item of
+        several latent frames, attending to each other, written to every cache of the session)."""
+        if "timestep" in meta:
+            timestep = torch.tensor(meta["timestep"], device=self.dit.device)
+        else:
+            timestep = torch.tensor(meta["sigma"], device=self.dit.device) * 1000.0
+        temb, proj = self.dit.time_embedding(timestep)  # [N, dim], [N, 6, dim]
         hidden = self.dit.embed(data) if self.first else data.to(self.dit.dtype)  # [N, S, dim]
-        layer_cross = {
-            layer: (torch.cat([self.cross[sid][layer][0] for sid, _ in items]),
-                    torch.cat([self.cross[sid][layer][1] for sid, _ in items]))
-            for layer in self.layers
-        }
-        strategy = StreamAttention(pools, items, cast(CrossKV, layer_cross), self.dit.rope,  # type: ignore[arg-type]
-                                   (int(grid[0]), int(grid[1])), self.window)
+        hw = (int(grid[0]), int(grid[1]))
+        prefill = meta.get("prefill")
+        strategy: Any
+        if prefill is not None:
+            sid = prefill["session"]
+            strategy = PrefillAttention(pools, list(prefill["caches"]), cast(CrossKV, self.cross[sid]),  # type: ignore[arg-type]
+                                        self.dit.rope, hw, int(meta["x_shape"][2]))
+        else:
+            sessions = meta.get("sessions") or [cid for cid, _ in items]
+            layer_cross = {
+                layer: (torch.cat([self.cross[sid][layer][0] for sid in sessions]),
+                        torch.cat([self.cross[sid][layer][1] for sid in sessions]))
+                for layer in self.layers
+            }
+            strategy = StreamAttention(pools, items, cast(CrossKV, layer_cross), self.dit.rope,  # type: ignore[arg-type]
+                                       hw, self.window)
         empty_context = torch.empty(len(items), 0, self.dit.dim, dtype=self.dit.dtype, device=self.dit.device)
         hidden = self.dit.run_blocks(hidden, proj, empty_context, strategy, self.layers)
         if self.last:
@@ -238,6 +261,26 @@ def drop_other_blocks(dit: CausalWanDiT, layers: range) -> None:
     for i, block in enumerate(dit.transformer.blocks):
         if i not in layers:
             block.to("meta")
+
+
+def load_stage_causal(dit: CausalWanDiT, weights: str | Path, layers: range, checkpoint_key: str = "generator") -> int:
+    """Copy a CausVid / StreamDiffusionV2 generator's tensors for a stage -- its blocks and the shared
+    parts -- into ``dit`` (the single-process loader's key mapping; the checkpoint is memory-mapped,
+    so other blocks' tensors are never read). Returns how many tensors were loaded; ValueError when
+    one the stage needs is missing."""
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"causal weights {path} do not exist")
+
+    def ours(name: str) -> bool:
+        return not name.startswith("blocks.") or int(name.split(".")[1]) in layers
+
+    state = {k: v for k, v in _read_state_dict(path, checkpoint_key).items() if ours(map_causvid_key(k))}
+    report = load_causal_state_dict(dit.transformer, state, strict=False)
+    missing = [n for n in report.missing if ours(n) and not n.startswith("rope.")]
+    if missing:
+        raise ValueError(f"causal checkpoint {path} lacks weights of stage blocks {layers}: {missing[:5]}")
+    return report.loaded
 
 
 def load_stage_dit(folder: str | Path, layers: range, device: str, dtype: torch.dtype) -> CausalWanDiT:
