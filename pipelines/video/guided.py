@@ -7,7 +7,7 @@ combines them as guided upsampling (after HDRnet's bilateral-grid idea, with a p
 
 1. per pixel of the camera frame, a small basis of features ``phi`` -- a constant, its RGB, luma
    squared and cubed, a pencil stroke (a dodge ratio of luma over its ~24-pixel mean, clipped at
-   paper white, cubed) and a wide dodge ratio (over a ~48-pixel mean) (8 maps);
+   paper white, cubed) and an outline (a soft threshold of luma's central-difference gradient magnitude) (8 maps);
 2. at latent resolution, a small CNN reads the DiT's latent with the pooled features and predicts,
    per latent pixel, a 3 x 8 matrix of coefficients; with ``style_dim > 0`` its hidden features are
    modulated (FiLM: scale and shift per channel) by the session's prompt state -- the DiT's projected
@@ -50,15 +50,19 @@ def _local_mean(lum: torch.Tensor, cell: int) -> torch.Tensor:
 def guide_features(frame: torch.Tensor) -> torch.Tensor:
     """Per-pixel feature basis of camera frames ``[B, 3, H, W]`` in [-1, 1] -> ``[B, 8, H, W]``:
     1, R, G, B, L^2, L^3, a pencil stroke min(1, (L + 0.06) / (local mean + 0.06))^3 over ~24 pixels
-    and a wide dodge ratio L / (local mean + 0.05) over ~48 pixels."""
+    and an outline: a smooth-step threshold of luma's central-difference gradient magnitude."""
     rgb = (frame + 1.0) * 0.5  # [0, 1]
     w = torch.tensor(_LUMA, dtype=frame.dtype, device=frame.device).view(1, 3, 1, 1)
     lum = (rgb * w).sum(1, keepdim=True)  # [B, 1, H, W]
     stroke = ((lum + 0.06) / (_local_mean(lum, 8) + 0.06)).clamp_(0.0, 1.0)
     stroke = stroke * stroke * stroke
-    wide = (lum / (_local_mean(lum, 16) + 0.05)).clamp_(0.0, 2.0)
+    dx = lum[..., 1:-1, 2:] - lum[..., 1:-1, :-2]  # central differences (2x the slope per pixel)
+    dy = lum[..., 2:, 1:-1] - lum[..., :-2, 1:-1]
+    mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
+    edge = F.pad(mag.mul_(4.0).sub_(0.08).mul_(4.0).clamp_(0.0, 1.0), (1, 1, 1, 1))  # soft threshold, 0 at the border
+    edge = edge * edge * (3.0 - 2.0 * edge)  # smoothstep
     sq = lum * lum
-    return torch.cat([torch.ones_like(lum), rgb, sq, sq * lum, stroke, wide], dim=1)
+    return torch.cat([torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge], dim=1)
 
 
 class GuidedDecoder(nn.Module):
