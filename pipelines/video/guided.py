@@ -55,12 +55,13 @@ def guide_features(frame: torch.Tensor) -> torch.Tensor:
     w = torch.tensor(_LUMA, dtype=frame.dtype, device=frame.device).view(1, 3, 1, 1)
     lum = (rgb * w).sum(1, keepdim=True)  # [B, 1, H, W]
     stroke = ((lum + 0.06) / (_local_mean(lum, 8) + 0.06)).clamp_(0.0, 1.0)
-    stroke = stroke * stroke * stroke
+    stroke = (stroke * stroke).mul_(stroke)
     dx = lum[..., 1:-1, 2:] - lum[..., 1:-1, :-2]  # central differences (2x the slope per pixel)
     dy = lum[..., 2:, 1:-1] - lum[..., :-2, 1:-1]
     mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
     edge = F.pad(mag.mul_(4.0).sub_(0.08).mul_(4.0).clamp_(0.0, 1.0), (1, 1, 1, 1))  # soft threshold, 0 at the border
-    edge = edge * edge * (3.0 - 2.0 * edge)  # smoothstep
+    step = edge.mul(-2.0).add_(3.0)
+    edge = edge.mul_(edge).mul_(step)  # smoothstep: e * e * (3 - 2 e)
     sq = lum * lum
     return torch.cat([torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge], dim=1)
 
@@ -113,9 +114,10 @@ class GuidedDecoder(nn.Module):
                              f"got {got}")
         film = self.film(style.to(x.dtype))[:, :, None, None]  # [B, 4 * hidden, 1, 1]
         g1, b1, g2, b2 = film.split(self.hidden, dim=1)
-        x = self.head[1](self.head[0](x) * (1.0 + g1) + b1)
-        x = self.head[3](self.head[2](x) * (1.0 + g2) + b2)
-        return self.head[4:](x)  # type: ignore[no-any-return]
+        conv1, act1, conv2, act2, conv3, act3, out = self.head  # direct calls: slicing builds a module
+        x = act1(conv1(x) * (1.0 + g1) + b1)
+        x = act2(conv2(x) * (1.0 + g2) + b2)
+        return out(act3(conv3(x)))  # type: ignore[no-any-return]
 
     def forward(self, z: torch.Tensor, frame: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, C, h, w] latents; frame: [B, 3, f*h, f*w]; style: [B, style_dim] (a decoder with
