@@ -1,6 +1,10 @@
 """Quality figures of a video model on held-out video: PSNR and SSIM against the filter target,
 blockiness (an 8-pixel grid), chroma (monochrome styles) and flicker on a static camera.
 
+The targets are the current filters (``v2``); PSNR and SSIM against the first filter set (``v1``,
+whose sketch and cartoon were ill-conditioned: see docs/video.md) are reported next to them, and
+:func:`conditioning` measures how much each filter's own output moves under invisible sensor noise.
+
 Used by ``train_demo`` (figures stored in ``streamserve.json``), the quality tests and the benchmark.
 Needs the dev dependencies (scikit-image, OpenCV) for the clips and the filter targets.
 """
@@ -20,7 +24,7 @@ from streamserve.core.plan import Batch, WorkItem
 from .data import face_clip, make_clip, scene_clip
 from .params import VideoParams
 from .pipeline import VideoDiffusionPipeline
-from .styles import STYLES, apply_style
+from .styles import FILTER_VERSIONS, STYLES, apply_style
 
 
 def run_clip(pipe: VideoDiffusionPipeline, frames: np.ndarray, params: VideoParams, fps: float = 30.0,
@@ -85,6 +89,8 @@ class StyleFigures:
     blockiness: float
     chroma: float
     target_blockiness: float
+    psnr_v1: float  # against the first filter set (v1)
+    ssim_v1: float
 
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in dataclasses.asdict(self).items()}
@@ -94,13 +100,36 @@ def style_figures(pipe: VideoDiffusionPipeline, clip: np.ndarray, style: str, **
     """PSNR/SSIM to ``style``'s filter target, blockiness and chroma of the output over a clip."""
     outs = run_clip(pipe, clip, VideoParams(style=style, **params))  # type: ignore[arg-type]
     targets = {i: apply_style(style, clip[i]) for i in outs}
+    old = {i: apply_style(style, clip[i], "v1") for i in outs}
     return StyleFigures(
         psnr=float(np.mean([psnr(o, targets[i]) for i, o in outs.items()])),
         ssim=float(np.mean([ssim(o, targets[i]) for i, o in outs.items()])),
         blockiness=float(np.mean([blockiness(o) for o in outs.values()])),
         chroma=float(np.mean([chroma(o) for o in outs.values()])),
         target_blockiness=float(np.mean([blockiness(t) for t in targets.values()])),
+        psnr_v1=float(np.mean([psnr(o, old[i]) for i, o in outs.items()])),
+        ssim_v1=float(np.mean([ssim(o, old[i]) for i, o in outs.items()])),
     )
+
+
+def conditioning(clips: dict[str, np.ndarray], styles: tuple[str, ...] = STYLES, version: str = "v2",
+                 sigma: float = 1.0, seed: int = 0) -> dict[str, dict[str, float]]:
+    """How well-posed each filter is as a camera target: PSNR of ``filter(frame)`` against
+    ``filter(frame + N(0, sigma))`` (invisible extra sensor noise), mean over each clip's frames.
+    A filter far below the quality goal here cannot be matched on a real camera (its target flickers)."""
+    if version not in FILTER_VERSIONS:
+        raise ValueError(f"unknown filter version {version!r}; versions: {', '.join(FILTER_VERSIONS)}")
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, float]] = {}
+    for s in styles:
+        out[s] = {}
+        for name, clip in clips.items():
+            vals = []
+            for f in clip:
+                noisy = np.clip(f + rng.normal(0.0, sigma, f.shape), 0, 255).round().astype(np.uint8)
+                vals.append(psnr(apply_style(s, f, version), apply_style(s, noisy, version)))
+            out[s][name] = round(float(np.mean(vals)), 2)
+    return out
 
 
 def mean_change(frames: list[np.ndarray]) -> float:
@@ -141,10 +170,11 @@ def summary(report: dict[str, dict[str, StyleFigures]]) -> dict[str, Any]:
     styles = list(next(iter(report.values())))
     per_style = {
         s: {k: round(float(np.mean([getattr(report[c][s], k) for c in report])), 3)
-            for k in ("psnr", "ssim", "blockiness", "chroma", "target_blockiness")}
+            for k in ("psnr", "ssim", "blockiness", "chroma", "target_blockiness", "psnr_v1", "ssim_v1")}
         for s in styles
     }
     return {"per_style": per_style, "mean_psnr": round(float(np.mean([v["psnr"] for v in per_style.values()])), 3),
+            "mean_psnr_v1": round(float(np.mean([v["psnr_v1"] for v in per_style.values()])), 3),
             "per_clip": {c: {s: f.rounded() for s, f in r.items()} for c, r in report.items()}}
 
 
@@ -157,9 +187,10 @@ def evaluate_folder(folder: str | Path | None, device: str = "cpu", frames: int 
     out["flicker"] = {s: round(flicker_ratio(pipe, still, s), 3) for s in styles}
     out["lines"] = [
         f"{s:>10}: PSNR {v['psnr']:5.2f} dB  SSIM {v['ssim']:.3f}  blockiness {v['blockiness']:.2f} "
-        f"(target {v['target_blockiness']:.2f})  chroma {v['chroma']:5.1f}  flicker {out['flicker'][s]:.2f}x"
+        f"(target {v['target_blockiness']:.2f})  chroma {v['chroma']:5.1f}  flicker {out['flicker'][s]:.2f}x  "
+        f"[v1 targets: PSNR {v['psnr_v1']:5.2f} dB  SSIM {v['ssim_v1']:.3f}]"
         for s, v in out["per_style"].items()
-    ] + [f"mean PSNR {out['mean_psnr']:.2f} dB"]
+    ] + [f"mean PSNR {out['mean_psnr']:.2f} dB  [v1 targets: {out['mean_psnr_v1']:.2f} dB]"]
     return out
 
 
@@ -183,7 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model folder (default: the embedded demo model)")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--grid", default=None, help="write a PNG grid of held-out frames in every style here")
+    parser.add_argument("--conditioning", action="store_true",
+                        help="print each filter's PSNR under sigma=1 extra sensor noise (v2 and v1 filters)")
     ns = parser.parse_args(argv)
+    if ns.conditioning:
+        clips = held_out_clips()
+        for version in FILTER_VERSIONS:
+            for s, per_clip in conditioning(clips, version=version).items():
+                print(f"{version} {s:>10}: " + "  ".join(f"{c} {v:5.1f} dB" for c, v in per_clip.items()))
+        return 0
     if ns.grid:
         from PIL import Image
 

@@ -6,10 +6,13 @@ colours and tones); the camera frame says *where* the edges and fine detail are.
 combines them as guided upsampling (after HDRnet's bilateral-grid idea, with a plain grid):
 
 1. per pixel of the camera frame, a small basis of features ``phi`` -- a constant, its RGB, luma
-   squared and cubed, and two dodge ratios (luma over its local mean at two scales: the
-   pencil-sketch terms) (8 maps);
+   squared and cubed, a pencil stroke (a dodge ratio of luma over its ~24-pixel mean, clipped at
+   paper white, cubed) and an outline (a soft threshold of luma's central-difference gradient magnitude) (8 maps);
 2. at latent resolution, a small CNN reads the DiT's latent with the pooled features and predicts,
-   per latent pixel, a 3 x 8 matrix of coefficients;
+   per latent pixel, a 3 x 8 matrix of coefficients; with ``style_dim > 0`` its hidden features are
+   modulated (FiLM: scale and shift per channel) by the session's prompt state -- the DiT's projected
+   style embedding, averaged over its tokens, blended as the prompt blends -- so the decoder knows
+   which style it is decoding rather than guessing it from the latent;
 3. the coefficients are upsampled bilinearly to full resolution and applied to ``phi``:
    ``out_c(p) = sum_k A_ck(p) * phi_k(p)``.
 
@@ -46,27 +49,43 @@ def _local_mean(lum: torch.Tensor, cell: int) -> torch.Tensor:
 
 def guide_features(frame: torch.Tensor) -> torch.Tensor:
     """Per-pixel feature basis of camera frames ``[B, 3, H, W]`` in [-1, 1] -> ``[B, 8, H, W]``:
-    1, R, G, B, L^2, L^3 and two dodge ratios L / (local mean + 0.05) at ~12 and ~48 pixels (the
-    pencil-sketch terms)."""
+    1, R, G, B, L^2, L^3, a pencil stroke min(1, (L + 0.06) / (local mean + 0.06))^3 over ~24 pixels
+    and an outline: a smooth-step threshold of luma's central-difference gradient magnitude."""
     rgb = (frame + 1.0) * 0.5  # [0, 1]
     w = torch.tensor(_LUMA, dtype=frame.dtype, device=frame.device).view(1, 3, 1, 1)
     lum = (rgb * w).sum(1, keepdim=True)  # [B, 1, H, W]
-    fine = (lum / (_local_mean(lum, 4) + 0.05)).clamp_(0.0, 2.0)
-    wide = (lum / (_local_mean(lum, 16) + 0.05)).clamp_(0.0, 2.0)
+    stroke = ((lum + 0.06) / (_local_mean(lum, 8) + 0.06)).clamp_(0.0, 1.0)
+    stroke = (stroke * stroke).mul_(stroke)
+    dx = lum[..., 1:-1, 2:] - lum[..., 1:-1, :-2]  # central differences (2x the slope per pixel)
+    dy = lum[..., 2:, 1:-1] - lum[..., :-2, 1:-1]
+    mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
+    edge = F.pad(mag.mul_(4.0).sub_(0.08).mul_(4.0).clamp_(0.0, 1.0), (1, 1, 1, 1))  # soft threshold, 0 at the border
+    step = edge.mul(-2.0).add_(3.0)
+    edge = edge.mul_(edge).mul_(step)  # smoothstep: e * e * (3 - 2 e)
     sq = lum * lum
-    return torch.cat([torch.ones_like(lum), rgb, sq, sq * lum, fine, wide], dim=1)
+    return torch.cat([torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge], dim=1)
 
 
 class GuidedDecoder(nn.Module):
     """Latent + camera frame -> output frame by guided upsampling (see the module docstring)."""
 
-    def __init__(self, latent_channels: int = 16, factor: int = 8, hidden: int = 64) -> None:
+    def __init__(self, latent_channels: int = 16, factor: int = 8, hidden: int = 64, style_dim: int = 0) -> None:
         super().__init__()
-        if latent_channels < 1 or factor < 1 or hidden < 1:
-            raise ValueError(f"bad GuidedDecoder config: channels={latent_channels} factor={factor} hidden={hidden}")
+        if latent_channels < 1 or factor < 1 or hidden < 1 or style_dim < 0:
+            raise ValueError(f"bad GuidedDecoder config: channels={latent_channels} factor={factor} hidden={hidden} "
+                             f"style_dim={style_dim}")
         self.config = {"latent_channels": latent_channels, "factor": factor, "hidden": hidden}
+        if style_dim:
+            self.config["style_dim"] = style_dim
         self.factor = factor
+        self.style_dim = style_dim
+        self.hidden = hidden
         k = NUM_FEATURES
+        # FiLM: per hidden layer (the first two) a scale and a shift per channel from the style; zero at start
+        self.film = nn.Linear(style_dim, 4 * hidden) if style_dim else None
+        if self.film is not None:
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
         self.head = nn.Sequential(
             nn.Conv2d(latent_channels + k, hidden, 3, padding=1),
             nn.SiLU(),
@@ -86,14 +105,29 @@ class GuidedDecoder(nn.Module):
                 bias[c, 0] = -1.0  # back to [-1, 1]
             last.bias.copy_(bias.reshape(-1))  # type: ignore[union-attr]
 
-    def forward(self, z: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-        """z: [B, C, h, w] latents; frame: [B, 3, f*h, f*w] -> [B, 3, f*h, f*w] (not clamped)."""
+    def _coefficients(self, x: torch.Tensor, style: torch.Tensor | None) -> torch.Tensor:
+        if self.film is None:
+            return self.head(x)  # type: ignore[no-any-return]
+        if style is None or style.shape != (x.shape[0], self.style_dim):
+            got = None if style is None else tuple(style.shape)
+            raise ValueError(f"this guided decoder needs a style [B, {self.style_dim}] (the session's prompt state), "
+                             f"got {got}")
+        film = self.film(style.to(x.dtype))[:, :, None, None]  # [B, 4 * hidden, 1, 1]
+        g1, b1, g2, b2 = film.split(self.hidden, dim=1)
+        conv1, act1, conv2, act2, conv3, act3, out = self.head  # direct calls: slicing builds a module
+        x = act1(conv1(x) * (1.0 + g1) + b1)
+        x = act2(conv2(x) * (1.0 + g2) + b2)
+        return out(act3(conv3(x)))  # type: ignore[no-any-return]
+
+    def forward(self, z: torch.Tensor, frame: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """z: [B, C, h, w] latents; frame: [B, 3, f*h, f*w]; style: [B, style_dim] (a decoder with
+        ``style_dim > 0`` needs it) -> [B, 3, f*h, f*w] (not clamped)."""
         b, _, h, w = z.shape
         if frame.shape[-2:] != (h * self.factor, w * self.factor):
             raise ValueError(f"frame {tuple(frame.shape)} does not match latents {tuple(z.shape)} x {self.factor}")
         phi = guide_features(frame.to(z.dtype))  # [B, K, H, W]
         pooled = F.avg_pool2d(phi, self.factor)  # [B, K, h, w]
-        coeff = self.head(torch.cat([z, pooled], dim=1))  # [B, 3K, h, w]
+        coeff = self._coefficients(torch.cat([z, pooled], dim=1), style)  # [B, 3K, h, w]
         # Channels-last upsampling and a per-pixel bmm: on CPU bilinear upsampling of the 24 coefficient
         # maps is ~4x faster channels-last than NCHW, and the product then needs no layout change.
         coeff = F.interpolate(coeff.contiguous(memory_format=torch.channels_last), scale_factor=self.factor,

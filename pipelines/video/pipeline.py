@@ -417,6 +417,8 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
         for st, w in finished:
             groups[(st.height, st.width)].append((st, w))
         for group in groups.values():
+            for st, _ in group:  # the style-conditioned decoder reads the session's (blended) prompt
+                self.vae.set_prompt(st.vae_state, st.prompt.current())
             videos = self._decode_group(group)  # [3, F, H, W] each
             for (st, w), video in zip(group, videos, strict=True):
                 video = grey_head(video, st.prompt.mono())

@@ -1,35 +1,39 @@
 """Train the embedded demo model: live stylization of camera video into the named styles.
 
-    python -m streamserve.pipelines.video.train_demo [--out DIR] [--iters N] [--threads 2]
+    python -m streamserve.pipelines.video.train_demo [--out DIR] [--iters N] [--threads 2] [--guide-threads 1]
 
 Everything is made locally (see :mod:`.data`): scikit-image photos seen through a moving virtual
 camera, with moving shapes and sensor noise; each style's target is its classical filter
 (:mod:`.styles`) applied per frame. Stages, each with a progress bar, all from a fixed seed:
 
-1. **data** -- clips of ``FRAMES`` frames at 256x256 and their targets for every style;
+1. **data** -- clips of ``FRAMES`` frames at 256x256 and their targets for every style (the filter
+   set :data:`DIT_TARGETS` for stages 2-4, :data:`GUIDE_TARGETS` for stage 5);
 2. **autoencoder** -- PCA initialisation, then a short end-to-end fit (pixels -> 16x32x32 latents);
 3. **encode** -- every input and target frame to latents, once;
 4. **DiT** -- the causal Wan-architecture DiT learns ``noisy input latent -> target latent`` for each
    style (a learned style embedding is its prompt), with per-frame noise levels and the block-causal
    sink+window mask the rolling cache reproduces when serving;
 5. **guide** -- the guided decoder (:mod:`.guided`, :mod:`.train_guide`) learns ``(DiT latent, camera
-   frame) -> target`` on the latents the trained DiT produces when serving;
+   frame, style) -> target`` on the latents the trained DiT produces when serving;
 6. **save** -- the demo-format folder (:mod:`.demo_config`), then a held-out evaluation.
 
-Resumable: each finished stage is kept in ``--work`` (default ``<out>.work``: the data, the
+Resumable: each finished stage is kept in ``--work`` (default ``<out>.work``: the clips and targets, the
 autoencoder + DiT folder, the DiT latents, the decoder's checkpoint every few minutes); a rerun
 skips what is there. ``--from-weights DIR`` takes the autoencoder, DiT and styles of an existing
 demo folder and runs only the guide stage.
 
-On 2 idle CPU cores stages 1-4 take about 20 minutes and the guide stage about 10; on a GPU minutes.
+On 2 idle CPU cores stages 1-4 took 19 minutes (two threads); the guide stage (one thread) is timed in
+docs/video.md. On a busy machine two torch threads spin-wait: use ``--threads 1`` there.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +65,11 @@ class TrainArgs:
     iters: int = 4000
     lr: float = 1.5e-3
     batch_tokens: int = 2560  # tokens per DiT iteration
-    threads: int = 2
+    threads: int = 2  # stages 2-4 (the committed DiT was trained with 2)
     device: str = "cpu"
     guide_iters: int = 12000
     guide_clips: int = 150  # the first clips of the data train the guided decoder
+    guide_threads: int = 1  # the guide stage (what the committed decoder was trained with)
     work: Path | None = None
     from_weights: Path | None = None
 
@@ -75,21 +80,46 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
-def build_data(args: TrainArgs, cfg: DemoConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Input clips [N, T, H, W, 3] and targets [N, S, T, H, W, 3] (uint8)."""
+DIT_TARGETS = "v1"
+"""Filter set the autoencoder and DiT stages learn (:data:`.styles.FILTER_VERSIONS`). The committed
+DiT was trained on the first set; the guided decoder, which is told the style and sees the camera
+frame, learns the current targets (``v2``) from its latents (see docs/video.md, "Quality")."""
+GUIDE_TARGETS = "v2"
+
+
+def build_inputs(args: TrainArgs) -> np.ndarray:
+    """Input clips [N, T, H, W, 3] (uint8): the first clips are the same whatever N."""
     rng = np.random.default_rng(args.seed)
-    n, s = args.clips, len(cfg.styles)
+    n = args.clips
     inputs = np.empty((n, FRAMES, 256, 256, 3), np.uint8)
-    targets = np.empty((n, s, FRAMES, 256, 256, 3), np.uint8)
     motions: tuple[Motion, ...] = ("static", "slow", "fast", "mixed")
-    for i in tqdm(range(n), desc="data (clips x styles)", unit="clip"):
+    for i in tqdm(range(n), desc="data: clips", unit="clip"):
         image = TRAIN_IMAGES[i % len(TRAIN_IMAGES)]
-        clip = make_clip(image, FRAMES, (256, 256), seed=int(rng.integers(1 << 31)), motion=motions[i % 4],
-                         shapes=int(rng.integers(0, 4)), noise=float(rng.uniform(0, 3)), jitter=i % 3 != 0)
-        inputs[i] = clip
-        for j, style in enumerate(cfg.styles):
-            targets[i, j] = np.stack([apply_style(style, f) for f in clip])
-    return inputs, targets
+        inputs[i] = make_clip(image, FRAMES, (256, 256), seed=int(rng.integers(1 << 31)), motion=motions[i % 4],
+                              shapes=int(rng.integers(0, 4)), noise=float(rng.uniform(0, 3)), jitter=i % 3 != 0)
+    return inputs
+
+
+def build_targets(inputs: np.ndarray, styles: tuple[str, ...], version: str) -> np.ndarray:
+    """Each style's filter target of every input frame: [N, S, T, H, W, 3] (uint8)."""
+    n, t = inputs.shape[:2]
+    targets = np.empty((n, len(styles), *inputs.shape[1:]), np.uint8)
+    for i in tqdm(range(n), desc=f"data: {version} targets (clips x styles)", unit="clip"):
+        for j, style in enumerate(styles):
+            targets[i, j] = np.stack([apply_style(style, inputs[i, k], version) for k in range(t)])
+    return targets
+
+
+def cached(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """``make()``, kept in ``path`` (.npy) so a rerun resumes."""
+    if path.is_file():
+        return np.load(path)
+    arr = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)  # atomic: a crash never leaves half a file
+    return arr
 
 
 def train_autoencoder(args: TrainArgs, cfg: DemoConfig, inputs: np.ndarray, targets: np.ndarray) -> TinyAutoencoder:
@@ -219,28 +249,24 @@ def save_demo(out: Path, cfg: DemoConfig, dit: CausalWanDiT, ae: TinyAutoencoder
     (out / "streamserve.json").write_text(cfg.to_json() + "\n")
 
 
-def stages_1_to_4(args: TrainArgs, cfg: DemoConfig, work: Path) -> tuple[np.ndarray, np.ndarray, Path]:
-    """Data, autoencoder, encode, DiT -- or what ``work`` already holds. Returns the inputs, the
-    targets and the demo folder holding the autoencoder, DiT and styles."""
-    data = work / "data.npz"
-    if data.is_file():
-        with np.load(data) as f:
-            inputs, targets = f["inputs"], f["targets"]
-    else:  # the first clips are the same whatever the count: the guide alone needs only guide_clips
-        n = min(args.clips, args.guide_clips) if args.from_weights else args.clips
-        inputs, targets = build_data(dataclasses.replace(args, clips=n), cfg)
-        work.mkdir(parents=True, exist_ok=True)
-        np.savez(work / "data.tmp.npz", inputs=inputs, targets=targets)
-        (work / "data.tmp.npz").replace(data)
+def stages_1_to_4(args: TrainArgs, cfg: DemoConfig, work: Path) -> tuple[np.ndarray, Path]:
+    """Data, autoencoder, encode, DiT -- or what ``work`` already holds. Returns the inputs and the demo
+    folder holding the autoencoder, DiT and styles."""
+    n = min(args.clips, args.guide_clips) if args.from_weights else args.clips
+    inputs = cached(work / f"inputs_{n}.npy", lambda: build_inputs(dataclasses.replace(args, clips=n)))
     stage = args.from_weights or work / "dit"
     if not (stage / "streamserve.json").is_file():
+        targets = cached(work / f"targets_{DIT_TARGETS}.npy", lambda: build_targets(inputs, cfg.styles, DIT_TARGETS))
+        torch.set_num_threads(args.threads)
         ae = train_autoencoder(args, cfg, inputs, targets)
         z_in, z_tg = encode_all(ae, inputs, args.device), encode_all(ae, targets, args.device)
+        del targets
         t0 = time.perf_counter()
         dit, styles = train_dit(args, cfg, z_in, z_tg, channel_weights(ae).cpu())
-        extra = {"dit_minutes": round((time.perf_counter() - t0) / 60, 1), "iters": args.iters, "seed": args.seed}
+        extra = {"dit_minutes": round((time.perf_counter() - t0) / 60, 1), "iters": args.iters, "seed": args.seed,
+                 "dit_targets": DIT_TARGETS}
         save_demo(stage, dataclasses.replace(cfg, extra=extra), dit, ae, styles)
-    return inputs, targets, stage
+    return inputs, stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-iters", type=int, default=defaults.ae_iters)
     parser.add_argument("--iters", type=int, default=defaults.iters, help="DiT iterations")
     parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads (autoencoder, DiT)")
+    parser.add_argument("--guide-threads", type=int, default=defaults.guide_threads, help="CPU threads (guide)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--guide-iters", type=int, default=defaults.guide_iters, help="guided decoder iterations")
     parser.add_argument("--guide-clips", type=int, default=defaults.guide_clips, help="clips that train the guide")
@@ -263,21 +290,24 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     args = TrainArgs(out=ns.out, seed=ns.seed, clips=ns.clips, ae_iters=ns.ae_iters, iters=ns.iters, lr=ns.lr,
                      threads=ns.threads, device=ns.device, guide_iters=ns.guide_iters, guide_clips=ns.guide_clips,
-                     from_weights=ns.from_weights)
+                     from_weights=ns.from_weights, guide_threads=ns.guide_threads)
     work = ns.work or args.out.with_name(args.out.name + ".work")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    inputs, targets, stage = stages_1_to_4(args, DemoConfig(), work)
+    inputs, stage = stages_1_to_4(args, DemoConfig(), work)
+    torch.set_num_threads(args.guide_threads)
     from .checkpoint import load_demo
-    from .train_guide import GuideArgs, predict_latents, train_guide
+    from .train_guide import GuideArgs, predict_latents, style_vectors, train_guide
 
     loaded = load_demo(stage, "cpu", torch.float32)
     cfg = DemoConfig.from_json((stage / "streamserve.json").read_text())
     ae = loaded.vae.model  # type: ignore[attr-defined]
     styles = loaded.prompts.embeddings  # type: ignore[attr-defined]
     lat_path = work / "latents.pt"
-    inputs, targets = inputs[: args.guide_clips], targets[: args.guide_clips]
+    inputs = inputs[: args.guide_clips]
+    targets = cached(work / f"targets_{GUIDE_TARGETS}_{len(inputs)}.npy",
+                     functools.partial(build_targets, inputs, cfg.styles, GUIDE_TARGETS))
     if lat_path.is_file():
         latents = torch.load(str(lat_path))
     else:
@@ -285,11 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         torch.save(latents, str(lat_path))
     guide = train_guide(GuideArgs(iters=args.guide_iters, seed=args.seed), inputs, targets, latents, work,
-                        factor=ae.factor)
+                        factor=ae.factor, styles=style_vectors(loaded.dit, styles))
+    n_guide = len(inputs)
     del inputs, targets, latents
     minutes = (time.perf_counter() - t0) / 60
     extra = {**cfg.extra, "guide_minutes": round(minutes, 1), "guide_iters": args.guide_iters,
-             "train_device": args.device, "train_threads": args.threads, "seed": args.seed}
+             "train_device": args.device, "train_threads": args.threads, "guide_threads": args.guide_threads,
+             "guide_targets": GUIDE_TARGETS, "guide_clips": n_guide, "seed": args.seed}
     cfg = dataclasses.replace(cfg, extra=extra)
     save_demo(args.out, cfg, loaded.dit, ae, styles)
     guide.save(args.out / "guide")

@@ -3,7 +3,9 @@
 Run by :mod:`.train_demo` after the DiT stage. The decoder learns ``(DiT latent, camera frame) ->
 style target`` where the latent is what the trained DiT actually produces when serving (the input
 latent noised at the default strength with fixed noise, one block-causal clip forward), so it is
-trained on the distribution it will decode. Loss: L1 + MSE on pixels (MSE is what PSNR measures)
+trained on the distribution it will decode. The decoder is also told the style: the DiT's projected
+style embedding averaged over its tokens (:func:`style_vectors`, what the pipeline hands it from the
+session's blended prompt state). Loss: L1 + MSE on pixels (MSE is what PSNR measures)
 plus L1 on horizontal and vertical pixel differences (edge-aware: blur and block seams cost too).
 
 A checkpoint (decoder, optimiser, scheduler, random state, iteration) is written to ``work`` every
@@ -72,6 +74,12 @@ def predict_latents(
     return out
 
 
+@torch.no_grad()
+def style_vectors(dit: CausalWanDiT, styles: torch.Tensor) -> torch.Tensor:
+    """The decoder's style input per style: the DiT's prompt states averaged over tokens -> [S, dim]."""
+    return torch.cat([dit.embed_prompt(styles[j : j + 1]).mean(1) for j in range(styles.shape[0])]).float()
+
+
 def _diff_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """L1 between the horizontal and vertical pixel differences of a and b ([B, 3, H, W])."""
     dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
@@ -81,12 +89,15 @@ def _diff_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def train_guide(
     args: GuideArgs, inputs: np.ndarray, targets: np.ndarray, latents: torch.Tensor, work: Path, factor: int = 8,
+    styles: torch.Tensor | None = None,
 ) -> GuidedDecoder:
-    """inputs [N, T, H, W, 3], targets [N, S, T, H, W, 3] (uint8), latents [N, S, T, C, h, w]."""
+    """inputs [N, T, H, W, 3], targets [N, S, T, H, W, 3] (uint8), latents [N, S, T, C, h, w]; styles
+    [S, D]: the decoder's style input per style (:func:`style_vectors`; None: no style input)."""
     torch.manual_seed(args.seed)
     n, s, t = targets.shape[:3]
     hh, ww = inputs.shape[2:4]
-    guide = GuidedDecoder(int(latents.shape[3]), factor, args.hidden)
+    style_dim = 0 if styles is None else int(styles.shape[1])
+    guide = GuidedDecoder(int(latents.shape[3]), factor, args.hidden, style_dim)
     opt = torch.optim.Adam(guide.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / args.iters)))
     gen = torch.Generator().manual_seed(args.seed + 2)
@@ -129,7 +140,7 @@ def train_guide(
                                     for c, k, y, x in zip(ci, ti, ys, xs, strict=True)]))  # [B, 3, CROP, CROP]
         target = to_tensor(np.stack([targets[c, j, k, y : y + CROP, x : x + CROP]
                                      for c, j, k, y, x in zip(ci, si, ti, ys, xs, strict=True)]))
-        out = guide(z, frame)
+        out = guide(z, frame, None if styles is None else styles[si])
         err = out - target
         loss = 0.5 * err.abs().mean() + 2.0 * (err * err).mean() + 0.5 * _diff_l1(out, target)
         opt.zero_grad(set_to_none=True)

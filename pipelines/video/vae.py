@@ -55,6 +55,10 @@ class StreamingVAE(abc.ABC):
     def decode(self, latents: torch.Tensor, states: list[Any]) -> list[torch.Tensor]:
         """latents ``[N, C, 1, h, w]`` -> per item ``[3, F_i, H, W]`` in ``[-1, 1]``."""
 
+    def set_prompt(self, state: Any, prompt_states: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        """The session's current prompt states ``[1, L, dim]`` (blended), before its blocks are decoded.
+        A decoder that depends on the style reads them; the default ignores them."""
+
     @property
     @abc.abstractmethod
     def nbytes(self) -> int:
@@ -150,6 +154,13 @@ class TinyAutoencoder(nn.Module):
         return model
 
 
+class GuideState(deque[torch.Tensor]):
+    """A guided session's decoder state: the encoded camera frames not yet decoded (a queue) and the
+    style vector (the prompt states averaged over tokens) set by :meth:`DemoVAE.set_prompt`."""
+
+    style: torch.Tensor | None = None
+
+
 class DemoVAE(StreamingVAE):
     """:class:`TinyAutoencoder` behind the streaming interface: one video frame per latent frame.
 
@@ -165,8 +176,12 @@ class DemoVAE(StreamingVAE):
         self.latent_channels = model.latent_channels
         self.spatial_factor = model.factor
 
-    def new_state(self) -> deque[torch.Tensor] | None:
-        return deque() if self.guide is not None else None
+    def new_state(self) -> GuideState | None:
+        return GuideState() if self.guide is not None else None
+
+    def set_prompt(self, state: Any, prompt_states: torch.Tensor) -> None:
+        if isinstance(state, GuideState) and self.guide is not None and self.guide.style_dim:
+            state.style = prompt_states.detach().reshape(-1, prompt_states.shape[-1]).mean(0)
 
     def frames_needed(self, state: Any) -> int:
         return 1
@@ -185,8 +200,13 @@ class DemoVAE(StreamingVAE):
         p = next(self.model.parameters())
         z = latents[:, :, 0].to(p.device, p.dtype)  # [N, C, h, w]
         if self.guide is not None:
+            style = None
+            if self.guide.style_dim:
+                if any(getattr(st, "style", None) is None for st in states):
+                    raise ValueError("this demo model's decoder needs each session's style: call set_prompt first")
+                style = torch.stack([st.style for st in states]).to(p.device, p.dtype)
             guides = torch.stack([st.popleft() for st in states])  # [N, 3, H, W]
-            x = self.guide(z, guides).clamp(-1, 1)
+            x = self.guide(z, guides, style).clamp(-1, 1)
         else:
             x = self.model.decode(z).clamp(-1, 1)  # [N, 3, H, W]
         return list(x[:, :, None].unbind(0))

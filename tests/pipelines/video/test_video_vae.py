@@ -116,3 +116,38 @@ def test_guided_decoder_fast_path_matches_the_reference() -> None:
         want = (coeff.view(2, 3, NUM_FEATURES, 32, 48) * phi[:, None]).sum(2)
         got = guide(z, frame)
     assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+
+
+def test_style_conditioned_guide_reads_the_sessions_blended_prompt(tmp_path: Path) -> None:
+    """A guide with ``style_dim`` is modulated (FiLM) by the session's prompt states averaged over
+    tokens, which the pipeline hands to the VAE before decoding; without them it refuses clearly."""
+    from streamserve.pipelines.video.guided import GuidedDecoder
+    from streamserve.pipelines.video.vae import DemoVAE, TinyAutoencoder
+
+    torch.manual_seed(0)
+    guide = GuidedDecoder(8, 8, 16, style_dim=12)
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    vae = DemoVAE(TinyAutoencoder(8, 8, 16), guide)
+    frame = torch.rand(3, 1, 32, 32) * 2 - 1
+    state = vae.new_state()
+    z = vae.encode([frame], [state])
+    with pytest.raises(ValueError, match="needs each session's style"):
+        vae.decode(z, [state])
+    assert len(state) == 1  # the refused decode left the queue as it was
+    a, b = torch.randn(1, 4, 12), torch.randn(1, 4, 12)
+    vae.set_prompt(state, a)
+    got = vae.decode(z, [state])[0][:, 0]
+    with torch.no_grad():
+        want = guide(z[:, :, 0], frame[:, 0][None], a.mean(1))[0].clamp(-1, 1)
+        other = guide(z[:, :, 0], frame[:, 0][None], b.mean(1))[0].clamp(-1, 1)
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(want, other, atol=1e-3)
+    with pytest.raises(ValueError, match=r"needs a style \[B, 12\]"):
+        guide(z[:, :, 0], frame[:, 0][None])
+    guide.save(tmp_path / "guide")
+    loaded = GuidedDecoder.load(tmp_path / "guide")
+    assert loaded.style_dim == 12
+    with torch.no_grad():
+        x, f = z[:, :, 0], frame[:, 0][None]
+        assert torch.allclose(loaded(x, f, a.mean(1)), guide(x, f, a.mean(1)))
