@@ -70,6 +70,11 @@ class Pipeline(abc.ABC):
         (the smallest resolution and the multiple a lower tier may use). Empty: no such knobs."""
         return {}
 
+    def check_params(self, params: Any) -> None:  # noqa: B027 - optional hook, accepts by default
+        """Raise ValueError naming the field if this pipeline cannot run `params` as requested. The SLO
+        gate calls it before it maps params to a lower tier (whose resolution may differ), so a request
+        is judged as the user sent it, whatever tier the load puts it on."""
+
     def open_pieces(self, session_id: str, params: Any) -> list[tuple[str, Callable[[], None]]]:
         """Opening a session as named pieces the scheduler runs between other sessions' steps (each
         short; same names = same cost class). Default: one piece, `open_session`."""

@@ -84,8 +84,12 @@ class SloGate:
             await asyncio.wrap_future(self.ensure_profile(name))
         except Exception as exc:  # admission then starts from a default guess and learns online
             log.warning("profiling pipeline %s failed: %s", name, exc)
-        spec = await asyncio.wrap_future(self.engine.call(
-            lambda: build_spec(self.engine.pipeline(name), name, session.params, qos, session.config)))
+        def checked_spec() -> SessionSpec:  # engine thread; the request as sent, before any tier
+            pipe = self.engine.pipeline(name)
+            pipe.check_params(session.params)
+            return build_spec(pipe, name, session.params, qos, session.config)
+
+        spec = await asyncio.wrap_future(self.engine.call(checked_spec))
         decision = self.admission.check(session.id, spec)
         if not decision.admitted:
             self.metrics.admission_refusals.labels(name, decision.limit).inc()
@@ -164,6 +168,7 @@ class SloGate:
             if old is None or session.id not in self.admission:
                 pipe.update_params(session.id, params)
                 return None
+            pipe.check_params(params)  # as requested: a lower tier may render another size
             spec = build_spec(pipe, name, params, qos, session.config)
             current = self.admission.tier(session.id)
             if spec == old:

@@ -185,6 +185,9 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
 
         return [("prompt", encode), ("state", allocate)]
 
+    def check_params(self, params: Any) -> None:
+        self._check(params)
+
     def open_session(self, session_id: str, params: Any) -> None:
         if session_id in self._sessions:
             raise ValueError(f"session {session_id!r} is already open")

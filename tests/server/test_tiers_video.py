@@ -11,6 +11,7 @@ import pytest
 from streamserve.core import MediaKind, VideoFrame
 from streamserve.core.clock import SYSTEM_CLOCK
 from streamserve.core.config import ServerConfig, SessionConfig
+from streamserve.core.errors import InvalidParams
 from streamserve.manager import SessionManager
 
 
@@ -56,6 +57,11 @@ async def test_resolution_tier_changes_the_rendered_size() -> None:
             await asyncio.sleep(0.05)
         assert (out.width, out.height) == (128, 128)
         assert s.stats()["slo"]["level"] == 0 and "load fell" in s.stats()["slo"]["reason"]
+        # A size the model cannot render is refused as sent, even when the load would put the change
+        # on a lower-resolution tier whose size it can render (500x512 at 10 fps fits no CPU here).
+        with pytest.raises(InvalidParams, match="width 500: this model renders sizes that are multiples of 16"):
+            await s.update({"width": 500, "height": 512, "fps": 10})
+        assert (s.params.width, s.params.height) == (128, 128)
         text = manager.metrics.render().decode()
         assert 'streamserve_tier_changes_total{direction="down",pipeline="video"} 1.0' in text
         assert 'streamserve_tier_changes_total{direction="up",pipeline="video"} 1.0' in text
