@@ -50,10 +50,10 @@ FRAME = 320  # 20 ms
 # mode -> (think, session params)
 MODES: dict[str, tuple[bool, dict[str, Any]]] = {
     "duplex": (True, {}),
-    "duplex-192": (True, {"confident_silence_ms": 192}),
+    "duplex-early": (True, {"confident_silence_ms": 96}),
     "duplex-nopartials": (True, {"partial_every_ms": 0}),
-    "cascade": (False, {"confident_silence_ms": 192}),
-    "cascade-early": (False, {}),
+    "cascade": (False, {}),
+    "cascade-early": (False, {"confident_silence_ms": 96}),
 }
 
 
@@ -449,9 +449,9 @@ def main() -> None:
                     help="the server's scheduler (default slo, the server's own default; with --video its "
                          "voice lane is the point)")
     ap.add_argument("--modes", nargs="+", default=["duplex", "cascade"], choices=list(MODES),
-                    help="duplex: think while listening, early release when Smart Turn is sure (P >= 0.95 after "
-                         "96 ms of silence); duplex-192: the same without the early tier (every semantic end "
-                         "after 192 ms); cascade: Pipecat's default turn taking (Smart Turn P >= 0.5 after "
+                    help="duplex: think while listening, the server's defaults (every semantic end after "
+                         "192 ms); duplex-early: with the early tier (Smart Turn P >= 0.95 ends the turn after "
+                         "96 ms of silence); cascade: Pipecat's default turn taking (Smart Turn P >= 0.5 after "
                          "192 ms ~ VADParams.stop_secs 0.2), then ASR -> LLM -> TTS; cascade-early: the cascade "
                          "with the duplex agent's early tier")
     ap.add_argument("--mid-pause-ms", type=float, default=0.0,

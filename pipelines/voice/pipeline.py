@@ -39,9 +39,9 @@ class VoiceParams:
     max_reply_tokens: int = 48
     end_silence_ms: float = 640.0  # silence that ends a turn without a semantic verdict
     semantic_silence_ms: float = 192.0  # silence that ends a turn Smart Turn calls complete
-    # ... that Smart Turn is sure of (P >= confident_threshold): the duplex agent's early release.
-    # Set it to semantic_silence_ms to turn the early tier off (the benchmark's cascade does).
-    confident_silence_ms: float = 96.0
+    # ... that Smart Turn is sure of (P >= confident_threshold): an early release of the speculative
+    # reply, off by default (= semantic_silence_ms): it measured slower on this CPU (docs/voice.md).
+    confident_silence_ms: float = 192.0
     confident_threshold: float = 0.95
     semantic_turn: bool = True
     backchannel_ms: float = 400.0  # shorter user speech during agent speech does not interrupt it

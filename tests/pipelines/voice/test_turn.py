@@ -160,10 +160,10 @@ def test_confident_tier_config_is_checked() -> None:
 def test_session_params_carry_the_confident_tier() -> None:
     from streamserve.pipelines.voice.pipeline import VoiceParams
 
-    turn = VoiceParams().agent_config().turn
+    off = VoiceParams().agent_config().turn  # the default: no early tier
+    assert (off.confident_silence_s, off.confident_threshold, off.semantic_silence_s) == (0.192, 0.95, 0.192)
+    turn = VoiceParams(confident_silence_ms=96.0).agent_config().turn  # the benchmark's duplex-early
     assert (turn.confident_silence_s, turn.confident_threshold, turn.semantic_silence_s) == (0.096, 0.95, 0.192)
-    off = VoiceParams(confident_silence_ms=192.0).agent_config().turn  # the benchmark's cascade
-    assert off.confident_silence_s == off.semantic_silence_s
     assert VoiceParams(semantic_silence_ms=64.0).agent_config().turn.confident_silence_s == 0.064
     with pytest.raises(ValueError, match="confident_threshold"):
         VoiceParams(confident_threshold=0.3)
