@@ -73,6 +73,8 @@ class VoiceAgent:
         self._turn_end_t = 0.0
         self._turn_reason = ""
         self._first_frame_sent = False
+        self._resuming = False  # a held reply goes on: the silence before it is the hold's, not a gap
+        self._gaps: list[int] = []  # silences inside the reply being released (its audio was late), ms
         self._agent_partial = ""
         self._error_reported = False
         self.history: list[Message] = []
@@ -330,6 +332,7 @@ class VoiceAgent:
         self.reply.started_t = self.t_in
         self.reply.clock = lambda: self.t_in
         self._first_frame_sent = False
+        self._gaps = []
         self._agent_partial = ""
         self._error_reported = False
         self._emit("thinking", text=text, stage="speculative" if speculative else "reply")
@@ -392,6 +395,9 @@ class VoiceAgent:
             if frame is None:
                 break
             if self.t_out < self.t_in:
+                if self._first_frame_sent and not self._resuming:  # inside a reply: its audio came late
+                    self._gaps.append(round((self.t_in - self.t_out) * 1000))
+                self._resuming = False
                 self.t_out = self.t_in  # the agent was silent: its next word starts now
             if not self._first_frame_sent:
                 self._first_frame_sent = True
@@ -414,7 +420,10 @@ class VoiceAgent:
             self.t_out += frame_s
         if reply.done and self._first_frame_sent:
             text = " ".join(reply.spoken_text)
-            self._emit("transcript", role="agent", final=True, text=text)
+            self._emit("transcript", role="agent", final=True, text=text, gaps_ms=self._gaps,
+                       late_chunks=self.stats["late_chunks"])
+            self.stats["reply_gaps"] += len(self._gaps)
+            self._gaps = []
             self.history.append({"role": "assistant", "content": text})
             self.reply = None
             self._recent.clear()
@@ -430,6 +439,7 @@ class VoiceAgent:
         unplayed = [f for t, f in self._recent if t + self.cfg.frame_s > self.t_in]
         self.reply.rewind(unplayed)
         self.t_out = min(self.t_out, self.t_in)
+        self._resuming = True
         self._recent.clear()
         self._emit("agent_hold")
 

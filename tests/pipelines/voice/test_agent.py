@@ -198,3 +198,30 @@ def test_partials_never_queue_behind_another_sessions_partial(parts: VoiceModels
         gate.set()
         agent.close()
         background.stop()
+
+
+def test_a_clause_synthesized_late_is_reported_as_a_gap(parts: VoiceModels, worker: VoiceWorker, say: Any,
+                                                        fake_llm: FakeLLM) -> None:
+    """When a clause's audio is not ready by the time the one before it has played, the agent leaves
+    a silence and says so in its final transcript event (`gaps_ms`); a reply that kept up has none."""
+    import time
+
+    class SlowSecondClause:
+        def __init__(self, tts: Any) -> None:
+            self._tts, self.sample_rate = tts, tts.sample_rate
+
+        def __call__(self, text: str) -> np.ndarray:
+            if not text.startswith("The capital"):
+                time.sleep(3.0)  # longer than the first clause's ≈ 1.8 s of speech
+            return self._tts(text)
+
+    models = dataclasses.replace(parts, brain=EndpointBrain(fake_llm.url), tts=SlowSecondClause(parts.tts))
+    agent = VoiceAgent("s1", AgentConfig(), models, worker)
+    try:
+        run = drive(agent, np.concatenate([silence(0.3), say("What is the capital of France?")]))
+        run = drive(agent, silence(8.0), run, until=lambda r: bool(r.of("transcript", role="agent", final=True)))
+        final = run.of("transcript", role="agent", final=True)[0]
+        assert "Seine" in final["text"] and len(final["gaps_ms"]) == 1 and final["gaps_ms"][0] >= 500, final
+        assert agent.stats["reply_gaps"] == 1
+    finally:
+        agent.close()

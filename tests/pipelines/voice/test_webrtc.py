@@ -112,6 +112,12 @@ async def test_spoken_question_over_webrtc(server: LiveServer, say: Any, parts: 
     assert len(loud) >= 40  # at least 0.8 s of speech came back
     reply_frames = received[loud[0]:loud[-1] + 1]
     steps = np.diff([f.pts for _, f in reply_frames])
-    assert np.mean(steps == 960) >= 0.99  # consecutive 20 ms frames: no gaps inside the reply
+    # Consecutive 20 ms frames: no gaps inside the reply. The agent reports each silence it had to
+    # leave (its audio came late), which only an overloaded server may do (it then misses input
+    # deadlines too); the transport adds none and never sends a frame twice.
+    final = next(e for e in voice_events if e["event"] == "transcript" and e["role"] == "agent" and e["final"])
+    irregular = [(i, int(step)) for i, step in enumerate(steps) if step != 960]
+    assert final["gaps_ms"] == [] or final["late_chunks"] > 0, final
+    assert len(irregular) <= len(final["gaps_ms"]) and all(step > 960 for _, step in irregular), (irregular, final)
     audio = np.concatenate(pcm[loud[0]:loud[-1] + 1])
     assert "paris" in normalize(parts.asr(resample(audio, RATE, MODEL_RATE)))
