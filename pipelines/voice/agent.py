@@ -56,6 +56,10 @@ class VoiceAgent:
         self.turn = TurnDetector(config.turn)
         self.t_in = 0.0  # input consumed, stream seconds
         self.t_out = 0.0  # end of the last released output frame, same clock
+        # The next output frame's pts in samples at out_rate, counted in whole frames: t_in moves in
+        # the input resampler's uneven steps (an odd count of 16 kHz samples is half a 24 kHz one), so
+        # pts derived from the float clock would wobble by a sample (RTP timestamps 958/962 apart).
+        self._pts = 0
         self._preroll: collections.deque[np.ndarray] = collections.deque()
         self._preroll_n = 0
         self.utt: Utterance | None = None
@@ -399,6 +403,7 @@ class VoiceAgent:
                     self._gaps.append(round((self.t_in - self.t_out) * 1000))
                 self._resuming = False
                 self.t_out = self.t_in  # the agent was silent: its next word starts now
+                self._pts = max(self._pts, int(round(self.t_in * self.cfg.out_rate)))
             if not self._first_frame_sent:
                 self._first_frame_sent = True
                 latency = self.t_out - self._turn_end_t
@@ -412,8 +417,8 @@ class VoiceAgent:
                            speculative_hit=self._speculative_hit, user=reply.user_text, pauses=self._pauses,
                            partials=self.stats["partials"], partials_skipped=self.stats["partials_skipped"],
                            chunks=self.stats["chunks"], late_chunks=self.stats["late_chunks"], trace_ms=trace)
-            pts = int(round(self.t_out * self.cfg.out_rate))
-            self._out.frames.append((frame, pts))
+            self._out.frames.append((frame, self._pts))
+            self._pts += len(frame)
             self._recent.append((self.t_out, frame))
             while self._recent and self._recent[0][0] < self.t_in - self.cfg.lead_s:
                 self._recent.popleft()
@@ -439,6 +444,7 @@ class VoiceAgent:
         unplayed = [f for t, f in self._recent if t + self.cfg.frame_s > self.t_in]
         self.reply.rewind(unplayed)
         self.t_out = min(self.t_out, self.t_in)
+        self._pts = int(round(self.t_out * self.cfg.out_rate))  # the flushed frames go out again from here
         self._resuming = True
         self._recent.clear()
         self._emit("agent_hold")

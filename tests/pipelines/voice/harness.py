@@ -18,6 +18,7 @@ CHUNK = 320  # 20 ms at 16 kHz
 @dataclasses.dataclass
 class Run:
     frames: list[tuple[float, np.ndarray]] = dataclasses.field(default_factory=list)  # (t_in when out, frame)
+    pts: list[int] = dataclasses.field(default_factory=list)  # each frame's pts (samples at the output rate)
     events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     flushes: list[float] = dataclasses.field(default_factory=list)  # t_in of each flush
 
@@ -38,6 +39,7 @@ def drive(agent: VoiceAgent, audio: np.ndarray, run: Run | None = None, *, realt
         if out.flush:
             run.flushes.append(agent.t_in)
         run.frames += [(agent.t_in, f) for f, _ in out.frames]
+        run.pts += [pts for _, pts in out.frames]
         run.events += out.events
         if until is not None and until(run):
             break

@@ -53,6 +53,10 @@ def test_a_spoken_question_gets_a_spoken_related_answer(parts: VoiceModels, work
         assert {"pause", "pause_text", "turn_end", "reply_started", "audio_ready"} <= set(trace)
         assert 0 < trace["pause"] <= trace["pause_text"] and trace["reply_started"] <= trace["audio_ready"]
         assert trace["pause"] <= trace["turn_end"] <= turns[0]["latency_ms"] + 1
+        # pts count whole frames: contiguous inside the reply but where the agent reports a gap.
+        final = run.of("transcript", role="agent", final=True)[0]
+        steps = np.diff(run.pts)
+        assert (steps >= 480).all() and np.sum(steps != 480) <= len(final["gaps_ms"]), (steps, final)
         answer = heard(parts, run)
         assert "paris" in answer  # the agent's audio, transcribed, answers the question
         assert fake_llm.requests[-1]["messages"][-1]["content"] == user[0]["text"]
@@ -222,6 +226,9 @@ def test_a_clause_synthesized_late_is_reported_as_a_gap(parts: VoiceModels, work
         run = drive(agent, silence(8.0), run, until=lambda r: bool(r.of("transcript", role="agent", final=True)))
         final = run.of("transcript", role="agent", final=True)[0]
         assert "Seine" in final["text"] and len(final["gaps_ms"]) == 1 and final["gaps_ms"][0] >= 500, final
+        steps = np.diff(run.pts)  # one jump in pts, the length of the gap; whole frames elsewhere
+        jumps = steps[steps != 480]
+        assert len(jumps) == 1 and abs(jumps[0] - 480 - final["gaps_ms"][0] * 24) <= 24, (jumps, final)
         assert agent.stats["reply_gaps"] == 1
     finally:
         agent.close()
