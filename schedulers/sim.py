@@ -229,7 +229,9 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
             for item in items:
                 if item.media.arrival >= warmup:
                     res = results[int(item.session_id[1:])]
-                    setattr(res, field, getattr(res, field) + 1)
+                    # superseded: dropped for overload (counted as expired), not a tier's decimation
+                    name = "expired" if item.media.meta.get("dropped") == "superseded" else field
+                    setattr(res, name, getattr(res, name) + 1)
         busy += t - now
         if plan.batches or plan.chores:
             scheduler.update(plan, outputs, elapsed)

@@ -5,7 +5,10 @@
 1. **Tiers** the policy or admission moved since the last plan are applied: a tier that changes the
    work shape queues a re-tier chore (the pipeline's params change between batches).
 2. Each session offers its oldest unit. Video units that cannot finish by their deadline any more
-   are expired (dropped, counted); voice units only once their deadline has passed. If that
+   are expired (dropped, counted); voice units only once their deadline has passed. A video unit
+   with a newer one queued behind it gives way to it (`superseded`) when running it first would
+   make the newer one miss its deadline: under overload the freshest frame runs, so latency stays
+   one round instead of growing by a frame period. If that
    prediction has stopped every step of a pipeline for `PROBE_AFTER_S`, one unit runs anyway (a
    probe: the cost model learns only from steps, and may be stuck on a slow spell that ended). A
    session on a lower frame-rate tier skips units to its rate (`skipped`, counted as such): a
@@ -90,7 +93,8 @@ class _Live:
 class SloScheduler:
     def __init__(self, cost: CostModel | None = None, admission: Admission | None = None, *,
                  max_batch: int = 8, policy: DegradePolicy | None = None, hold: bool = True,
-                 stall_free: bool = True, join_timeout_s: float = 2.0, inbox_size: int = 2) -> None:
+                 stall_free: bool = True, join_timeout_s: float = 2.0, inbox_size: int = 2,
+                 supersede: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if join_timeout_s <= 0:
@@ -101,6 +105,7 @@ class SloScheduler:
         self.policy = policy or DegradePolicy()
         self.hold = hold
         self.stall_free = stall_free
+        self.supersede = supersede  # an overloaded video session runs its freshest unit (module doc, 2.)
         self.inbox_size = inbox_size  # the sessions' video inbox bound (chores must not overflow it)
         self.join_timeout_s = join_timeout_s
         self.stats = SloStats()
@@ -170,15 +175,6 @@ class SloScheduler:
     # --- the plan -------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
         self._apply_tiers(now)
-        expired: list[WorkItem] = []
-        skipped: list[WorkItem] = []
-        heads: list[tuple[float, int, int, _Live, Media]] = []
-        for order, live in enumerate(list(self._live.values())):
-            head = self._head(live, now, expired, skipped)
-            if head is not None:
-                heads.append((head.deadline, -live.spec.priority, order, live, head))
-        heads.sort(key=lambda h: h[:3])
-
         voice = [lv for lv in self._live.values() if lv.spec.lane == "voice"]
         video_cap = self.max_batch
         if voice:
@@ -186,6 +182,16 @@ class SloScheduler:
             slack = voice_slack([lv.spec.budget_s for lv in voice], [lv.spec.fps for lv in voice], voice_round)
             shapes = [(lv.spec.pipeline, self._shape(lv)) for lv in self._live.values() if lv.spec.lane != "voice"]
             video_cap = max(1, video_batch_cap(self.cost, shapes, slack, self.max_batch))
+
+        expired: list[WorkItem] = []
+        skipped: list[WorkItem] = []
+        heads: list[tuple[float, int, int, _Live, Media]] = []
+        rounds = self._rounds(video_cap)
+        for order, live in enumerate(list(self._live.values())):
+            head = self._head(live, now, expired, skipped, rounds.get(live.spec.pipeline, 0.0))
+            if head is not None:
+                heads.append((head.deadline, -live.spec.priority, order, live, head))
+        heads.sort(key=lambda h: h[:3])
 
         groups: dict[str, list[tuple[_Live, Media]]] = {}
         for _, _, _, live, head in heads:
@@ -249,7 +255,25 @@ class SloScheduler:
         return self.admission.tiers(live.session_id)[live.applied].fps if live.session_id in self.admission \
             else live.spec.fps
 
-    def _head(self, live: _Live, now: float, expired: list[WorkItem], skipped: list[WorkItem]) -> Media | None:
+    def _rounds(self, cap: int) -> dict[str, float]:
+        """Per video pipeline, the predicted time to run every one of its sessions once: how long a
+        session waits between its units when all of them stream."""
+        shapes: dict[str, list[WorkShape]] = collections.defaultdict(list)
+        for live in self._live.values():
+            if live.spec.lane != "voice":
+                shapes[live.spec.pipeline].append(self._shape(live))
+        return {p: math.ceil(len(s) / cap) * self.cost.batch_cost(p, s[:cap]) for p, s in shapes.items()}
+
+    def _superseded(self, live: _Live, head: Media, now: float, round_s: float) -> bool:
+        """Whether a video head should give way to the newer unit queued behind it: run first, it
+        would push that unit (due a period after it, at the earliest) past its deadline, and every
+        unit after it a period later too. Under overload the freshest frame runs; with time to spare
+        (a burst of two after network jitter) both do."""
+        return self.supersede and live.spec.lane != "voice" and len(live.inbox) > 1 and \
+            now + 2 * round_s > head.deadline + 1.0 / live.spec.fps
+
+    def _head(self, live: _Live, now: float, expired: list[WorkItem], skipped: list[WorkItem],
+              round_s: float = 0.0) -> Media | None:
         # Video that cannot finish by its deadline is dropped now; voice only once past it (as EDF
         # does): a voice pipeline aggregates chunks and may still use a late one.
         own = 0.0 if live.spec.lane == "voice" else self.cost.cost(live.spec.pipeline, self._shape(live), 1)
@@ -270,6 +294,13 @@ class SloScheduler:
                 live.inbox.pop()
                 head.meta["dropped"] = "tier"
                 skipped.append(WorkItem(live.session_id, head))
+            elif self._superseded(live, head, now, round_s):
+                live.inbox.pop()
+                head.meta["dropped"] = "superseded"
+                skipped.append(WorkItem(live.session_id, head))
+                if live.granted == head.arrival:  # its rate credit goes to the newer unit
+                    live.granted = None
+                    live.credit += 1.0
             else:
                 return head
             head = live.inbox.peek()
@@ -424,7 +455,8 @@ class SloScheduler:
         for chore in plan.chores:
             if chore.key in elapsed:
                 self.cost.observe(chore.key, [WorkShape()], elapsed[chore.key])
-        for item in plan.expired:
+        superseded = [i for i in plan.skipped if i.media.meta.get("dropped") == "superseded"]
+        for item in (*plan.expired, *superseded):  # a superseded unit is a miss too: the policy sees overload
             self._outcomes.append((plan.now, True))
             self.stats.unit_expired(self._pipeline_of(item))
         t += sum(v for k, v in elapsed.items() if "#" in k)

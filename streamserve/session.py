@@ -398,7 +398,7 @@ class Session:
             "frames_out": c["video_out"],
             "audio_in": c["audio_in"],
             "audio_out": c["audio_out"],
-            "frames_dropped": c["dropped_inbox"] + c["dropped_expired"],
+            "frames_dropped": c["dropped_inbox"] + c["dropped_expired"] + c["dropped_superseded"],
             "dropped_inbox": c["dropped_inbox"],
             "dropped_expired": c["dropped_expired"],
             "dropped_overload": c["dropped_overload"],
@@ -410,6 +410,7 @@ class Session:
                            "p99": ms(self.latency.percentile(99))},
             "params": self.params_dict(),
             "dropped_tier": c["dropped_tier"],
+            "dropped_superseded": c["dropped_superseded"],  # overload: a newer frame ran instead
             "slo": self.slo_info() if self.slo_info is not None else None,
         }
 
