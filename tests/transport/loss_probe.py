@@ -6,7 +6,9 @@ broken reference reads wrong and fails the stamp's check; a frozen picture repea
 counted). `readable` = distinct indices read back / frames sent, over the lossy window.
 `recovery_s` = media time from the end of an outage to the first readable frame sent after it,
 from the frames' own indices (index / fps), so it does not depend on how busy the machine is (None:
-nothing readable within 5 s); `after_outage` = readable fraction of the 2 s of frames sent after it.
+nothing readable within 5 s); `after_outage` = readable fraction of the 2 s of frames sent after it;
+`settled` = the same over its second half (1-2 s after the outage), where only a stream that stays
+degraded for good, not a slow recovery on a busy machine, can score low.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class LossResult:
     readable: float  # fraction of the frames sent in the lossy window that came back readable
     recovery_s: float | None  # media time after the outage until the first readable frame
     after_outage: float  # readable fraction of the frames sent in the 2 s after the outage
+    settled: float  # readable fraction of the frames sent 1-2 s after the outage
     dropped_up: int
     dropped_down: int
 
@@ -67,6 +70,7 @@ async def measure(url: str, loss: float, *, seconds: float = 6.0, outage_s: floa
         return LossResult(loss=loss, sent=last - first, readable=readable / max(1, last - first),
                           recovery_s=(min(after) - resumed) / FPS if after else None,
                           after_outage=_readable(client, resumed, resumed + window) / window,
+                          settled=_readable(client, resumed + window // 2, resumed + window) / (window - window // 2),
                           dropped_up=relay.up.dropped, dropped_down=relay.down.dropped)
     finally:
         await client.close()

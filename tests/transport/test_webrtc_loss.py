@@ -28,6 +28,7 @@ async def test_five_percent_loss_each_way_stays_readable_and_recovers_from_a_bur
     assert result.dropped_up > 5 and result.dropped_down > 5  # the path really was lossy
     assert result.readable >= 0.90, result
     assert result.recovery_s is not None and result.recovery_s <= 1.0, result
-    # ... and it stays recovered: before the fix the pacer stuck at 2-3 fps for good (4-54% here); the
-    # share is lower than `readable` only by CPU starvation of this one process (0.77 seen in a CI run)
-    assert result.after_outage >= 0.6, result
+    # ... and it stays recovered: before the fix the pacer stuck at 2-3 fps for good (4-54% of the 2 s
+    # after the outage; <= 10% of its second half). The whole 2 s also hold the recovery itself, which
+    # CPU starvation of this one process stretches (0.57-0.77 seen in CI runs); the second half does not.
+    assert result.settled >= 0.7, result
