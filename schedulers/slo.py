@@ -186,9 +186,10 @@ class SloScheduler:
         expired: list[WorkItem] = []
         skipped: list[WorkItem] = []
         heads: list[tuple[float, int, int, _Live, Media]] = []
-        rounds = self._rounds(video_cap)
+        # computed once, and only if some video head has a newer unit behind it (rare below overload)
+        rounds = functools.cache(lambda: self._rounds(video_cap))
         for order, live in enumerate(list(self._live.values())):
-            head = self._head(live, now, expired, skipped, rounds.get(live.spec.pipeline, 0.0))
+            head = self._head(live, now, expired, skipped, rounds)
             if head is not None:
                 heads.append((head.deadline, -live.spec.priority, order, live, head))
         heads.sort(key=lambda h: h[:3])
@@ -264,16 +265,16 @@ class SloScheduler:
                 shapes[live.spec.pipeline].append(self._shape(live))
         return {p: math.ceil(len(s) / cap) * self.cost.batch_cost(p, s[:cap]) for p, s in shapes.items()}
 
-    def _superseded(self, live: _Live, head: Media, now: float, round_s: float) -> bool:
+    def _superseded(self, live: _Live, head: Media, now: float, rounds: Callable[[], dict[str, float]]) -> bool:
         """Whether a video head should give way to the newer unit queued behind it: run first, it
         would push that unit (due a period after it, at the earliest) past its deadline, and every
         unit after it a period later too. Under overload the freshest frame runs; with time to spare
         (a burst of two after network jitter) both do."""
         return self.supersede and live.spec.lane != "voice" and len(live.inbox) > 1 and \
-            now + 2 * round_s > head.deadline + 1.0 / live.spec.fps
+            now + 2 * rounds()[live.spec.pipeline] > head.deadline + 1.0 / live.spec.fps
 
     def _head(self, live: _Live, now: float, expired: list[WorkItem], skipped: list[WorkItem],
-              round_s: float = 0.0) -> Media | None:
+              rounds: Callable[[], dict[str, float]]) -> Media | None:
         # Video that cannot finish by its deadline is dropped now; voice only once past it (as EDF
         # does): a voice pipeline aggregates chunks and may still use a late one.
         own = 0.0 if live.spec.lane == "voice" else self.cost.cost(live.spec.pipeline, self._shape(live), 1)
@@ -294,7 +295,7 @@ class SloScheduler:
                 live.inbox.pop()
                 head.meta["dropped"] = "tier"
                 skipped.append(WorkItem(live.session_id, head))
-            elif self._superseded(live, head, now, round_s):
+            elif self._superseded(live, head, now, rounds):
                 live.inbox.pop()
                 head.meta["dropped"] = "superseded"
                 skipped.append(WorkItem(live.session_id, head))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import cast
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ class TurnDetector:
         p = self.semantic_p
         if p is not None and p >= c.semantic_threshold and self._run >= c.semantic_silence_s - 1e-9:
             return "semantic"
-        confident = c.confident_silence_s if c.confident_silence_s is not None else c.semantic_silence_s
+        confident = cast(float, c.confident_silence_s)  # __post_init__ fills None in
         if p is not None and p >= c.confident_threshold and self._run >= confident - 1e-9:
             return "confident"
         return ""
