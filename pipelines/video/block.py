@@ -50,15 +50,17 @@ def block_forward(block: Any, hidden: torch.Tensor, context: torch.Tensor, proj:
     shift, scale, gate, c_shift, c_scale, c_gate = mod.chunk(6, dim=1)  # each [B, 1, dim]
     dtype = hidden.dtype
 
-    normed = torch.addcmul(shift, block.norm1(hidden.float()), 1 + scale).to(dtype)
+    wide = hidden.float()  # one cast per residual (a no-op view in fp32)
+    normed = torch.addcmul(shift, block.norm1(wide), 1 + scale).to(dtype)
     attn = block.attn1(normed, None, None, None)
-    hidden = torch.addcmul(hidden.float(), attn.float(), gate).to(dtype)
+    hidden = torch.addcmul(wide, attn.float(), gate).to(dtype)
 
     normed = block.norm2(hidden.float()).to(dtype)
     hidden = hidden + block.attn2(normed, context, None, None)
 
-    normed = torch.addcmul(c_shift, block.norm3(hidden.float()), 1 + c_scale).to(dtype)
+    wide = hidden.float()
+    normed = torch.addcmul(c_shift, block.norm3(wide), 1 + c_scale).to(dtype)
     net = block.ffn.net
     ff = net[2](gelu_tanh(net[0].proj(normed)))
-    return torch.addcmul(hidden.float(), ff.float(), c_gate).to(dtype)
+    return torch.addcmul(wide, ff.float(), c_gate).to(dtype)
 
