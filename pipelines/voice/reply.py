@@ -21,7 +21,10 @@ import numpy as np
 from streamserve.pipelines.voice.audio import resample
 from streamserve.pipelines.voice.brain import Generation
 from streamserve.pipelines.voice.tts import ClauseSplitter, Synthesizer
-from streamserve.pipelines.voice.worker import PRIORITY_TTS, VoiceWorker
+from streamserve.pipelines.voice.worker import PRIORITY_TTS, PRIORITY_TURN, VoiceWorker
+
+SPEECH_S_PER_CHAR = 0.05  # the least audio a character of text becomes (Hibari ~0.06-0.07, espeak-ng ~0.05)
+URGENT_AHEAD_S = 0.3  # a clause with less audio than this queued before it is synthesized first
 
 
 class Mailbox:
@@ -108,7 +111,19 @@ class Reply:
         def done(audio: Any, error: BaseException | None) -> None:
             self._mailbox.post(self._on_audio, index, audio if error is None else np.zeros(0, np.float32))
 
-        self._worker.submit(PRIORITY_TTS, run, done, stale=lambda: self.cancelled)
+        # The first clause is what the user waits for; a later one is needed only once the audio
+        # before it has played, so it waits behind other sessions' end-of-turn transcripts that are
+        # due sooner (half the estimated audio ahead of it is its slack: a margin for the guess).
+        ahead = self.queued_s() + SPEECH_S_PER_CHAR * sum(len(c) for i, c in enumerate(self._clauses[:index])
+                                                          if i >= self._next_clause)
+        if ahead < URGENT_AHEAD_S:
+            self._worker.submit(PRIORITY_TTS, run, done, stale=lambda: self.cancelled)
+        else:
+            self._worker.submit(PRIORITY_TURN, run, done, stale=lambda: self.cancelled, slack_s=min(ahead / 2, 60.0))
+
+    def queued_s(self) -> float:
+        """Seconds of synthesized audio not yet released."""
+        return (len(self.frames) * self._frame + self._pending.size) / self._cfg.out_rate
 
     # --- engine thread ------------------------------------------------------------------------
     def _on_audio(self, index: int, audio: np.ndarray) -> None:

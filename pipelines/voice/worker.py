@@ -2,9 +2,12 @@
 
 The engine thread only does per-chunk work (resampling, VAD, the turn machine, releasing output);
 anything that takes tens of milliseconds or more is a `Job` here, so audio input keeps flowing in
-order while a transcript is decoded. Jobs run by priority (TTS of a reply first, then end-of-turn
-work, then partial transcripts), FIFO within a priority; a job whose `stale()` says its result is no
-longer wanted (barge-in, a newer partial, a closed session) is skipped unrun. Results come back
+order while a transcript is decoded. Jobs run by priority (the first clause of a reply first, then
+end-of-turn work and the later clauses, then partial transcripts), earliest deadline first within a
+priority (a job's deadline is its submit time plus the slack its caller gives it, so equal slacks
+run FIFO): with many sessions, a pause transcript due before its turn can end runs before another
+session's second clause, which is needed only when the first has been spoken. A job whose `stale()`
+says its result is no longer wanted (barge-in, a newer partial, a closed session) is skipped unrun. Results come back
 through each job's `done` callback on this thread; the agent picks them up at its next step.
 """
 
@@ -16,6 +19,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +33,7 @@ PRIORITY_PARTIAL = 2
 @dataclasses.dataclass(order=True)
 class Job:
     priority: int
+    deadline: float  # time.monotonic() by which the result is wanted
     seq: int
     run: Callable[[], Any] = dataclasses.field(compare=False)
     done: Callable[[Any, BaseException | None], None] = dataclasses.field(compare=False)
@@ -48,12 +53,17 @@ class VoiceWorker:
         self._thread.start()
 
     def submit(self, priority: int, run: Callable[[], Any], done: Callable[[Any, BaseException | None], None],
-               stale: Callable[[], bool] = lambda: False) -> None:
+               stale: Callable[[], bool] = lambda: False, slack_s: float = 0.0) -> None:
+        """Queue `run`; `done(result, error)` is called on this worker's thread. `slack_s`: how long
+        after now the result is still in time (orders jobs of one priority, earliest deadline first)."""
+        if not 0.0 <= slack_s <= 3600.0:
+            raise ValueError(f"slack_s must be in [0, 3600] s, got {slack_s}")
         with self._cv:
             if self._stopping:
                 done(None, RuntimeError("the voice worker has stopped"))
                 return
-            heapq.heappush(self._heap, Job(priority, next(self._seq), run, done, stale))
+            job = Job(priority, time.monotonic() + slack_s, next(self._seq), run, done, stale)
+            heapq.heappush(self._heap, job)
             self._cv.notify()
 
     def pending(self) -> int:

@@ -1,0 +1,81 @@
+"""The voice worker's order: priority first, then the earliest deadline; a reply's later clauses wait
+behind end-of-turn work that is due sooner (what keeps four sessions' pause transcripts in time)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from streamserve.pipelines.voice.brain import Generation
+from streamserve.pipelines.voice.reply import SPEECH_S_PER_CHAR, Mailbox, Reply, ReplyConfig
+from streamserve.pipelines.voice.worker import PRIORITY_PARTIAL, PRIORITY_TTS, PRIORITY_TURN, VoiceWorker
+
+
+def _gated(worker: VoiceWorker) -> threading.Event:
+    """Occupy the worker until the returned event is set, so the jobs queued meanwhile are ordered."""
+    gate, running = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        running.set()
+        gate.wait(10)
+
+    worker.submit(PRIORITY_TTS, hold, lambda *_: None)
+    assert running.wait(10)
+    return gate
+
+
+def _drain(worker: VoiceWorker, ran: list[str], n: int) -> None:
+    deadline = time.monotonic() + 20
+    while len(ran) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_jobs_run_by_priority_then_earliest_deadline() -> None:
+    worker = VoiceWorker("test-order")
+    ran: list[str] = []
+    try:
+        gate = _gated(worker)
+        for name, priority, slack in [("partial", PRIORITY_PARTIAL, 0.0), ("turn-late", PRIORITY_TURN, 0.3),
+                                      ("turn-a", PRIORITY_TURN, 0.0), ("tts", PRIORITY_TTS, 0.0),
+                                      ("turn-b", PRIORITY_TURN, 0.0)]:
+            worker.submit(priority, lambda name=name: ran.append(name), lambda *_: None, slack_s=slack)
+        gate.set()
+        _drain(worker, ran, 5)
+        # equal slack: FIFO (turn-a before turn-b); more slack: after both, though queued first
+        assert ran == ["tts", "turn-a", "turn-b", "turn-late", "partial"]
+        with pytest.raises(ValueError, match=r"slack_s must be in \[0, 3600\] s, got -0.1"):
+            worker.submit(PRIORITY_TURN, lambda: None, lambda *_: None, slack_s=-0.1)
+    finally:
+        worker.stop()
+
+
+def test_a_later_clause_waits_behind_a_pause_transcript_the_first_does_not(parts: Any) -> None:
+    """Session A's reply has two clauses queued; session B's pause transcript arrives after them. The
+    first clause (what A's user is waiting for) runs first, then B's transcript (due before B's turn
+    can end), then A's second clause (needed only once the first has played)."""
+    ran: list[str] = []
+
+    def tts(text: str) -> Any:
+        ran.append(text)
+        return parts.tts(text)
+
+    tts.sample_rate = parts.tts.sample_rate  # type: ignore[attr-defined]
+    worker, mailbox, gen = VoiceWorker("test-clauses"), Mailbox(), Generation()
+    try:
+        gate = _gated(worker)
+        reply = Reply(0, "hi", gen, tts=tts, worker=worker, mailbox=mailbox, config=ReplyConfig(),  # type: ignore[arg-type]
+                      speculative=False)
+        gen.put("Sure thing, Paris is the capital of France.")
+        gen.finish()
+        reply.pump()
+        first = "Sure thing,"
+        assert SPEECH_S_PER_CHAR * len(first) / 2 > 0.05  # the second clause's slack, well above the test's jitter
+        worker.submit(PRIORITY_TURN, lambda: ran.append("pause transcript"), lambda *_: None)
+        gate.set()
+        _drain(worker, ran, 3)
+        assert ran == [first, "pause transcript", "Paris is the capital of France."]
+    finally:
+        worker.stop()
