@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from streamserve.schedulers import SessionSpec, WorkShape
+from streamserve.schedulers import SessionSpec, SloScheduler, WorkShape
 from streamserve.schedulers.batching import batch_latency, fitting_batch, video_batch_sizes
 from streamserve.schedulers.overhead import QUANTILES, Overhead
 from streamserve.schedulers.sim import SimSession, simulate
@@ -114,3 +114,15 @@ def test_on_a_gpu_it_keeps_batching() -> None:
     single, _ = simulate_cameras(GPU, max_batch=1)
     assert adaptive_batch > 3.9 and adaptive >= fixed
     assert adaptive == pytest.approx(119.6, abs=1.0) and single < 0.4 * adaptive
+
+
+def test_the_serve_flag_turns_it_off() -> None:
+    from streamserve.cli import build_parser, config_from_args
+    from streamserve.manager import make_scheduler
+
+    parser = build_parser()
+    on, off = (config_from_args(parser.parse_args(["serve", *flags])) for flags in ([], ["--no-adapt-batch"]))
+    assert (on.adapt_batch, off.adapt_batch) == (True, False)
+    sched_on, sched_off = make_scheduler(on), make_scheduler(off)
+    assert isinstance(sched_on, SloScheduler) and isinstance(sched_off, SloScheduler)
+    assert (sched_on.adapt_batch, sched_off.adapt_batch) == (True, False)
