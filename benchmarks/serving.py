@@ -109,6 +109,8 @@ def serve(args: argparse.Namespace) -> None:
         app.state.manager.scheduler.stall_free = False
     if args.no_supersede:  # overloaded sessions run their oldest unit (A/B of the freshest-frame rule)
         app.state.manager.scheduler.supersede = False
+    if args.no_adapt_batch:  # the largest batch the group allows (A/B of the batch size choice)
+        app.state.manager.scheduler.adapt_batch = False
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
@@ -122,12 +124,12 @@ def _admit_all(admission: Any, sid: str, spec: Any) -> Any:
 @contextlib.contextmanager
 def running_server(gpu: bool, scheduler: str = "slo", max_batch: int = 8, no_admission: bool = False,
                    inbox_size: int = 2, blocking_joins: bool = False, sleep_ms: str = "",
-                   open_ms: float = 0.0, supersede: bool = True) -> Iterator[str]:
+                   open_ms: float = 0.0, supersede: bool = True, adapt_batch: bool = True) -> Iterator[str]:
     port = free_port()
     cmd = [os.path.abspath(__file__), "--serve", "--port", str(port), "--scheduler", scheduler,
            "--max-batch", str(max_batch), "--inbox-size", str(inbox_size)]
     cmd += ["--gpu"] * gpu + ["--no-admission"] * no_admission + ["--blocking-joins"] * blocking_joins
-    cmd += ["--no-supersede"] * (not supersede)
+    cmd += ["--no-supersede"] * (not supersede) + ["--no-adapt-batch"] * (not adapt_batch)
     cmd += ["--sleep-ms", sleep_ms] if sleep_ms else []
     cmd += ["--open-ms", str(open_ms)] if open_ms else []
     with server_process(cmd, port, timeout_s=300) as url:
@@ -457,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-admission", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--blocking-joins", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-supersede", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-adapt-batch", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sleep-ms", default="", help=argparse.SUPPRESS)
     parser.add_argument("--open-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--open-ms-check", type=float, default=240.0,

@@ -13,6 +13,9 @@ the cost model, what the engine must do per second to serve them all at their ti
 - **voice slack**: video batches are cut so that a voice chunk never waits behind one longer than
   its slack (budget minus the voice work queued meanwhile, `voice_slack`); that smaller batch is
   what the utilization uses.
+- **batch size**: a video pipeline's batches are as large as the scheduler will run them: the size
+  that delivers the most frames on time (`schedulers/batching.py`, the same function the scheduler
+  calls; `adapt_batch=False`: as large as the caps allow).
 
 `check(session_id, spec)` admits a new session at the best tier for which every session still fits
 (tier 0, or a degraded tier it is told about); failing that, if the newcomer outranks live sessions,
@@ -27,6 +30,7 @@ import dataclasses
 import threading
 from collections.abc import Iterable, Mapping
 
+from streamserve.schedulers.batching import video_batch_sizes
 from streamserve.schedulers.cost import CostModel, WorkShape
 from streamserve.schedulers.spec import SessionSpec, Tier, ladder
 
@@ -37,6 +41,7 @@ class AdmissionConfig:
     restore_utilization: float = 0.7  # restore a tier only if the load stays below this (hysteresis)
     max_batch: int = 8
     retry_after_s: float = 5.0
+    adapt_batch: bool = True  # video batches of the size that fits the deadline (schedulers/batching.py)
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.max_utilization <= 1.0:
@@ -57,6 +62,7 @@ class Load:
     voice_ok: bool
     worst_latency_s: float  # the largest predicted (round + own batch) over sessions
     video_batch_cap: int  # video batch size the voice lane allows
+    video_batch: Mapping[str, int] = dataclasses.field(default_factory=dict)  # per pipeline: the size run
 
     def fits(self, max_utilization: float) -> bool:
         return self.utilization <= max_utilization + 1e-12 and self.latency_ok and self.voice_ok
@@ -110,7 +116,8 @@ class _Entry:
         return self.tiers[self.level]
 
 
-def predict_load(cost: CostModel, entries: Iterable[tuple[SessionSpec, Tier]], max_batch: int) -> Load:
+def predict_load(cost: CostModel, entries: Iterable[tuple[SessionSpec, Tier]], max_batch: int,
+                 adapt_batch: bool = True) -> Load:
     """The load of serving `entries` (spec, tier) on one engine; see the module docstring."""
     items = list(entries)
     voice = [(s, t) for s, t in items if s.lane == "voice"]
@@ -122,14 +129,15 @@ def predict_load(cost: CostModel, entries: Iterable[tuple[SessionSpec, Tier]], m
         cap = video_batch_cap(cost, [(s.pipeline, t.shape) for s, t in video], slack, max_batch)
         voice_ok = cap >= 1
         cap = max(cap, 1)
-    util = _utilization(cost, voice, max_batch) + _utilization(cost, video, cap)
-    round_s = voice_round + _round_cost(cost, video, cap)
+    sizes = video_batch_sizes(cost, [(s.pipeline, t.shape, s.budget_s) for s, t in video], cap, adapt_batch)
+    util = _utilization(cost, voice, max_batch) + _utilization(cost, video, sizes)
+    round_s = voice_round + _round_cost(cost, video, sizes)
     # Voice goes first (earlier deadlines) and waits for at most one cut video batch: `voice_ok`.
     # A video unit may wait for a round of every batch, then run in its own.
     latencies = [(round_s + cost.cost(s.pipeline, t.shape, 1), s.budget_s) for s, t in video]
     worst = max((lat for lat, _ in latencies), default=voice_round)
     latency_ok = all(lat <= budget for lat, budget in latencies)
-    return Load(util, latency_ok, voice_ok, worst, cap)
+    return Load(util, latency_ok, voice_ok, worst, cap, sizes)
 
 
 def voice_slack(budgets: list[float], rates: list[float], voice_round: float) -> float:
@@ -166,19 +174,21 @@ def _chunked(cost: CostModel, pipeline: str, shape: WorkShape, n: int, cap: int)
     return total + (cost.cost(pipeline, shape, rest) if rest else 0.0) + batches * cost.overhead.mean(pipeline, "pre")
 
 
-def _utilization(cost: CostModel, items: list[tuple[SessionSpec, Tier]], cap: int) -> float:
+def _utilization(cost: CostModel, items: list[tuple[SessionSpec, Tier]], cap: int | Mapping[str, int]) -> float:
+    """`cap`: the batch size, one for all pipelines or per pipeline."""
     total = 0.0
     for (pipeline, shape), rates in _groups(items).items():
         rates.sort(reverse=True)
+        size = cap if isinstance(cap, int) else cap[pipeline]
         for k, f in enumerate(rates, start=1):
             nxt = rates[k] if k < len(rates) else 0.0
             if f > nxt:
-                total += (f - nxt) * _chunked(cost, pipeline, shape, k, cap)
+                total += (f - nxt) * _chunked(cost, pipeline, shape, k, size)
     return total
 
 
-def _round_cost(cost: CostModel, items: list[tuple[SessionSpec, Tier]], cap: int) -> float:
-    return sum(_chunked(cost, p, s, len(r), cap) for (p, s), r in _groups(items).items())
+def _round_cost(cost: CostModel, items: list[tuple[SessionSpec, Tier]], cap: int | Mapping[str, int]) -> float:
+    return sum(_chunked(cost, p, s, len(r), cap if isinstance(cap, int) else cap[p]) for (p, s), r in _groups(items).items())
 
 
 class Admission:
@@ -198,7 +208,7 @@ class Admission:
                 raise ValueError(f"session {session_id!r} is already admitted")
             live = [(e.spec, e.tier) for e in self._entries.values()]
             for tier in tiers:
-                load = predict_load(self.cost, [*live, (spec, tier)], cfg.max_batch)
+                load = predict_load(self.cost, [*live, (spec, tier)], cfg.max_batch, cfg.adapt_batch)
                 if load.fits(cfg.max_utilization):
                     self._entries[session_id] = _Entry(spec, tiers, tier.level)
                     reason = "fits at the requested quality" if tier.level == 0 else (
@@ -210,7 +220,7 @@ class Admission:
             if lower:
                 floor = [(e.spec, e.tiers[-1] if sid in lower else e.tier) for sid, e in self._entries.items()]
                 for tier in tiers:
-                    load = predict_load(self.cost, [*floor, (spec, tier)], cfg.max_batch)
+                    load = predict_load(self.cost, [*floor, (spec, tier)], cfg.max_batch, cfg.adapt_batch)
                     if load.fits(cfg.max_utilization):
                         for sid in lower:
                             entry = self._entries[sid]
@@ -219,7 +229,7 @@ class Admission:
                         return Decision(True, tier, "preempted", f"admitted at {tier.describe()} by lowering "
                                         f"{len(lower)} lower-priority session(s) to their floor",
                                         load.utilization, lowered=tuple(lower))
-            load = predict_load(self.cost, [*live, (spec, tiers[-1])], cfg.max_batch)
+            load = predict_load(self.cost, [*live, (spec, tiers[-1])], cfg.max_batch, cfg.adapt_batch)
             limit = load.limit(cfg.max_utilization)
             return Decision(False, None, limit, self._refusal(spec, tiers[-1], load, limit, len(live)),
                             load.utilization, cfg.retry_after_s)
@@ -238,9 +248,9 @@ class Admission:
             if entry is None:
                 raise KeyError(f"session {session_id!r} is not admitted")
             others = [(e.spec, e.tier) for sid, e in self._entries.items() if sid != session_id]
-            now = predict_load(self.cost, [*others, (entry.spec, entry.tier)], cfg.max_batch)
+            now = predict_load(self.cost, [*others, (entry.spec, entry.tier)], cfg.max_batch, cfg.adapt_batch)
             for tier in tiers:
-                load = predict_load(self.cost, [*others, (spec, tier)], cfg.max_batch)
+                load = predict_load(self.cost, [*others, (spec, tier)], cfg.max_batch, cfg.adapt_batch)
                 fits = load.fits(cfg.max_utilization)
                 if fits or (load.utilization <= now.utilization + 1e-12
                             and load.worst_latency_s <= now.worst_latency_s + 1e-12 and load.voice_ok >= now.voice_ok):
@@ -252,7 +262,7 @@ class Admission:
                         reason = (f"the change runs at a lower tier ({tier.describe()}): the requested one "
                                   f"would put the device over its limit")
                     return Decision(True, tier, "none" if tier.level == 0 else "degraded", reason, load.utilization)
-            load = predict_load(self.cost, [*others, (spec, tiers[-1])], cfg.max_batch)
+            load = predict_load(self.cost, [*others, (spec, tiers[-1])], cfg.max_batch, cfg.adapt_batch)
             limit = load.limit(cfg.max_utilization)
             return Decision(False, None, limit, "change refused, the session keeps its current quality: "
                             + self._refusal(spec, tiers[-1], load, limit, len(others)), load.utilization,
@@ -324,17 +334,18 @@ class Admission:
         """The predicted load at the current tiers (`override`: session id -> level to try)."""
         with self._lock:
             items = [(e.spec, e.tiers[(override or {}).get(sid, e.level)]) for sid, e in self._entries.items()]
-        return predict_load(self.cost, items, self.config.max_batch)
+        return predict_load(self.cost, items, self.config.max_batch, self.config.adapt_batch)
 
     def headroom(self, spec: SessionSpec | None = None, limit: int = 1000) -> Headroom:
         """Utilization now, and how many more sessions like `spec` fit at tier 0."""
         with self._lock:
             live = [(e.spec, e.tier) for e in self._entries.values()]
-        util = predict_load(self.cost, live, self.config.max_batch).utilization
+        util = predict_load(self.cost, live, self.config.max_batch, self.config.adapt_batch).utilization
         more = 0
         if spec is not None:
             tier0 = ladder(spec)[0]
+            cfg = self.config
             while more < limit and predict_load(self.cost, [*live, *[(spec, tier0)] * (more + 1)],
-                                                self.config.max_batch).fits(self.config.max_utilization):
+                                                cfg.max_batch, cfg.adapt_batch).fits(cfg.max_utilization):
                 more += 1
         return Headroom(util, self.config.max_utilization - util, more)

@@ -31,6 +31,7 @@ PARTS = ("pre", "post", "jitter")
 NEUTRAL = {"pre": 0.0, "post": 0.0, "jitter": 1.0}  # what a part is before anything was measured
 QUANTILES = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0)
 MIN_SAMPLES = 20  # fewer live samples than this: a loaded profile (if any) is used instead
+REFRESH = 16  # `quantile` re-sorts a window only after this many new samples (it runs on every plan)
 
 
 class Overhead:
@@ -45,6 +46,8 @@ class Overhead:
         self._samples: dict[tuple[str, str], collections.deque[float]] = {}
         self._loaded: dict[tuple[str, str], list[float]] = {}
         self._sums: dict[tuple[str, str], float] = {}  # running sum of each window (a cheap mean)
+        self._seen: dict[tuple[str, str], int] = {}  # samples ever observed (for `quantile`'s cache)
+        self._cached: dict[tuple[str, str], tuple[int, list[float] | None]] = {}
         self._lock = threading.Lock()
 
     def observe(self, pipeline: str, part: str, value: float) -> None:
@@ -60,6 +63,7 @@ class Overhead:
             evicted = window[0] if len(window) == window.maxlen else 0.0
             window.append(value)
             self._sums[key] = self._sums.get(key, 0.0) + value - evicted
+            self._seen[key] = self._seen.get(key, 0) + 1
 
     def count(self, pipeline: str, part: str) -> int:
         with self._lock:
@@ -73,6 +77,20 @@ class Overhead:
         if len(samples) >= MIN_SAMPLES or (samples and loaded is None):
             return [_percentile(samples, q) for q in QUANTILES]
         return list(loaded) if loaded is not None else None
+
+    def quantile(self, pipeline: str, part: str, q: float) -> float:
+        """The part's value at quantile `q` (one of `QUANTILES`; neutral if unknown). For the
+        scheduler's every plan: the window is sorted again only after `REFRESH` new samples."""
+        key = (pipeline, part)
+        with self._lock:
+            seen = self._seen.get(key, 0)
+            cached = self._cached.get(key)
+        if cached is None or seen - cached[0] >= REFRESH or (seen < MIN_SAMPLES and seen != cached[0]):
+            cached = (seen, self.quantiles(pipeline, part))
+            with self._lock:
+                self._cached[key] = cached
+        qs = cached[1]
+        return NEUTRAL[part] if qs is None else qs[QUANTILES.index(q)]
 
     def sample(self, pipeline: str, part: str, rng: random.Random) -> float:
         """A draw from the part's distribution (inverse CDF between the quantiles)."""

@@ -16,7 +16,8 @@
    each unit adds ``tier fps x time since the previous unit`` (capped at `CREDIT_CAP`) and is taken
    when the credit reaches one unit (less `CREDIT_SLACK`, for arrival jitter), which spends it. A
    9/10 tier on a 30 fps camera takes 9 frames of every 10, evenly spread; 1/2 every other one.
-3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`.
+3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`;
+   video up to the largest size whose worst latency fits (`schedulers/batching.py`; off: `adapt_batch`).
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
    cost fits the voice slack (voice budget minus voice compute), so a voice chunk never waits behind
    a video batch for longer than its slack; voice batches, with earlier deadlines, go first.
@@ -48,6 +49,7 @@ from streamserve.core.frames import Media
 from streamserve.core.plan import Batch, Chore, StepOutput, StepPlan, WorkItem
 from streamserve.schedulers.admission import Admission, AdmissionConfig, video_batch_cap, voice_slack
 from streamserve.schedulers.base import InboxView
+from streamserve.schedulers.batching import round_costs, video_batch_sizes
 from streamserve.schedulers.cost import CostModel, WorkShape
 from streamserve.schedulers.policy import DegradePolicy, TierChange
 from streamserve.schedulers.spec import SessionSpec, Tier
@@ -94,7 +96,7 @@ class SloScheduler:
     def __init__(self, cost: CostModel | None = None, admission: Admission | None = None, *,
                  max_batch: int = 8, policy: DegradePolicy | None = None, hold: bool = True,
                  stall_free: bool = True, join_timeout_s: float = 2.0, inbox_size: int = 2,
-                 supersede: bool = True) -> None:
+                 supersede: bool = True, adapt_batch: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if join_timeout_s <= 0:
@@ -106,6 +108,7 @@ class SloScheduler:
         self.hold = hold
         self.stall_free = stall_free
         self.supersede = supersede  # an overloaded video session runs its freshest unit (module doc, 2.)
+        self.adapt_batch = adapt_batch  # video batches of the size that fits the deadline (module doc, 3.)
         self.inbox_size = inbox_size  # the sessions' video inbox bound (chores must not overflow it)
         self.join_timeout_s = join_timeout_s
         self.stats = SloStats()
@@ -172,22 +175,31 @@ class SloScheduler:
         return {**tier.to_dict(), "tiers": len(self.admission.tiers(session_id)), "reason": live.reason,
                 "priority": live.spec.priority, "requested_fps": live.spec.fps}
 
+    @property
+    def adapt_batch(self) -> bool:
+        return self.admission.config.adapt_batch
+
+    @adapt_batch.setter
+    def adapt_batch(self, on: bool) -> None:  # the ledger predicts the batches this scheduler runs
+        self.admission.config = dataclasses.replace(self.admission.config, adapt_batch=on)
+
     # --- the plan -------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
         self._apply_tiers(now)
         voice = [lv for lv in self._live.values() if lv.spec.lane == "voice"]
+        video = [(lv.spec.pipeline, self._shape(lv), lv.spec.budget_s) for lv in self._live.values()
+                 if lv.spec.lane != "voice"]
         video_cap = self.max_batch
         if voice:
             voice_round = sum(self.cost.cost(lv.spec.pipeline, self._shape(lv), 1) for lv in voice)
             slack = voice_slack([lv.spec.budget_s for lv in voice], [lv.spec.fps for lv in voice], voice_round)
-            shapes = [(lv.spec.pipeline, self._shape(lv)) for lv in self._live.values() if lv.spec.lane != "voice"]
-            video_cap = max(1, video_batch_cap(self.cost, shapes, slack, self.max_batch))
-
+            video_cap = max(1, video_batch_cap(self.cost, [(p, s) for p, s, _ in video], slack, self.max_batch))
+        sizes = video_batch_sizes(self.cost, video, video_cap, self.adapt_batch)
         expired: list[WorkItem] = []
         skipped: list[WorkItem] = []
         heads: list[tuple[float, int, int, _Live, Media]] = []
         # computed once, and only if some video head has a newer unit behind it (rare below overload)
-        rounds = functools.cache(lambda: self._rounds(video_cap))
+        rounds = functools.cache(lambda: round_costs(self.cost, video, sizes))
         for order, live in enumerate(list(self._live.values())):
             head = self._head(live, now, expired, skipped, rounds)
             if head is not None:
@@ -196,7 +208,7 @@ class SloScheduler:
 
         groups: dict[str, list[tuple[_Live, Media]]] = {}
         for _, _, _, live, head in heads:
-            cap = video_cap if live.spec.lane != "voice" else self.max_batch
+            cap = sizes[live.spec.pipeline] if live.spec.lane != "voice" else self.max_batch
             group = groups.setdefault(live.spec.pipeline, [])
             if len(group) < cap:
                 group.append((live, head))
@@ -213,7 +225,7 @@ class SloScheduler:
             if backlog and group[0][0].spec.lane != "voice":
                 wake_at = now if wake_at is None else min(wake_at, now)
                 continue
-            hold_until = self._hold_until(now, pipeline, group, video_cap) if hold else None
+            hold_until = self._hold_until(now, pipeline, group, sizes.get(pipeline, 0)) if hold else None
             if hold_until is not None:
                 wake_at = hold_until if wake_at is None else min(wake_at, hold_until)
                 self._held[pipeline] = hold_until
@@ -255,15 +267,6 @@ class SloScheduler:
     def _fps(self, live: _Live) -> float:
         return self.admission.tiers(live.session_id)[live.applied].fps if live.session_id in self.admission \
             else live.spec.fps
-
-    def _rounds(self, cap: int) -> dict[str, float]:
-        """Per video pipeline, the predicted time to run every one of its sessions once: how long a
-        session waits between its units when all of them stream."""
-        shapes: dict[str, list[WorkShape]] = collections.defaultdict(list)
-        for live in self._live.values():
-            if live.spec.lane != "voice":
-                shapes[live.spec.pipeline].append(self._shape(live))
-        return {p: math.ceil(len(s) / cap) * self.cost.batch_cost(p, s[:cap]) for p, s in shapes.items()}
 
     def _superseded(self, live: _Live, head: Media, now: float, rounds: Callable[[], dict[str, float]]) -> bool:
         """Whether a video head should give way to the newer unit queued behind it: run first, it

@@ -110,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         return ServerConfig(
             host=args.host, port=args.port, pipeline=args.pipeline, device=args.device,
             log_level=args.log_level, max_sessions=args.max_sessions, max_batch=args.max_batch,
+            adapt_batch=args.adapt_batch,
             tokens=_tokens(args), ice_servers=tuple(args.ice_server or ()), model=args.model,
             session=session, viewer_tokens=_viewer_tokens(args), limits=_limits(args),
             turn_username=turn_username, turn_credential=turn_credential,
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--record-max-mb", type=float, default=512.0, help="size cap of one recording (MiB)")
     serve.add_argument("--max-sessions", type=int, default=16)
     serve.add_argument("--max-batch", type=int, default=8)
+    serve.add_argument("--no-adapt-batch", dest="adapt_batch", action="store_false",
+                       help="slo: always form the largest video batch the group allows, not the largest "
+                       "whose predicted latency fits the deadline (docs/serving.md)")
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,
                        help="per-frame deadline after arrival (default 250)")
     serve.add_argument("--scheduler", default="slo", choices=["slo", "edf", "fifo"],

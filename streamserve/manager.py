@@ -58,7 +58,8 @@ def make_scheduler(config: ServerConfig) -> Scheduler:
     admission = Admission(cost, AdmissionConfig(max_utilization=config.max_utilization,
                                                 restore_utilization=0.7 * config.max_utilization / 0.9,
                                                 max_batch=config.max_batch, retry_after_s=config.retry_after_s))
-    return SloScheduler(cost, admission, max_batch=config.max_batch, inbox_size=config.session.inbox_size)
+    return SloScheduler(cost, admission, max_batch=config.max_batch, inbox_size=config.session.inbox_size,
+                        adapt_batch=config.adapt_batch)
 
 
 class SessionManager:
