@@ -44,13 +44,15 @@ __all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentBrain", "AgentConfig", "AgentOutput", 
 
 class VoiceAgent:
     def __init__(self, key: str, config: AgentConfig, models: VoiceModels, worker: VoiceWorker,
-                 background: VoiceWorker | None = None, turn_worker: VoiceWorker | None = None) -> None:
+                 background: VoiceWorker | None = None, turn_worker: VoiceWorker | None = None,
+                 tts_worker: VoiceWorker | None = None) -> None:
         self.key = key
         self.cfg = config
         self.m = models
-        self.worker = worker  # turn-critical jobs: pause transcripts, TTS
+        self.worker = worker  # turn-critical jobs: pause transcripts (and TTS without a `tts_worker`)
         self.background = background or worker  # speculative work (partials) never delays those
         self.turn_worker = turn_worker or worker  # Smart Turn, beside the pause transcript (2 cores)
+        self.tts_worker = tts_worker or worker  # a first clause never waits for a transcript to finish
         self.mailbox = Mailbox()
         self.vad = FrameVad(models.vad())
         self.turn = TurnDetector(config.turn)
@@ -331,7 +333,7 @@ class VoiceAgent:
             self._prefill.cancel()
             self._prefill = None
         gen = self.m.brain.start(self._messages(text), self.cfg.max_reply_tokens, key=self.key)
-        self.reply = Reply(self._epoch, text, gen, tts=self.m.tts, worker=self.worker, mailbox=self.mailbox,
+        self.reply = Reply(self._epoch, text, gen, tts=self.m.tts, worker=self.tts_worker, mailbox=self.mailbox,
                            config=ReplyConfig(self.cfg.frame_s, self.cfg.out_rate), speculative=speculative)
         self.reply.started_t = self.t_in
         self.reply.clock = lambda: self.t_in

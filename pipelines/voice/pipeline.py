@@ -130,6 +130,9 @@ class VoicePipeline(Pipeline):
         # Partial transcripts: on a busy CPU they yield to the pause transcript and Smart Turn.
         self.background = VoiceWorker("voice-background", nice=10)
         self.turn_worker = VoiceWorker("voice-turn")  # Smart Turn verdicts, in parallel with the pause ASR
+        # TTS on its own thread: a reply's first clause (~25 ms) does not wait for another session's
+        # pause transcript (~100-150 ms) to finish; the OS shares the cores between them instead.
+        self.tts_worker = VoiceWorker("voice-tts")
         self._agents: dict[str, VoiceAgent] = {}
         self._resamplers: dict[str, InputResampler] = {}
 
@@ -154,7 +157,7 @@ class VoicePipeline(Pipeline):
     def open_session(self, session_id: str, params: Any) -> None:
         models = self._ensure_models()
         self._agents[session_id] = VoiceAgent(session_id, params.agent_config(), models, self.worker,
-                                              self.background, self.turn_worker)
+                                              self.background, self.turn_worker, self.tts_worker)
         self._resamplers[session_id] = InputResampler()
 
     def update_params(self, session_id: str, params: Any) -> None:
@@ -196,6 +199,7 @@ class VoicePipeline(Pipeline):
         self.worker.stop()
         self.background.stop()
         self.turn_worker.stop()
+        self.tts_worker.stop()
         if self.models is not None and self._owns_models:
             close = getattr(self.models.brain, "close", None)
             if close is not None:

@@ -27,9 +27,10 @@ def worker() -> Iterator[VoiceWorker]:
     w.stop()
 
 
-def make_agent(parts: VoiceModels, worker: VoiceWorker, url: str, **cfg: Any) -> VoiceAgent:
+def make_agent(parts: VoiceModels, worker: VoiceWorker, url: str, tts_worker: VoiceWorker | None = None,
+               **cfg: Any) -> VoiceAgent:
     models = dataclasses.replace(parts, brain=EndpointBrain(url))
-    return VoiceAgent("s1", AgentConfig(**cfg), models, worker)
+    return VoiceAgent("s1", AgentConfig(**cfg), models, worker, tts_worker=tts_worker)
 
 
 def heard(parts: VoiceModels, run: Run) -> str:
@@ -38,7 +39,8 @@ def heard(parts: VoiceModels, run: Run) -> str:
 
 def test_a_spoken_question_gets_a_spoken_related_answer(parts: VoiceModels, worker: VoiceWorker, say: Any,
                                                          fake_llm: FakeLLM) -> None:
-    agent = make_agent(parts, worker, fake_llm.url)
+    tts = VoiceWorker("test-tts")  # as the pipeline runs it: TTS beside the transcripts, not behind them
+    agent = make_agent(parts, worker, fake_llm.url, tts_worker=tts)
     try:
         question = say("What is the capital of France?")
         run = drive(agent, np.concatenate([silence(0.3), question]))
@@ -65,8 +67,10 @@ def test_a_spoken_question_gets_a_spoken_related_answer(parts: VoiceModels, work
         first_t = run.frames[0][0]
         for k, (t, _) in enumerate(run.frames):
             assert (k + 1) * 0.02 <= t - first_t + 0.02 + agent.cfg.lead_s + 0.021
+        assert tts.ran >= 1  # every clause was synthesized on the TTS worker (the only one given it)
     finally:
         agent.close()
+        tts.stop()
 
 
 def test_silence_and_noise_never_trigger_a_reply(parts: VoiceModels, worker: VoiceWorker,
