@@ -112,8 +112,9 @@ class Reply:
             self._mailbox.post(self._on_audio, index, audio if error is None else np.zeros(0, np.float32))
 
         # The first clause is what the user waits for; a later one is needed only once the audio
-        # before it has played, so it waits behind other sessions' end-of-turn transcripts that are
-        # due sooner (half the estimated audio ahead of it is its slack: a margin for the guess).
+        # before it has played, so it waits behind work due sooner: other sessions' first clauses
+        # and, on a shared worker, their pause transcripts (half the estimated audio ahead of it is
+        # its slack: a margin for the guess).
         ahead = self.queued_s() + SPEECH_S_PER_CHAR * sum(len(c) for i, c in enumerate(self._clauses[:index])
                                                           if i >= self._next_clause)
         if ahead < URGENT_AHEAD_S:

@@ -5,10 +5,11 @@ anything that takes tens of milliseconds or more is a `Job` here, so audio input
 order while a transcript is decoded. Jobs run by priority (the first clause of a reply first, then
 end-of-turn work and the later clauses, then partial transcripts), earliest deadline first within a
 priority (a job's deadline is its submit time plus the slack its caller gives it, so equal slacks
-run FIFO): with many sessions, a pause transcript due before its turn can end runs before another
-session's second clause, which is needed only when the first has been spoken. A job whose `stale()`
-says its result is no longer wanted (barge-in, a newer partial, a closed session) is skipped unrun. Results come back
-through each job's `done` callback on this thread; the agent picks them up at its next step.
+run FIFO): with many sessions, one session's first clause runs before another's second clause,
+which is needed only when the first has been spoken, and so does a pause transcript where one
+worker serves both (the pipeline gives TTS a thread of its own). A job whose `stale()` says its
+result is no longer wanted (barge-in, a newer partial, a closed session) is skipped unrun. Results
+come back through each job's `done` callback on this thread; the agent picks them up at its next step.
 """
 
 from __future__ import annotations
