@@ -42,7 +42,7 @@ class BatchChoice:
 def batch_latency(cost: CostModel, pipeline: str, shapes: Sequence[WorkShape], size: int) -> float:
     """The predicted worst latency of a unit when the sessions of `shapes` run in batches of `size`
     (the most expensive shapes batched together: the bound must hold for every batch)."""
-    return _latency(cost, pipeline, sorted(shapes, key=lambda s: -s.work), size)
+    return _latency(cost, pipeline, sorted(shapes, key=lambda s: -s.work), size, _overheads(cost, pipeline))
 
 
 def fitting_batch(cost: CostModel, pipeline: str, shapes: Sequence[WorkShape], budget_s: float,
@@ -50,9 +50,10 @@ def fitting_batch(cost: CostModel, pipeline: str, shapes: Sequence[WorkShape], b
     """The batch size, 1..min(len(shapes), cap), that delivers the most units on time (module doc).
     `shapes`: one per live video session of the pipeline; `budget_s`: their tightest budget."""
     ordered = sorted(shapes, key=lambda s: -s.work)
+    over = _overheads(cost, pipeline)  # once per call, not per size: this runs on every plan
     best: BatchChoice | None = None
     for size in range(1, max(1, min(len(ordered), cap)) + 1):
-        latency = _latency(cost, pipeline, ordered, size)
+        latency = _latency(cost, pipeline, ordered, size, over)
         choice = BatchChoice(size, latency, latency <= budget_s)
         if best is None or choice.fits or (not best.fits and latency <= best.latency_s):
             best = choice
@@ -60,13 +61,21 @@ def fitting_batch(cost: CostModel, pipeline: str, shapes: Sequence[WorkShape], b
     return best
 
 
-def _latency(cost: CostModel, pipeline: str, ordered: Sequence[WorkShape], size: int) -> float:
+def _overheads(cost: CostModel, pipeline: str) -> tuple[float, float, float, float]:
+    """(jitter mean, jitter p99, pre mean, post p99): the learned latency outside the step."""
+    o = cost.overhead
+    return (o.mean(pipeline, "jitter"), o.quantile(pipeline, "jitter", 0.99), o.mean(pipeline, "pre"),
+            o.quantile(pipeline, "post", 0.99))
+
+
+def _latency(cost: CostModel, pipeline: str, ordered: Sequence[WorkShape], size: int,
+             over: tuple[float, float, float, float]) -> float:
     """The worst latency at `size` (module doc); `ordered`: the shapes, most expensive first."""
-    overhead = cost.overhead
+    jitter_mean, jitter_p99, pre, post_p99 = over
     step = cost.batch_cost(pipeline, ordered[:size]) if ordered else cost.cost(pipeline, WorkShape(), 1)
     rounds = math.ceil(max(1, len(ordered)) / size)
-    return (rounds * step * overhead.mean(pipeline, "jitter") + step * overhead.quantile(pipeline, "jitter", 0.99)
-            + (rounds + 1) * overhead.mean(pipeline, "pre") + overhead.quantile(pipeline, "post", 0.99))
+    return rounds * step * jitter_mean + step * jitter_p99 + (rounds + 1) * pre + post_p99
+
 
 def video_batch_sizes(cost: CostModel, video: Iterable[tuple[str, WorkShape, float]], cap: int,
                       adapt: bool = True) -> dict[str, int]:
