@@ -27,7 +27,7 @@ def _gated(worker: VoiceWorker) -> threading.Event:
     return gate
 
 
-def _drain(worker: VoiceWorker, ran: list[str], n: int) -> None:
+def _drain(ran: list[str], n: int) -> None:
     deadline = time.monotonic() + 20
     while len(ran) < n and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -43,7 +43,7 @@ def test_jobs_run_by_priority_then_earliest_deadline() -> None:
                                       ("turn-b", PRIORITY_TURN, 0.0)]:
             worker.submit(priority, lambda name=name: ran.append(name), lambda *_: None, slack_s=slack)
         gate.set()
-        _drain(worker, ran, 5)
+        _drain(ran, 5)
         # equal slack: FIFO (turn-a before turn-b); more slack: after both, though queued first
         assert ran == ["tts", "turn-a", "turn-b", "turn-late", "partial"]
         with pytest.raises(ValueError, match=r"slack_s must be in \[0, 3600\] s, got -0.1"):
@@ -75,7 +75,7 @@ def test_a_later_clause_waits_behind_a_pause_transcript_the_first_does_not(parts
         assert SPEECH_S_PER_CHAR * len(first) / 2 > 0.05  # the second clause's slack, well above the test's jitter
         worker.submit(PRIORITY_TURN, lambda: ran.append("pause transcript"), lambda *_: None)
         gate.set()
-        _drain(worker, ran, 3)
+        _drain(ran, 3)
         assert ran == [first, "pause transcript", "Paris is the capital of France."]
     finally:
         worker.stop()
