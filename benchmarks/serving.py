@@ -111,6 +111,8 @@ def serve(args: argparse.Namespace) -> None:
         app.state.manager.scheduler.supersede = False
     if args.no_adapt_batch:  # the largest batch the group allows (A/B of the batch size choice)
         app.state.manager.scheduler.adapt_batch = False
+    if args.no_spare_frames:  # a lowered tier runs exactly its rate (A/B of the spare frames)
+        app.state.manager.scheduler.spare = False
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
@@ -460,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocking-joins", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-supersede", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-adapt-batch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-spare-frames", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sleep-ms", default="", help=argparse.SUPPRESS)
     parser.add_argument("--open-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--open-ms-check", type=float, default=240.0,

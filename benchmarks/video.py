@@ -77,20 +77,21 @@ def bare(size: int, frames: int, style: str, steps: int, threads: int | None) ->
 
 # --- served ----------------------------------------------------------------------------------------
 
-def serve(port: int) -> None:
+def serve(port: int, spare_frames: bool) -> None:
     import uvicorn
 
     from streamserve.core.config import ServerConfig
     from streamserve.server import create_app
 
-    config = ServerConfig(pipeline="video", port=port, log_level="warning")
+    config = ServerConfig(pipeline="video", port=port, log_level="warning", spare_frames=spare_frames)
     uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_level="warning")
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[str]:
+def running_server(spare_frames: bool = True) -> Iterator[str]:
     port = free_port()
-    with server_process([os.path.abspath(__file__), "--serve", "--port", str(port)], port, timeout_s=120) as url:
+    cmd = [os.path.abspath(__file__), "--serve", "--port", str(port)] + ["--no-spare-frames"] * (not spare_frames)
+    with server_process(cmd, port, timeout_s=120) as url:
         yield url
 
 
@@ -146,7 +147,7 @@ def cpu_tables(args: argparse.Namespace) -> str:
     b = bare(args.size, args.frames, args.style, args.steps, args.threads)
     print(f"bare: {b['fps']:.1f} FPS, step p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms", file=sys.stderr)
     rows = []
-    with running_server() as url:
+    with running_server(args.spare_frames) as url:
         for fps in args.fps:
             s = asyncio.run(served(url, args.size, fps, args.style, args.steps, args.warmup, args.seconds))
             print(f"served @{fps:g}: {s}", file=sys.stderr)
@@ -336,11 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="the GPU part only, on CPU with a tiny Wan-shaped model at 64x64 (checks the script)")
     parser.add_argument("--json", help="also write the results to this file (GPU rows: after each row)")
+    parser.add_argument("--no-spare-frames", dest="spare_frames", action="store_false",
+                        help="served: a lowered tier runs exactly its rate (A/B of the spare frames, docs/serving.md)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.port)
+        serve(args.port, args.spare_frames)
         return 0
     out: dict[str, Any] = {}
 

@@ -12,10 +12,11 @@
    prediction has stopped every step of a pipeline for `PROBE_AFTER_S`, one unit runs anyway (a
    probe: the cost model learns only from steps, and may be stuck on a slow spell that ended). A
    session on a lower frame-rate tier skips units to its rate (`skipped`, counted as such): a
-   deliberate, even decimation instead of random drops. It is a rate credit, not "every k-th unit":
-   each unit adds ``tier fps x time since the previous unit`` (capped at `CREDIT_CAP`) and is taken
-   when the credit reaches one unit (less `CREDIT_SLACK`, for arrival jitter), which spends it. A
-   9/10 tier on a 30 fps camera takes 9 frames of every 10, evenly spread; 1/2 every other one.
+   deliberate, even decimation instead of random drops (`schedulers/credit.py`: a rate credit, not
+   "every k-th unit"; a 9/10 tier on a 30 fps camera takes 9 frames of every 10, evenly spread).
+   A tier's rate is a floor, not a ceiling: a unit the credit does not grant, with nothing newer
+   queued behind it, is a *spare*; it runs when the plan would otherwise leave the engine idle and
+   its cost fits every live session's slack (see 5.), so spare device time is not thrown away.
 3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`;
    video up to the largest size whose worst latency fits (`schedulers/batching.py`; off: `adapt_batch`).
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
@@ -31,7 +32,8 @@
    encoding, cache allocation, first encode) run after the batches only while their predicted cost
    fits the slack of every live session (its budget minus a round of batches, and the time until
    its inbox would overflow, which would drop a frame as surely as lateness); a join waiting
-   longer than `join_timeout_s` gets one piece regardless, so it always finishes.
+   longer than `join_timeout_s` gets one piece regardless, so it always finishes. Spare units
+   (2.) get the same test, and only when no batch and no hold was planned.
 
 `update(plan, outputs, elapsed)` feeds the measured step times to the cost model (and scores it),
 records which units finished late, and lets the degradation policy move one tier if it must.
@@ -43,7 +45,7 @@ import collections
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from streamserve.core.frames import Media
 from streamserve.core.plan import Batch, Chore, StepOutput, StepPlan, WorkItem
@@ -51,52 +53,21 @@ from streamserve.schedulers.admission import Admission, AdmissionConfig, video_b
 from streamserve.schedulers.base import InboxView
 from streamserve.schedulers.batching import round_costs, video_batch_sizes
 from streamserve.schedulers.cost import CostModel, WorkShape
+from streamserve.schedulers.live import Join, LiveSession, OnTier
 from streamserve.schedulers.policy import DegradePolicy, TierChange
-from streamserve.schedulers.spec import SessionSpec, Tier
+from streamserve.schedulers.spec import SessionSpec
 from streamserve.schedulers.stats import SloStats
 
-OnTier = Callable[[Tier], None]
 UNKNOWN_PIECE_S = 0.05  # a chore piece never measured is assumed this long (and runs alone)
 HOLD_ABOVE = 0.5  # hold batches open only above this fraction of max_utilization (unbatched load)
-CREDIT_SLACK = 0.125  # a unit is taken once the rate credit is within this of a whole unit (jitter)
-CREDIT_CAP = 2.0  # at most this much credit is saved up (a pause never buys a burst of more than 2)
 PROBE_AFTER_S = 0.5  # after this long without a step of a pipeline, units are no longer expired by prediction
-
-
-@dataclasses.dataclass
-class Join:
-    """A session being opened in pieces; `done(None)` once every piece ran, `done(exc)` on failure."""
-
-    session_id: str
-    pipeline: str
-    pieces: collections.deque[tuple[str, Callable[[], None]]]
-    done: Callable[[BaseException | None], None]
-    submitted: float = 0.0
-    failed: bool = False
-    running: int = 0  # pieces handed out and not yet done
-
-
-@dataclasses.dataclass
-class _Live:
-    session_id: str
-    spec: SessionSpec
-    inbox: InboxView
-    on_tier: OnTier | None
-    applied: int = 0  # tier level whose shape the pipeline runs now
-    last_taken: float | None = None  # arrival time of the last unit run
-    last_seen: float | None = None  # arrival time of the newest unit seen
-    credit: float = 0.0  # frame-rate decimation: units the tier rate has earned (see the module doc)
-    credit_at: float | None = None  # arrival time of the last unit the credit decided on
-    granted: float | None = None  # arrival time of a unit granted but not yet run
-    reason: str = "requested quality"
-    changed_at: float = 0.0
 
 
 class SloScheduler:
     def __init__(self, cost: CostModel | None = None, admission: Admission | None = None, *,
                  max_batch: int = 8, policy: DegradePolicy | None = None, hold: bool = True,
                  stall_free: bool = True, join_timeout_s: float = 2.0, inbox_size: int = 2,
-                 supersede: bool = True, adapt_batch: bool = True) -> None:
+                 supersede: bool = True, adapt_batch: bool = True, spare: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if join_timeout_s <= 0:
@@ -109,10 +80,11 @@ class SloScheduler:
         self.stall_free = stall_free
         self.supersede = supersede  # an overloaded video session runs its freshest unit (module doc, 2.)
         self.adapt_batch = adapt_batch  # video batches of the size that fits the deadline (module doc, 3.)
+        self.spare = spare  # an idle engine runs units a lower tier skips, when they fit (module doc, 2.)
         self.inbox_size = inbox_size  # the sessions' video inbox bound (chores must not overflow it)
         self.join_timeout_s = join_timeout_s
         self.stats = SloStats()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveSession] = {}
         self._joins: collections.deque[Join] = collections.deque()
         self._retier: collections.deque[Chore] = collections.deque()
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
@@ -129,7 +101,7 @@ class SloScheduler:
         if spec.pipeline != pipeline:
             raise ValueError(f"spec is for pipeline {spec.pipeline!r}, not {pipeline!r}")
         self.admission.ensure(session_id, spec)
-        live = _Live(session_id, spec, inbox, on_tier)
+        live = LiveSession(session_id, spec, inbox, on_tier)
         live.applied = self.admission.tier(session_id).level
         if live.applied:
             live.reason = "admitted at a lower tier: the device was busy"
@@ -197,16 +169,18 @@ class SloScheduler:
         sizes = video_batch_sizes(self.cost, video, video_cap, self.adapt_batch)
         expired: list[WorkItem] = []
         skipped: list[WorkItem] = []
-        heads: list[tuple[float, int, int, _Live, Media]] = []
+        heads: list[tuple[float, int, int, LiveSession, Media]] = []
+        spares: list[tuple[float, int, int, LiveSession, Media]] = []  # units their tier skips (module doc, 2.)
         # computed once, and only if some video head has a newer unit behind it (rare below overload)
         rounds = functools.cache(lambda: round_costs(self.cost, video, sizes))
         for order, live in enumerate(list(self._live.values())):
-            head = self._head(live, now, expired, skipped, rounds)
+            head, spare = self._head(live, now, expired, skipped, rounds)
             if head is not None:
-                heads.append((head.deadline, -live.spec.priority, order, live, head))
+                (spares if spare else heads).append((head.deadline, -live.spec.priority, order, live, head))
         heads.sort(key=lambda h: h[:3])
+        spare = [live for *_, live, _ in sorted(spares, key=lambda h: h[:3])]
 
-        groups: dict[str, list[tuple[_Live, Media]]] = {}
+        groups: dict[str, list[tuple[LiveSession, Media]]] = {}
         for _, _, _, live, head in heads:
             cap = sizes[live.spec.pipeline] if live.spec.lane != "voice" else self.max_batch
             group = groups.setdefault(live.spec.pipeline, [])
@@ -215,7 +189,6 @@ class SloScheduler:
 
         batches: list[Batch] = []
         wake_at: float | None = None
-        plan_cost = 0.0
         # Holding only pays when the device would be busy running every unit in a batch of its own.
         solo = sum(self._fps(lv) * self.cost.cost(lv.spec.pipeline, self._shape(lv), 1) for lv in self._live.values())
         hold = self.hold and solo > HOLD_ABOVE * self.admission.config.max_utilization
@@ -230,20 +203,52 @@ class SloScheduler:
                 wake_at = hold_until if wake_at is None else min(wake_at, hold_until)
                 self._held[pipeline] = hold_until
                 continue
-            items = []
-            for live, _ in group:
-                media = live.inbox.pop()
-                if media is not None:
-                    live.last_taken = media.arrival
-                    items.append(WorkItem(live.session_id, media))
-            if items:
-                self._last_step[pipeline] = now
-                self._observe_pre(now, pipeline, items)
-                batches.append(Batch(pipeline, tuple(items)))
-                plan_cost += self.cost.batch_cost(pipeline, [self._shape(self._live[i.session_id]) for i in items])
+            lives = [live for live, _ in group]
+            batches += self._batch(now, pipeline, lives + self._spares(now, pipeline, lives, spare, sizes))
+        if spare and not batches and wake_at is None:  # the engine would be idle
+            batches += self._batch(now, spare[0].spec.pipeline,
+                                   self._spares(now, spare[0].spec.pipeline, [], spare, sizes))
+        plan_cost = sum(self.cost.batch_cost(b.pipeline, [self._shape(self._live[i.session_id]) for i in b.items])
+                        for b in batches)
         chores = self._chores(now, plan_cost)
         return StepPlan(now=now, batches=tuple(batches), expired=tuple(expired), skipped=tuple(skipped),
                         chores=tuple(chores), wake_at=wake_at)
+
+    def _batch(self, now: float, pipeline: str, sessions: list[LiveSession]) -> list[Batch]:
+        """Pop each session's head into one batch of `pipeline` (none if no head was left)."""
+        items = []
+        for live in sessions:
+            media = live.inbox.pop()
+            if media is not None:
+                live.last_taken = media.arrival
+                items.append(WorkItem(live.session_id, media))
+        if not items:
+            return []
+        self._last_step[pipeline] = now
+        self._observe_pre(now, pipeline, items)
+        return [Batch(pipeline, tuple(items))]
+
+    def _spares(self, now: float, pipeline: str, granted: list[LiveSession], spare: list[LiveSession],
+                sizes: dict[str, int]) -> list[LiveSession]:
+        """The spare units (their sessions, removed from `spare`) that join the batch of `granted`:
+        as many as its size allows and fit every live session's slack (the chores' test); with no
+        granted unit, only if no other session's unit is due before they would finish."""
+        extra = [lv for lv in spare if lv.spec.pipeline == pipeline][: max(0, sizes.get(pipeline, 1) - len(granted))]
+        base = self.cost.batch_cost(pipeline, [self._shape(lv) for lv in granted]) if granted else 0.0
+        while extra:
+            group = granted + extra
+            ids = {lv.session_id for lv in group}
+            total = self.cost.batch_cost(pipeline, [self._shape(lv) for lv in group])
+            head_room = min(m.deadline for lv in extra if (m := lv.inbox.peek()) is not None) - now - total
+            due = min([lv.rate.next_due(lv.last_seen, lv.spec.fps, self._fps(lv)) for lv in self._live.values()
+                       if not granted and lv.session_id not in ids and lv.last_seen is not None], default=math.inf)
+            if total - base <= self._chore_budget(now, base, ids) and head_room >= 0 and due >= now + total:
+                break
+            extra.pop()
+        for lv in extra:
+            spare.remove(lv)
+        self.stats.spare_units[pipeline] += len(extra)
+        return extra
 
     def _observe_pre(self, now: float, pipeline: str, items: list[WorkItem]) -> None:
         """The batch could have started at its first unit's arrival (its last one's when the batch
@@ -260,15 +265,15 @@ class SloScheduler:
         live = self._live.get(session_id)
         return self._shape(live) if live is not None else WorkShape()
 
-    def _shape(self, live: _Live) -> WorkShape:
+    def _shape(self, live: LiveSession) -> WorkShape:
         return self.admission.tiers(live.session_id)[live.applied].shape if live.session_id in self.admission \
             else live.spec.shape
 
-    def _fps(self, live: _Live) -> float:
+    def _fps(self, live: LiveSession) -> float:
         return self.admission.tiers(live.session_id)[live.applied].fps if live.session_id in self.admission \
             else live.spec.fps
 
-    def _superseded(self, live: _Live, head: Media, now: float, rounds: Callable[[], dict[str, float]]) -> bool:
+    def _superseded(self, live: LiveSession, head: Media, now: float, rounds: Callable[[], dict[str, float]]) -> bool:
         """Whether a video head should give way to the newer unit queued behind it: run first, it
         would push that unit (due a period after it, at the earliest) past its deadline, and every
         unit after it a period later too. Under overload the freshest frame runs; with time to spare
@@ -276,8 +281,10 @@ class SloScheduler:
         return self.supersede and live.spec.lane != "voice" and len(live.inbox) > 1 and \
             now + 2 * rounds()[live.spec.pipeline] > head.deadline + 1.0 / live.spec.fps
 
-    def _head(self, live: _Live, now: float, expired: list[WorkItem], skipped: list[WorkItem],
-              rounds: Callable[[], dict[str, float]]) -> Media | None:
+    def _head(self, live: LiveSession, now: float, expired: list[WorkItem], skipped: list[WorkItem],
+              rounds: Callable[[], dict[str, float]]) -> tuple[Media | None, bool]:
+        """The session's unit to run next, and whether it is a spare (one its tier skips, kept while
+        nothing newer is queued in case the engine has nothing else to do)."""
         # Video that cannot finish by its deadline is dropped now; voice only once past it (as EDF
         # does): a voice pipeline aggregates chunks and may still use a late one.
         own = 0.0 if live.spec.lane == "voice" else self.cost.cost(live.spec.pipeline, self._shape(live), 1)
@@ -294,7 +301,9 @@ class SloScheduler:
             if head.deadline < now + own:
                 live.inbox.pop()
                 expired.append(WorkItem(live.session_id, head))
-            elif fps < live.spec.fps and not self._grant(live, head.arrival, fps):
+            elif fps < live.spec.fps and not live.rate.grant(head.arrival, fps):
+                if self.spare and len(live.inbox) == 1:
+                    return head, True
                 live.inbox.pop()
                 head.meta["dropped"] = "tier"
                 skipped.append(WorkItem(live.session_id, head))
@@ -302,50 +311,23 @@ class SloScheduler:
                 live.inbox.pop()
                 head.meta["dropped"] = "superseded"
                 skipped.append(WorkItem(live.session_id, head))
-                if live.granted == head.arrival:  # its rate credit goes to the newer unit
-                    live.granted = None
-                    live.credit += 1.0
+                live.rate.give_back(head.arrival)  # its rate credit goes to the newer unit
             else:
-                return head
+                return head, False
             head = live.inbox.peek()
-        return None
+        return None, False
 
-    @staticmethod
-    def _grant(live: _Live, arrival: float, fps: float) -> bool:
-        """Rate credit of a session on a lower frame-rate tier: whether the unit that arrived at
-        `arrival` runs (decided once per unit; a granted unit stays granted until it runs)."""
-        if arrival == live.granted:
-            return True
-        credit = 1.0 if live.credit_at is None else live.credit + fps * max(0.0, arrival - live.credit_at)
-        live.credit, live.credit_at = min(CREDIT_CAP, credit), arrival
-        if live.credit < 1.0 - CREDIT_SLACK:
-            return False
-        live.credit -= 1.0
-        live.granted = arrival
-        return True
-
-    def _next_due(self, live: _Live, fps: float) -> float:
-        """When the session's next unit that will run is expected (it has units, `last_seen` is set)."""
-        assert live.last_seen is not None
-        period = 1.0 / live.spec.fps
-        due = live.last_seen + period
-        if fps < live.spec.fps and live.credit_at is not None:  # the first arrival the credit grants
-            need = live.credit_at + max(0.0, 1.0 - CREDIT_SLACK - live.credit) / fps
-            if need > due:
-                due += math.ceil((need - due) * live.spec.fps - 1e-9) * period
-        return due
-
-    def _hold_until(self, now: float, pipeline: str, group: list[tuple[_Live, Media]], cap: int) -> float | None:
+    def _hold_until(self, now: float, pipeline: str, group: list[tuple[LiveSession, Media]], cap: int) -> float | None:
         """When to run this pipeline's batch if it should wait for more sessions, else None."""
         if len(group) >= cap or any(lv.spec.lane == "voice" for lv, _ in group):
             return None
         present = {lv.session_id for lv, _ in group}
-        expected: list[tuple[float, _Live]] = []
+        expected: list[tuple[float, LiveSession]] = []
         for live in self._live.values():
             if live.spec.pipeline != pipeline or live.session_id in present or live.last_seen is None:
                 continue
             fps = self._fps(live)
-            due = self._next_due(live, fps)
+            due = live.rate.next_due(live.last_seen, live.spec.fps, fps)
             if now < due <= now + 1.0 / fps:  # streaming, and its next unit is near
                 expected.append((due, live))
         if not expected:
@@ -405,18 +387,19 @@ class SloScheduler:
                 join.done(None)
         return done
 
-    def _chore_budget(self, now: float, plan_cost: float) -> float:
-        """Seconds of chores that cannot make any live session late (inf when none is live)."""
+    def _chore_budget(self, now: float, plan_cost: float, popped: Collection[str] = ()) -> float:
+        """Seconds of chores that cannot make any live session late (inf when none is live); the
+        sessions in `popped` will have had their head taken."""
         if not self._live:
             return float("inf")
         round_cost = self.admission.load().worst_latency_s
         budget = min(lv.spec.budget_s for lv in self._live.values()) - round_cost
         for live in self._live.values():
             head = live.inbox.peek()
-            if head is not None:
+            if head is not None and live.session_id not in popped:
                 budget = min(budget, head.deadline - now - plan_cost - round_cost)
             # ... and no inbox may overflow meanwhile (that would drop a frame as surely as lateness).
-            free = max(0, self.inbox_size - len(live.inbox))
+            free = max(0, self.inbox_size - len(live.inbox) + (live.session_id in popped))
             budget = min(budget, free / live.spec.fps)
         return budget - plan_cost
 

@@ -12,6 +12,7 @@ class SloStats:
     units: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     late: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     expired: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    spare_units: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # above tier
     queue_s: collections.defaultdict[str, float] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(float))
     compute_s: collections.defaultdict[str, float] = dataclasses.field(
@@ -39,8 +40,10 @@ class SloStats:
         for _ in range(10):
             try:
                 return {"units": dict(self.units), "late": dict(self.late), "expired": dict(self.expired),
+                        "spare_units": dict(self.spare_units),
                         "queue_s": dict(self.queue_s), "compute_s": dict(self.compute_s),
                         "tier_changes": dict(self.tier_changes), "cost_error": dict(self.cost_error)}
             except RuntimeError:  # dictionary changed size during iteration
                 continue
-        return {k: {} for k in ("units", "late", "expired", "queue_s", "compute_s", "tier_changes", "cost_error")}
+        return {k: {} for k in ("units", "late", "expired", "spare_units", "queue_s", "compute_s", "tier_changes",
+                                "cost_error")}

@@ -59,7 +59,7 @@ def make_scheduler(config: ServerConfig) -> Scheduler:
                                                 restore_utilization=0.7 * config.max_utilization / 0.9,
                                                 max_batch=config.max_batch, retry_after_s=config.retry_after_s))
     return SloScheduler(cost, admission, max_batch=config.max_batch, inbox_size=config.session.inbox_size,
-                        adapt_batch=config.adapt_batch)
+                        adapt_batch=config.adapt_batch, spare=config.spare_frames)
 
 
 class SessionManager:

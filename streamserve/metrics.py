@@ -150,6 +150,8 @@ class SchedulerCollector(Collector):
             ("streamserve_units_scheduled", "units", "Units run by the scheduler"),
             ("streamserve_units_late", "late", "Units run that finished after their deadline"),
             ("streamserve_units_expired", "expired", "Units dropped because they could no longer make it"),
+            ("streamserve_units_spare", "spare_units", "Units run above their session's tier rate, in device "
+             "time that was spare"),
         ):
             fam = CounterMetricFamily(name, doc, labels=["pipeline"])
             for pipeline, v in self._per_pipeline(snap[key]).items():

@@ -43,6 +43,7 @@ class ServerConfig:
     max_sessions: int = 16
     max_batch: int = 8
     adapt_batch: bool = True  # slo: video batches only as large as the deadline allows (docs/serving.md)
+    spare_frames: bool = True  # slo: a tier's frame rate is a floor; spare device time runs the frames it skips
     idle_timeout_s: float = 5.0  # a peer gone this long is ended
     tokens: tuple[str, ...] = ()  # operator/ingest (admin) bearer tokens; empty = anyone may open sessions
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs, announced in WHIP Link headers
