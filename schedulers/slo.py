@@ -204,28 +204,32 @@ class SloScheduler:
                 self._held[pipeline] = hold_until
                 continue
             lives = [live for live, _ in group]
-            batches += self._batch(now, pipeline, lives + self._spares(now, pipeline, lives, spare, sizes))
+            batches += self._batch(now, pipeline, lives, self._spares(now, pipeline, lives, spare, sizes))
         if spare and not batches and wake_at is None:  # the engine would be idle
-            batches += self._batch(now, spare[0].spec.pipeline,
-                                   self._spares(now, spare[0].spec.pipeline, [], spare, sizes))
+            pipeline = spare[0].spec.pipeline
+            batches += self._batch(now, pipeline, [], self._spares(now, pipeline, [], spare, sizes))
         plan_cost = sum(self.cost.batch_cost(b.pipeline, [self._shape(self._live[i.session_id]) for i in b.items])
                         for b in batches)
         chores = self._chores(now, plan_cost)
         return StepPlan(now=now, batches=tuple(batches), expired=tuple(expired), skipped=tuple(skipped),
                         chores=tuple(chores), wake_at=wake_at)
 
-    def _batch(self, now: float, pipeline: str, sessions: list[LiveSession]) -> list[Batch]:
-        """Pop each session's head into one batch of `pipeline` (none if no head was left)."""
-        items = []
-        for live in sessions:
+    def _batch(self, now: float, pipeline: str, sessions: list[LiveSession],
+               spares: list[LiveSession]) -> list[Batch]:
+        """Pop each session's head into one batch of `pipeline` (none if no head was left). When a
+        spare unit runs is the scheduler's choice, not overhead: only the others time `pre`."""
+        items, granted = [], 0
+        for k, live in enumerate(sessions + spares):
             media = live.inbox.pop()
             if media is not None:
                 live.last_taken = media.arrival
                 items.append(WorkItem(live.session_id, media))
+                granted += k < len(sessions)
         if not items:
             return []
         self._last_step[pipeline] = now
-        self._observe_pre(now, pipeline, items)
+        if granted:
+            self._observe_pre(now, pipeline, items[:granted])
         return [Batch(pipeline, tuple(items))]
 
     def _spares(self, now: float, pipeline: str, granted: list[LiveSession], spare: list[LiveSession],
@@ -240,8 +244,9 @@ class SloScheduler:
             ids = {lv.session_id for lv in group}
             total = self.cost.batch_cost(pipeline, [self._shape(lv) for lv in group])
             head_room = min(m.deadline for lv in extra if (m := lv.inbox.peek()) is not None) - now - total
-            due = min([lv.rate.next_due(lv.last_seen, lv.spec.fps, self._fps(lv)) for lv in self._live.values()
-                       if not granted and lv.session_id not in ids and lv.last_seen is not None], default=math.inf)
+            due = min([d for lv in self._live.values() if not granted and lv.session_id not in ids  # future only:
+                       and lv.last_seen is not None  # an overdue unit is a stream that paused
+                       and (d := lv.rate.next_due(lv.last_seen, lv.spec.fps, self._fps(lv))) > now], default=math.inf)
             if total - base <= self._chore_budget(now, base, ids) and head_room >= 0 and due >= now + total:
                 break
             extra.pop()
@@ -397,7 +402,7 @@ class SloScheduler:
         for live in self._live.values():
             head = live.inbox.peek()
             if head is not None and live.session_id not in popped:
-                budget = min(budget, head.deadline - now - plan_cost - round_cost)
+                budget = min(budget, head.deadline - now - round_cost)  # less plan_cost: below
             # ... and no inbox may overflow meanwhile (that would drop a frame as surely as lateness).
             free = max(0, self.inbox_size - len(live.inbox) + (live.session_id in popped))
             budget = min(budget, free / live.spec.fps)
