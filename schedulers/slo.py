@@ -174,9 +174,9 @@ class SloScheduler:
         # computed once, and only if some video head has a newer unit behind it (rare below overload)
         rounds = functools.cache(lambda: round_costs(self.cost, video, sizes))
         for order, live in enumerate(list(self._live.values())):
-            head, spare = self._head(live, now, expired, skipped, rounds)
+            head, is_spare = self._head(live, now, expired, skipped, rounds)
             if head is not None:
-                (spares if spare else heads).append((head.deadline, -live.spec.priority, order, live, head))
+                (spares if is_spare else heads).append((head.deadline, -live.spec.priority, order, live, head))
         heads.sort(key=lambda h: h[:3])
         spare = [live for *_, live, _ in sorted(spares, key=lambda h: h[:3])]
 
