@@ -140,7 +140,15 @@ async def served(url: str, size: int, fps: float, style: str, steps: int, warmup
     lat = [1000 * (t - source.sent_at[i]) for i, t in window if i in source.sent_at]
     return {"fps_in": sent / (end - start), "fps": len({i for i, _ in window}) / (end - start),
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "unreadable": reader.unreadable,
-            "drops": {k: v for k, v in stats.items() if k.startswith("dropped")}}
+            "drops": {k: v for k, v in stats.items() if k.startswith("dropped")}, "tier": tier_text(stats.get("slo"))}
+
+
+def tier_text(slo: Any) -> str:
+    """The session's tier at the end, as the server reports it (e.g. "24 fps 256x256"): what the
+    served frames were (a session the policy lowered to a smaller size is served smaller)."""
+    if not isinstance(slo, dict) or "fps" not in slo:
+        return "?"
+    return f"{slo['fps']:g} fps {slo.get('width')}x{slo.get('height')}"
 
 
 def cpu_tables(args: argparse.Namespace) -> str:
@@ -153,12 +161,12 @@ def cpu_tables(args: argparse.Namespace) -> str:
             print(f"served @{fps:g}: {s}", file=sys.stderr)
             rows.append((fps, s))
     lines = ["| input FPS | bare FPS (capacity) | served FPS | served / min(bare, input) | "
-             "glass-to-glass p50 (ms) | p99 (ms) | bare step p50 / p99 (ms) | server drops |",
-             "|---|---|---|---|---|---|---|---|"]
+             "glass-to-glass p50 (ms) | p99 (ms) | bare step p50 / p99 (ms) | server tier at the end | server drops |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for _fps, s in rows:
         ratio = s["fps"] / min(b["fps"], s["fps_in"])
         lines.append(f"| {s['fps_in']:.1f} | {b['fps']:.1f} | {s['fps']:.1f} | {ratio:.2f} | {s['p50_ms']:.0f} | "
-                     f"{s['p99_ms']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {s['drops']} |")
+                     f"{s['p99_ms']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {s['tier']} | {s['drops']} |")
     return (f"Demo model, {args.size}x{args.size}, one session, style {args.style!r}, {args.steps} step(s), "
             f"torch threads: {args.threads or 'pipeline default (all cores but one)'}.\n\n" + "\n".join(lines))
 
