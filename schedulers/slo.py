@@ -145,7 +145,8 @@ class SloScheduler:
             return None
         tier = self.admission.tier(session_id)
         return {**tier.to_dict(), "tiers": len(self.admission.tiers(session_id)), "reason": live.reason,
-                "priority": live.spec.priority, "requested_fps": live.spec.fps}
+                "priority": live.spec.priority, "requested_fps": live.spec.fps,
+                "spare_frames": self.spare and tier.fps < live.spec.fps}  # its rate is a floor (module doc, 2.)
 
     @property
     def adapt_batch(self) -> bool:

@@ -370,7 +370,7 @@ function renderStats() {
     lines.push(`server  in ${srv.frames_in}  out ${srv.frames_out}  dropped ${srv.frames_dropped}  late ${srv.deadline_misses}`);
     lines.push(`        latency p50 ${fmt(lat.p50)} ms  p95 ${fmt(lat.p95)} ms  control rtt ${fmt(state.rtt)} ms`);
     const slo = srv.slo;  // the scheduler's tier for this session and why (docs/serving.md)
-    if (slo) lines.push(`tier    ${slo.level}/${slo.tiers - 1}: ${fmt(slo.fps)} fps${slo.width ? ` ${slo.width}×${slo.height}` : ""}${slo.level ? ` (${slo.knob} lowered)` : ""} · ${slo.reason}`);
+    if (slo) lines.push(`tier    ${slo.level}/${slo.tiers - 1}: ${fmt(slo.fps)} fps${slo.width ? ` ${slo.width}×${slo.height}` : ""}${slo.level ? ` (${slo.knob} lowered${slo.spare_frames ? "; spare frames above it" : ""})` : ""} · ${slo.reason}`);
   }
   $("stats").textContent = lines.join("\n");
 }

@@ -93,11 +93,11 @@ async def test_a_raise_that_fits_only_lower_is_clamped_to_a_tier_the_client_sees
         await a.update({"fps": 20.0})
         slo = (await a.stats())["session"]["slo"]
         assert (slo["requested_fps"], slo["fps"], slo["level"], slo["knob"]) == (20.0, 10.0, 5, "fps")
-        assert "lower tier" in slo["reason"]
+        assert "lower tier" in slo["reason"] and slo["spare_frames"]  # 10 fps is a floor
         # Lowering the request back to 10 fps runs at its tier 0 again.
         await a.update({"fps": FPS})
         slo = (await a.stats())["session"]["slo"]
-        assert (slo["requested_fps"], slo["fps"], slo["level"]) == (FPS, FPS, 0)
+        assert (slo["requested_fps"], slo["fps"], slo["level"]) == (FPS, FPS, 0) and not slo["spare_frames"]
     finally:
         await a.close()
         await b.close()
