@@ -12,11 +12,13 @@
    prediction has stopped every step of a pipeline for `PROBE_AFTER_S`, one unit runs anyway (a
    probe: the cost model learns only from steps, and may be stuck on a slow spell that ended). A
    session on a lower frame-rate tier skips units to its rate (`skipped`, counted as such): a
-   deliberate, even decimation instead of random drops (`schedulers/credit.py`: a rate credit, not
+   deliberate, even decimation instead of random drops (`schedulers/live.py`: a rate credit, not
    "every k-th unit"; a 9/10 tier on a 30 fps camera takes 9 frames of every 10, evenly spread).
    A tier's rate is a floor, not a ceiling: a unit the credit does not grant, with nothing newer
-   queued behind it, is a *spare*; it runs when the plan would otherwise leave the engine idle and
-   its cost fits every live session's slack (see 5.), so spare device time is not thrown away.
+   queued behind it, is a *spare*. Spares top up a batch that runs anyway (up to its size), or run
+   alone when the plan would otherwise leave the engine idle and no other session's unit is due
+   before they would finish; either way only while they fit every live session's slack (the
+   chores' test, 5.). So spare device time is not thrown away.
 3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`;
    video up to the largest size whose worst latency fits (`schedulers/batching.py`; off: `adapt_batch`).
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
@@ -32,8 +34,7 @@
    encoding, cache allocation, first encode) run after the batches only while their predicted cost
    fits the slack of every live session (its budget minus a round of batches, and the time until
    its inbox would overflow, which would drop a frame as surely as lateness); a join waiting
-   longer than `join_timeout_s` gets one piece regardless, so it always finishes. Spare units
-   (2.) get the same test, and only when no batch and no hold was planned.
+   longer than `join_timeout_s` gets one piece regardless, so it always finishes.
 
 `update(plan, outputs, elapsed)` feeds the measured step times to the cost model (and scores it),
 records which units finished late, and lets the degradation policy move one tier if it must.
@@ -179,7 +180,7 @@ class SloScheduler:
             if head is not None:
                 (spares if is_spare else heads).append((head.deadline, -live.spec.priority, order, live, head))
         heads.sort(key=lambda h: h[:3])
-        spare = [live for *_, live, _ in sorted(spares, key=lambda h: h[:3])]
+        spare_heads = [live for *_, live, _ in sorted(spares, key=lambda h: h[:3])]
 
         groups: dict[str, list[tuple[LiveSession, Media]]] = {}
         for _, _, _, live, head in heads:
@@ -205,10 +206,10 @@ class SloScheduler:
                 self._held[pipeline] = hold_until
                 continue
             lives = [live for live, _ in group]
-            batches += self._batch(now, pipeline, lives, self._spares(now, pipeline, lives, spare, sizes))
-        if spare and not batches and wake_at is None:  # the engine would be idle
-            pipeline = spare[0].spec.pipeline
-            batches += self._batch(now, pipeline, [], self._spares(now, pipeline, [], spare, sizes))
+            batches += self._batch(now, pipeline, lives, self._spares(now, pipeline, lives, spare_heads, sizes))
+        if spare_heads and not batches and wake_at is None:  # the engine would be idle
+            pipeline = spare_heads[0].spec.pipeline
+            batches += self._batch(now, pipeline, [], self._spares(now, pipeline, [], spare_heads, sizes))
         plan_cost = sum(self.cost.batch_cost(b.pipeline, [self._shape(self._live[i.session_id]) for i in b.items])
                         for b in batches)
         chores = self._chores(now, plan_cost)
