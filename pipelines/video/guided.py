@@ -7,7 +7,9 @@ combines them as guided upsampling (after HDRnet's bilateral-grid idea, with a p
 
 1. per pixel of the camera frame, a small basis of features ``phi`` -- a constant, its RGB, luma
    squared and cubed, a pencil stroke (a dodge ratio of luma over its ~24-pixel mean, clipped at
-   paper white, cubed) and an outline (a soft threshold of luma's central-difference gradient magnitude) (8 maps);
+   paper white, cubed) and an outline (8 maps). The outline is a soft threshold of a luma gradient
+   magnitude: since feature set ``v2`` computed as the cartoon filter draws its outlines (Sobel of
+   blurred luma), before it from unblurred central differences (``v1``; see :data:`FEATURE_SETS`);
 2. at latent resolution, a small CNN reads the DiT's latent with the pooled features and predicts,
    per latent pixel, a 3 x 8 matrix of coefficients; with ``style_dim > 0`` its hidden features are
    modulated (FiLM: scale and shift per channel) by the session's prompt state -- the DiT's projected
@@ -47,36 +49,81 @@ def _local_mean(lum: torch.Tensor, cell: int) -> torch.Tensor:
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def guide_features(frame: torch.Tensor) -> torch.Tensor:
+def _outline_v1(lum: torch.Tensor) -> torch.Tensor:
+    """A smooth-step threshold of luma's central-difference gradient magnitude, 0 at the border."""
+    dx = lum[..., 1:-1, 2:] - lum[..., 1:-1, :-2]  # central differences (2x the slope per pixel)
+    dy = lum[..., 2:, 1:-1] - lum[..., :-2, 1:-1]
+    mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
+    return F.pad(mag.mul_(4.0).sub_(0.08).mul_(4.0).clamp_(0.0, 1.0), (1, 1, 1, 1))  # soft threshold
+
+
+def _outline_v2(lum: torch.Tensor) -> torch.Tensor:
+    """The cartoon filter's outline (``styles._cartoon``): a soft threshold, (m - 0.10) / 0.2, of the
+    Sobel magnitude m of blurred luma. The blur is the 7-tap binomial [1, 6, 15, 20, 15, 6, 1] / 64 per
+    axis (sigma 1.22; the filter's Gaussian has 1.2), borders mirrored as OpenCV's are; shifted slices,
+    not ``conv2d``, which costs more than the rest of the features for a one-channel map on CPU."""
+    g = F.pad(lum, (4, 4, 4, 4), mode="reflect")  # 3 pixels for the blur, 1 for the Sobel kernel
+    w = g.shape[-1] - 6
+    h = g[..., 3 : 3 + w] * 20.0
+    for i, tap in ((0, 1.0), (1, 6.0), (2, 15.0)):
+        h.add_(g[..., i : i + w] + g[..., 6 - i : 6 - i + w], alpha=tap)
+    n = h.shape[-2] - 6
+    g = h[..., 3 : 3 + n, :] * 20.0  # [B, 1, H + 2, W + 2], 4096 x the blurred luma
+    for i, tap in ((0, 1.0), (1, 6.0), (2, 15.0)):
+        g.add_(h[..., i : i + n, :] + h[..., 6 - i : 6 - i + n, :], alpha=tap)
+    hx = g[..., 2:] - g[..., :-2]  # [B, 1, H + 2, W]
+    hy = g[..., 2:, :] - g[..., :-2, :]  # [B, 1, H, W + 2]
+    dx = hx[..., 1:-1, :].mul(2.0).add_(hx[..., :-2, :]).add_(hx[..., 2:, :])  # Sobel: [1, 2, 1] across
+    dy = hy[..., 1:-1].mul(2.0).add_(hy[..., :-2]).add_(hy[..., 2:])
+    mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()  # 4096 x the Sobel magnitude
+    return mag.sub_(0.10 * 4096).mul_(5.0 / 4096).clamp_(0.0, 1.0)
+
+
+FEATURE_SETS: dict[str, str] = {
+    "v1": "outline from luma's central differences (the first style-conditioned decoder)",
+    "v2": "outline as the cartoon filter draws it: Sobel of luma blurred with sigma ~1.2",
+}
+"""The decoder's feature bases: the same 8 maps but for how the outline (the last) is computed. A
+guide folder whose config names none was trained on ``v1``."""
+_OUTLINES = {"v1": _outline_v1, "v2": _outline_v2}
+
+
+def guide_features(frame: torch.Tensor, features: str = "v2") -> torch.Tensor:
     """Per-pixel feature basis of camera frames ``[B, 3, H, W]`` in [-1, 1] -> ``[B, 8, H, W]``:
     1, R, G, B, L^2, L^3, a pencil stroke min(1, (L + 0.06) / (local mean + 0.06))^3 over ~24 pixels
-    and an outline: a smooth-step threshold of luma's central-difference gradient magnitude."""
+    and an outline: a smooth step of a luma gradient magnitude (``features``: :data:`FEATURE_SETS`)."""
+    if features not in FEATURE_SETS:
+        raise ValueError(f"unknown guide feature set {features!r}; sets: {', '.join(FEATURE_SETS)}")
     rgb = (frame + 1.0) * 0.5  # [0, 1]
     w = torch.tensor(_LUMA, dtype=frame.dtype, device=frame.device).view(1, 3, 1, 1)
     lum = (rgb * w).sum(1, keepdim=True)  # [B, 1, H, W]
     stroke = ((lum + 0.06) / (_local_mean(lum, 8) + 0.06)).clamp_(0.0, 1.0)
     stroke = (stroke * stroke).mul_(stroke)
-    dx = lum[..., 1:-1, 2:] - lum[..., 1:-1, :-2]  # central differences (2x the slope per pixel)
-    dy = lum[..., 2:, 1:-1] - lum[..., :-2, 1:-1]
-    mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
-    edge = F.pad(mag.mul_(4.0).sub_(0.08).mul_(4.0).clamp_(0.0, 1.0), (1, 1, 1, 1))  # soft threshold, 0 at the border
+    edge = _OUTLINES[features](lum)
     step = edge.mul(-2.0).add_(3.0)
     edge = edge.mul_(edge).mul_(step)  # smoothstep: e * e * (3 - 2 e)
     sq = lum * lum
-    return torch.cat([torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge], dim=1)
+    maps = (torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge)  # [B, c, H, W] each
+    # Written channels-last (one copy): the decoder's per-pixel product reads phi in that layout.
+    return torch.cat([m.permute(0, 2, 3, 1) for m in maps], dim=-1).permute(0, 3, 1, 2)
 
 
 class GuidedDecoder(nn.Module):
     """Latent + camera frame -> output frame by guided upsampling (see the module docstring)."""
 
-    def __init__(self, latent_channels: int = 16, factor: int = 8, hidden: int = 64, style_dim: int = 0) -> None:
+    def __init__(self, latent_channels: int = 16, factor: int = 8, hidden: int = 64, style_dim: int = 0,
+                 features: str = "v2") -> None:
         super().__init__()
         if latent_channels < 1 or factor < 1 or hidden < 1 or style_dim < 0:
             raise ValueError(f"bad GuidedDecoder config: channels={latent_channels} factor={factor} hidden={hidden} "
                              f"style_dim={style_dim}")
-        self.config = {"latent_channels": latent_channels, "factor": factor, "hidden": hidden}
+        if features not in FEATURE_SETS:
+            raise ValueError(f"unknown guide feature set {features!r}; sets: {', '.join(FEATURE_SETS)}")
+        self.config: dict[str, int | str] = {"latent_channels": latent_channels, "factor": factor, "hidden": hidden}
         if style_dim:
             self.config["style_dim"] = style_dim
+        self.config["features"] = features
+        self.features = features
         self.factor = factor
         self.style_dim = style_dim
         self.hidden = hidden
@@ -125,7 +172,7 @@ class GuidedDecoder(nn.Module):
         b, _, h, w = z.shape
         if frame.shape[-2:] != (h * self.factor, w * self.factor):
             raise ValueError(f"frame {tuple(frame.shape)} does not match latents {tuple(z.shape)} x {self.factor}")
-        phi = guide_features(frame.to(z.dtype))  # [B, K, H, W]
+        phi = guide_features(frame.to(z.dtype), self.features)  # [B, K, H, W]
         pooled = F.avg_pool2d(phi, self.factor)  # [B, K, h, w]
         coeff = self._coefficients(torch.cat([z, pooled], dim=1), style)  # [B, 3K, h, w]
         # Channels-last upsampling and a per-pixel bmm: on CPU bilinear upsampling of the 24 coefficient
@@ -155,6 +202,7 @@ class GuidedDecoder(nn.Module):
         cfg = json.loads(cfg_path.read_text())
         if cfg.pop("_class_name", None) != "GuidedDecoder":
             raise ValueError(f"{cfg_path} does not describe a GuidedDecoder")
+        cfg.setdefault("features", "v1")  # written before the field: trained on the first basis
         model = cls(**cfg)
         missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
         if missing or unexpected:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
@@ -151,3 +152,53 @@ def test_style_conditioned_guide_reads_the_sessions_blended_prompt(tmp_path: Pat
     with torch.no_grad():
         x, f = z[:, :, 0], frame[:, 0][None]
         assert torch.allclose(loaded(x, f, a.mean(1)), guide(x, f, a.mean(1)))
+
+
+def test_guide_feature_sets_load_honestly(tmp_path: Path) -> None:
+    """A guide folder written before the ``features`` field decodes with the basis it was trained on
+    (``v1``); a new one records its set; an unknown set is refused with the sets that exist."""
+    import json
+
+    from streamserve.pipelines.video.guided import GuidedDecoder, guide_features
+
+    torch.manual_seed(0)
+    guide = GuidedDecoder(8, 8, 16, features="v1")
+    guide.save(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["features"] == "v1"
+    del cfg["features"]  # as the folders written before the field
+    cfg_path.write_text(json.dumps(cfg))
+    assert GuidedDecoder.load(tmp_path / "old").features == "v1"
+    GuidedDecoder(8, 8, 16).save(tmp_path / "new")
+    assert GuidedDecoder.load(tmp_path / "new").features == "v2"
+    cfg["features"] = "v9"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown guide feature set 'v9'; sets: v1, v2"):
+        GuidedDecoder.load(tmp_path / "old")
+    frame = torch.rand(1, 3, 32, 32) * 2 - 1
+    old, new = guide_features(frame, "v1"), guide_features(frame, "v2")
+    assert old.shape == new.shape == (1, 8, 32, 32)
+    assert torch.equal(old[:, :7], new[:, :7]) and not torch.allclose(old[:, 7], new[:, 7])
+
+
+def test_v2_outline_feature_is_the_cartoon_filters_outline() -> None:
+    """Feature set ``v2``'s outline is the cartoon target's (``styles._cartoon``: smoothstep of the Sobel
+    magnitude of Gaussian-blurred luma, sigma 1.2) up to the blur, a 7-tap binomial here."""
+    import cv2
+
+    from streamserve.pipelines.video.data import face_clip
+    from streamserve.pipelines.video.guided import guide_features
+
+    rgb = face_clip(1, seed=21)[0]
+    lum = (rgb.astype(np.float32) / 255.0) @ np.array([0.299, 0.587, 0.114], np.float32)
+    g = cv2.GaussianBlur(lum, (0, 0), 1.2)
+    mag = np.sqrt(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) ** 2 + cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) ** 2)
+    x = np.clip((mag - 0.10) / 0.2, 0.0, 1.0)
+    want = x * x * (3.0 - 2.0 * x)
+    frame = torch.from_numpy(rgb).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+    got, old = guide_features(frame, "v2")[0, 7].numpy(), guide_features(frame, "v1")[0, 7].numpy()
+    assert 0.05 < want.mean() < 0.5  # the face has outlines to compare
+    err = np.abs(got - want)
+    assert err.mean() < 0.01 and np.percentile(err, 99) < 0.15, (err.mean(), np.percentile(err, 99))
+    assert np.abs(old - want).mean() > 0.1  # v1's outline is another map (measured 0.18; v2: 0.006)
