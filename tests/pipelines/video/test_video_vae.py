@@ -82,7 +82,7 @@ def test_guided_decoder_decodes_each_block_with_its_own_camera_frame() -> None:
     from streamserve.pipelines.video.vae import DemoVAE, TinyAutoencoder
 
     torch.manual_seed(0)
-    guide = GuidedDecoder(8, 8, 16)
+    guide = GuidedDecoder(8, 8, 16, features="v1")  # its colour features are the frame's own RGB
     vae = DemoVAE(TinyAutoencoder(8, 8, 16), guide)
     frames = [torch.rand(3, 1, 32, 32) * 2 - 1 for _ in range(3)]
     state = vae.new_state()
@@ -176,15 +176,23 @@ def test_guide_feature_sets_load_honestly(tmp_path: Path) -> None:
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="unknown guide feature set 'v9'; sets: v1, v2"):
         GuidedDecoder.load(tmp_path / "old")
-    frame = torch.rand(1, 3, 32, 32) * 2 - 1
-    old, new = guide_features(frame, "v1"), guide_features(frame, "v2")
+    frame = torch.rand(1, 3, 32, 32) * 2 - 1  # white noise
+    old, new = guide_features(frame, "v1"), guide_features(frame, "v2")  # [1, 8, H, W] each
     assert old.shape == new.shape == (1, 8, 32, 32)
-    assert torch.equal(old[:, :7], new[:, :7]) and not torch.allclose(old[:, 7], new[:, 7])
+    rgb = (frame + 1) * 0.5
+    assert torch.allclose(old[:, 1:4], rgb) and torch.equal(old[:, 6], new[:, 6])  # sharp colour; same stroke
+    assert torch.equal(old[:, 4], new[:, 5]) and torch.allclose(new[:, 5], new[:, 1] ** 2)  # L^2 of luma
+    # v2's colour is blurred (sigma 1.22): white noise keeps ~1/(2 sqrt(pi) 1.22) = 0.23 of its spread
+    spread = (new[:, 2:5].std() / rgb.std()).item()
+    assert 0.15 < spread < 0.35, spread
+    with torch.no_grad():  # a fresh v2 decoder starts as the identity map of the blurred colour
+        start = GuidedDecoder(8, 8, 16)(torch.randn(1, 8, 4, 4), frame)
+    assert torch.allclose(start, new[:, 2:5] * 2 - 1, atol=1e-5)
 
 
 def test_v2_outline_feature_is_the_cartoon_filters_outline() -> None:
-    """Feature set ``v2``'s outline is the cartoon target's (``styles._cartoon``: smoothstep of the Sobel
-    magnitude of Gaussian-blurred luma, sigma 1.2) up to the blur, a 7-tap binomial here."""
+    """Feature set ``v2``'s outline (the last map) is the cartoon target's (``styles._cartoon``: smoothstep
+    of the Sobel magnitude of Gaussian-blurred luma, sigma 1.2) up to the blur, a 7-tap binomial here."""
     import cv2
 
     from streamserve.pipelines.video.data import face_clip
