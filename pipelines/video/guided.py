@@ -6,7 +6,7 @@ colours and tones); the camera frame says *where* the edges and fine detail are.
 combines them as guided upsampling (after HDRnet's bilateral-grid idea, with a plain grid):
 
 1. per pixel of the camera frame, a small basis of 8 features ``phi`` (:func:`guide_features`): a
-   constant, luma, its RGB blurred over ~1 pixel (sensor noise stays out of flat areas), luma squared,
+   constant, luma, its RGB blurred (sigma 1.22 px: sensor noise stays out of flat areas), luma squared,
    a pencil stroke (a dodge ratio of luma over its ~24-pixel mean, clipped at paper white, cubed) and
    an outline computed as the cartoon filter draws it (a soft threshold of the Sobel magnitude of
    blurred luma). That is feature set ``v2``; ``v1`` (sharp RGB, luma cubed, an outline from unblurred
@@ -51,7 +51,7 @@ def _local_mean(lum: torch.Tensor, cell: int) -> torch.Tensor:
 
 
 def _outline_v1(lum: torch.Tensor) -> torch.Tensor:
-    """A smooth-step threshold of luma's central-difference gradient magnitude, 0 at the border."""
+    """A soft threshold of luma's central-difference gradient magnitude (0 at the border); ``v1``'s outline."""
     dx = lum[..., 1:-1, 2:] - lum[..., 1:-1, :-2]  # central differences (2x the slope per pixel)
     dy = lum[..., 2:, 1:-1] - lum[..., :-2, 1:-1]
     mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
