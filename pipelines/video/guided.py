@@ -5,9 +5,12 @@ This is video-to-video: when a latent block is decoded, the camera frame it answ
 colours and tones); the camera frame says *where* the edges and fine detail are. `GuidedDecoder`
 combines them as guided upsampling (after HDRnet's bilateral-grid idea, with a plain grid):
 
-1. per pixel of the camera frame, a small basis of features ``phi`` -- a constant, its RGB, luma
-   squared and cubed, a pencil stroke (a dodge ratio of luma over its ~24-pixel mean, clipped at
-   paper white, cubed) and an outline (a soft threshold of luma's central-difference gradient magnitude) (8 maps);
+1. per pixel of the camera frame, a small basis of 8 features ``phi`` (:func:`guide_features`): a
+   constant, luma, its RGB blurred (sigma 1.22 px: sensor noise stays out of flat areas), luma squared,
+   a pencil stroke (a dodge ratio of luma over its ~24-pixel mean, clipped at paper white, cubed) and
+   an outline computed as the cartoon filter draws it (a soft threshold of the Sobel magnitude of
+   blurred luma). That is feature set ``v2``; ``v1`` (sharp RGB, luma cubed, an outline from unblurred
+   central differences) decodes the folders written before it (:data:`FEATURE_SETS`);
 2. at latent resolution, a small CNN reads the DiT's latent with the pooled features and predicts,
    per latent pixel, a 3 x 8 matrix of coefficients; with ``style_dim > 0`` its hidden features are
    modulated (FiLM: scale and shift per channel) by the session's prompt state -- the DiT's projected
@@ -47,36 +50,98 @@ def _local_mean(lum: torch.Tensor, cell: int) -> torch.Tensor:
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def guide_features(frame: torch.Tensor) -> torch.Tensor:
-    """Per-pixel feature basis of camera frames ``[B, 3, H, W]`` in [-1, 1] -> ``[B, 8, H, W]``:
-    1, R, G, B, L^2, L^3, a pencil stroke min(1, (L + 0.06) / (local mean + 0.06))^3 over ~24 pixels
-    and an outline: a smooth-step threshold of luma's central-difference gradient magnitude."""
+def _outline_v1(lum: torch.Tensor) -> torch.Tensor:
+    """A soft threshold of luma's central-difference gradient magnitude (0 at the border); ``v1``'s outline."""
+    dx = lum[..., 1:-1, 2:] - lum[..., 1:-1, :-2]  # central differences (2x the slope per pixel)
+    dy = lum[..., 2:, 1:-1] - lum[..., :-2, 1:-1]
+    mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
+    return F.pad(mag.mul_(4.0).sub_(0.08).mul_(4.0).clamp_(0.0, 1.0), (1, 1, 1, 1))  # soft threshold
+
+
+def _binomial_blur(x: torch.Tensor) -> torch.Tensor:
+    """The 7-tap binomial [1, 6, 15, 20, 15, 6, 1] / 64 per axis (sigma 1.22) over ``x [B, C, H, W]``,
+    'valid': -> ``[B, C, H - 6, W - 6]``. Shifted slices, not ``conv2d``, which on CPU costs more than
+    the rest of the features for maps this thin."""
+    w = x.shape[-1] - 6
+    h = x[..., 3 : 3 + w] * (20.0 / 64)
+    for i, tap in ((0, 1.0 / 64), (1, 6.0 / 64), (2, 15.0 / 64)):
+        h.add_(x[..., i : i + w] + x[..., 6 - i : 6 - i + w], alpha=tap)
+    n = h.shape[-2] - 6
+    out = h[..., 3 : 3 + n, :] * (20.0 / 64)
+    for i, tap in ((0, 1.0 / 64), (1, 6.0 / 64), (2, 15.0 / 64)):
+        out.add_(h[..., i : i + n, :] + h[..., 6 - i : 6 - i + n, :], alpha=tap)
+    return out
+
+
+def _sobel_outline(g: torch.Tensor) -> torch.Tensor:
+    """The cartoon filter's outline from blurred luma padded by one pixel, ``g [B, 1, H + 2, W + 2]``:
+    a soft threshold, (m - 0.10) / 0.2, of its Sobel magnitude m -> ``[B, 1, H, W]``."""
+    hx = g[..., 2:] - g[..., :-2]  # [B, 1, H + 2, W]
+    hy = g[..., 2:, :] - g[..., :-2, :]  # [B, 1, H, W + 2]
+    dx = hx[..., 1:-1, :].mul(2.0).add_(hx[..., :-2, :]).add_(hx[..., 2:, :])  # Sobel: [1, 2, 1] across
+    dy = hy[..., 1:-1].mul(2.0).add_(hy[..., :-2]).add_(hy[..., 2:])
+    mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
+    return mag.sub_(0.10).mul_(5.0).clamp_(0.0, 1.0)
+
+
+FEATURE_SETS: dict[str, str] = {
+    "v1": "1, R, G, B, L^2, L^3, pencil stroke, outline from luma's central differences",
+    "v2": "1, L, blurred R, G, B, L^2, pencil stroke, outline as the cartoon filter draws it (Sobel of blurred luma)",
+}
+"""The decoder's feature bases (8 maps each). A guide folder whose config names none was trained on ``v1``."""
+
+
+def guide_features(frame: torch.Tensor, features: str = "v2") -> torch.Tensor:
+    """Per-pixel feature basis of camera frames ``[B, 3, H, W]`` in [-1, 1] -> ``[B, 8, H, W]``
+    (channels-last in memory), by ``features`` (:data:`FEATURE_SETS`):
+
+    - ``v2``: 1, L, RGB blurred (the 7-tap binomial, sigma 1.22), L^2, a pencil stroke
+      min(1, (L + 0.06) / (local mean + 0.06))^3 over ~24 pixels, and the cartoon filter's outline:
+      a smooth step of the Sobel magnitude of the blurred luma (``styles._cartoon`` blurs with a sigma
+      1.2 Gaussian). The blurred colour keeps sensor noise out of flat areas; luma stays sharp.
+    - ``v1``: 1, R, G, B, L^2, L^3, the same stroke, and a smooth step of the central-difference
+      gradient magnitude of unblurred luma.
+    """
+    if features not in FEATURE_SETS:
+        raise ValueError(f"unknown guide feature set {features!r}; sets: {', '.join(FEATURE_SETS)}")
     rgb = (frame + 1.0) * 0.5  # [0, 1]
     w = torch.tensor(_LUMA, dtype=frame.dtype, device=frame.device).view(1, 3, 1, 1)
     lum = (rgb * w).sum(1, keepdim=True)  # [B, 1, H, W]
     stroke = ((lum + 0.06) / (_local_mean(lum, 8) + 0.06)).clamp_(0.0, 1.0)
     stroke = (stroke * stroke).mul_(stroke)
-    dx = lum[..., 1:-1, 2:] - lum[..., 1:-1, :-2]  # central differences (2x the slope per pixel)
-    dy = lum[..., 2:, 1:-1] - lum[..., :-2, 1:-1]
-    mag = dx.mul_(dx).addcmul_(dy, dy).sqrt_()
-    edge = F.pad(mag.mul_(4.0).sub_(0.08).mul_(4.0).clamp_(0.0, 1.0), (1, 1, 1, 1))  # soft threshold, 0 at the border
+    if features == "v1":
+        edge = _outline_v1(lum)
+    else:
+        soft = _binomial_blur(F.pad(rgb, (4, 4, 4, 4), mode="reflect"))  # [B, 3, H + 2, W + 2], mirrored borders
+        edge = _sobel_outline((soft * w).sum(1, keepdim=True))
+        soft = soft[..., 1:-1, 1:-1]
     step = edge.mul(-2.0).add_(3.0)
     edge = edge.mul_(edge).mul_(step)  # smoothstep: e * e * (3 - 2 e)
     sq = lum * lum
-    return torch.cat([torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge], dim=1)
+    if features == "v1":
+        maps = (torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge)  # [B, c, H, W] each
+    else:
+        maps = (torch.ones_like(lum), lum, soft, sq, stroke, edge)
+    # Written channels-last (one copy): the decoder's per-pixel product reads phi in that layout.
+    return torch.cat([m.permute(0, 2, 3, 1) for m in maps], dim=-1).permute(0, 3, 1, 2)
 
 
 class GuidedDecoder(nn.Module):
     """Latent + camera frame -> output frame by guided upsampling (see the module docstring)."""
 
-    def __init__(self, latent_channels: int = 16, factor: int = 8, hidden: int = 64, style_dim: int = 0) -> None:
+    def __init__(self, latent_channels: int = 16, factor: int = 8, hidden: int = 64, style_dim: int = 0,
+                 features: str = "v2") -> None:
         super().__init__()
         if latent_channels < 1 or factor < 1 or hidden < 1 or style_dim < 0:
             raise ValueError(f"bad GuidedDecoder config: channels={latent_channels} factor={factor} hidden={hidden} "
                              f"style_dim={style_dim}")
-        self.config = {"latent_channels": latent_channels, "factor": factor, "hidden": hidden}
+        if features not in FEATURE_SETS:
+            raise ValueError(f"unknown guide feature set {features!r}; sets: {', '.join(FEATURE_SETS)}")
+        self.config: dict[str, int | str] = {"latent_channels": latent_channels, "factor": factor, "hidden": hidden}
         if style_dim:
             self.config["style_dim"] = style_dim
+        self.config["features"] = features
+        self.features = features
         self.factor = factor
         self.style_dim = style_dim
         self.hidden = hidden
@@ -98,10 +163,11 @@ class GuidedDecoder(nn.Module):
         last = self.head[-1]
         assert isinstance(last, nn.Conv2d)
         nn.init.zeros_(last.weight)
-        with torch.no_grad():  # start as the identity colour map: out = rgb
+        red = 1 if features == "v1" else 2  # where phi's (sharp or blurred) RGB starts
+        with torch.no_grad():  # start as the identity colour map: out = rgb (v2: blurred)
             bias = torch.zeros(3, k)
             for c in range(3):
-                bias[c, 1 + c] = 2.0
+                bias[c, red + c] = 2.0
                 bias[c, 0] = -1.0  # back to [-1, 1]
             last.bias.copy_(bias.reshape(-1))  # type: ignore[union-attr]
 
@@ -125,11 +191,12 @@ class GuidedDecoder(nn.Module):
         b, _, h, w = z.shape
         if frame.shape[-2:] != (h * self.factor, w * self.factor):
             raise ValueError(f"frame {tuple(frame.shape)} does not match latents {tuple(z.shape)} x {self.factor}")
-        phi = guide_features(frame.to(z.dtype))  # [B, K, H, W]
+        phi = guide_features(frame.to(z.dtype), self.features)  # [B, K, H, W]
         pooled = F.avg_pool2d(phi, self.factor)  # [B, K, h, w]
-        coeff = self._coefficients(torch.cat([z, pooled], dim=1), style)  # [B, 3K, h, w]
-        # Channels-last upsampling and a per-pixel bmm: on CPU bilinear upsampling of the 24 coefficient
-        # maps is ~4x faster channels-last than NCHW, and the product then needs no layout change.
+        # Channels-last throughout: the head's convolutions are ~15 % cheaper so on CPU, bilinear
+        # upsampling of the 24 coefficient maps ~4x faster than NCHW, and the product needs no layout change.
+        x = torch.cat([z, pooled], dim=1).contiguous(memory_format=torch.channels_last)
+        coeff = self._coefficients(x, style)  # [B, 3K, h, w]
         coeff = F.interpolate(coeff.contiguous(memory_format=torch.channels_last), scale_factor=self.factor,
                               mode="bilinear", align_corners=False)  # [B, 3K, H, W], channels-last
         hh, ww = phi.shape[-2:]
@@ -155,6 +222,7 @@ class GuidedDecoder(nn.Module):
         cfg = json.loads(cfg_path.read_text())
         if cfg.pop("_class_name", None) != "GuidedDecoder":
             raise ValueError(f"{cfg_path} does not describe a GuidedDecoder")
+        cfg.setdefault("features", "v1")  # written before the field: trained on the first basis
         model = cls(**cfg)
         missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
         if missing or unexpected:

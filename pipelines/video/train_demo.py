@@ -319,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     n_guide = len(inputs)
     del inputs, targets, latents
     minutes = (time.perf_counter() - t0) / 60
+    # --from-weights: the autoencoder and DiT were trained elsewhere; keep how they were
+    dit_threads = cfg.extra.get("train_threads", args.threads) if args.from_weights else args.threads
     extra = {**cfg.extra, "guide_minutes": round(minutes, 1), "guide_iters": args.guide_iters,
-             "train_device": args.device, "train_threads": args.threads, "guide_threads": args.guide_threads,
+             "train_device": args.device, "train_threads": dit_threads, "guide_threads": args.guide_threads,
              "guide_targets": GUIDE_TARGETS, "guide_clips": n_guide, "seed": args.seed}
     cfg = dataclasses.replace(cfg, extra=extra)
     save_demo(args.out, cfg, loaded.dit, ae, styles)

@@ -38,6 +38,7 @@ class GuideArgs:
     batch: int = 8
     lr: float = 2e-3
     hidden: int = 48
+    features: str = "v2"  # the decoder's feature basis (guided.FEATURE_SETS)
     seed: int = 0
     checkpoint_s: float = 180.0
 
@@ -97,7 +98,7 @@ def train_guide(
     n, s, t = targets.shape[:3]
     hh, ww = inputs.shape[2:4]
     style_dim = 0 if styles is None else int(styles.shape[1])
-    guide = GuidedDecoder(int(latents.shape[3]), factor, args.hidden, style_dim)
+    guide = GuidedDecoder(int(latents.shape[3]), factor, args.hidden, style_dim, args.features)
     opt = torch.optim.Adam(guide.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / args.iters)))
     gen = torch.Generator().manual_seed(args.seed + 2)

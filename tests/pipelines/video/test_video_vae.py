@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
@@ -81,7 +82,7 @@ def test_guided_decoder_decodes_each_block_with_its_own_camera_frame() -> None:
     from streamserve.pipelines.video.vae import DemoVAE, TinyAutoencoder
 
     torch.manual_seed(0)
-    guide = GuidedDecoder(8, 8, 16)
+    guide = GuidedDecoder(8, 8, 16, features="v1")  # its colour features are the frame's own RGB
     vae = DemoVAE(TinyAutoencoder(8, 8, 16), guide)
     frames = [torch.rand(3, 1, 32, 32) * 2 - 1 for _ in range(3)]
     state = vae.new_state()
@@ -151,3 +152,61 @@ def test_style_conditioned_guide_reads_the_sessions_blended_prompt(tmp_path: Pat
     with torch.no_grad():
         x, f = z[:, :, 0], frame[:, 0][None]
         assert torch.allclose(loaded(x, f, a.mean(1)), guide(x, f, a.mean(1)))
+
+
+def test_guide_feature_sets_load_honestly(tmp_path: Path) -> None:
+    """A guide folder written before the ``features`` field decodes with the basis it was trained on
+    (``v1``); a new one records its set; an unknown set is refused with the sets that exist."""
+    import json
+
+    from streamserve.pipelines.video.guided import GuidedDecoder, guide_features
+
+    torch.manual_seed(0)
+    guide = GuidedDecoder(8, 8, 16, features="v1")
+    guide.save(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["features"] == "v1"
+    del cfg["features"]  # as the folders written before the field
+    cfg_path.write_text(json.dumps(cfg))
+    assert GuidedDecoder.load(tmp_path / "old").features == "v1"
+    GuidedDecoder(8, 8, 16).save(tmp_path / "new")
+    assert GuidedDecoder.load(tmp_path / "new").features == "v2"
+    cfg["features"] = "v9"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown guide feature set 'v9'; sets: v1, v2"):
+        GuidedDecoder.load(tmp_path / "old")
+    frame = torch.rand(1, 3, 32, 32) * 2 - 1  # white noise
+    old, new = guide_features(frame, "v1"), guide_features(frame, "v2")  # [1, 8, H, W] each
+    assert old.shape == new.shape == (1, 8, 32, 32)
+    rgb = (frame + 1) * 0.5
+    assert torch.allclose(old[:, 1:4], rgb) and torch.equal(old[:, 6], new[:, 6])  # sharp colour; same stroke
+    assert torch.equal(old[:, 4], new[:, 5]) and torch.allclose(new[:, 5], new[:, 1] ** 2)  # L^2 of luma
+    # v2's colour is blurred (sigma 1.22): white noise keeps ~1/(2 sqrt(pi) 1.22) = 0.23 of its spread
+    spread = (new[:, 2:5].std() / rgb.std()).item()
+    assert 0.15 < spread < 0.35, spread
+    with torch.no_grad():  # a fresh v2 decoder starts as the identity map of the blurred colour
+        start = GuidedDecoder(8, 8, 16)(torch.randn(1, 8, 4, 4), frame)
+    assert torch.allclose(start, new[:, 2:5] * 2 - 1, atol=1e-5)
+
+
+def test_v2_outline_feature_is_the_cartoon_filters_outline() -> None:
+    """Feature set ``v2``'s outline (the last map) is the cartoon target's (``styles._cartoon``: smoothstep
+    of the Sobel magnitude of Gaussian-blurred luma, sigma 1.2) up to the blur, a 7-tap binomial here."""
+    import cv2
+
+    from streamserve.pipelines.video.data import face_clip
+    from streamserve.pipelines.video.guided import guide_features
+
+    rgb = face_clip(1, seed=21)[0]
+    lum = (rgb.astype(np.float32) / 255.0) @ np.array([0.299, 0.587, 0.114], np.float32)
+    g = cv2.GaussianBlur(lum, (0, 0), 1.2)
+    mag = np.sqrt(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) ** 2 + cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) ** 2)
+    x = np.clip((mag - 0.10) / 0.2, 0.0, 1.0)
+    want = x * x * (3.0 - 2.0 * x)
+    frame = torch.from_numpy(rgb).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+    got, old = guide_features(frame, "v2")[0, 7].numpy(), guide_features(frame, "v1")[0, 7].numpy()
+    assert 0.05 < want.mean() < 0.5  # the face has outlines to compare
+    err = np.abs(got - want)
+    assert err.mean() < 0.01 and np.percentile(err, 99) < 0.15, (err.mean(), np.percentile(err, 99))
+    assert np.abs(old - want).mean() > 0.1  # v1's outline is another map (measured 0.18; v2: 0.006)
