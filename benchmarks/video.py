@@ -106,9 +106,15 @@ def http_json(url: str, body: dict[str, Any] | None = None, secret: str | None =
 
 
 async def served(url: str, size: int, fps: float, style: str, steps: int, warmup_s: float,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, client_jb: str = "frame-end") -> dict[str, Any]:
+    """One WebRTC session from an aiortc client. ``client_jb="frame-end"``: the client's receiver
+    completes a frame at its marker packet, as browsers do (`streamserve.transport.jitter`, what the
+    server's receiver runs); ``"stock"``: aiortc's own buffer, which holds every received frame until
+    the next one starts, adding one output frame interval to each latency (the figures before
+    2026-12-06's fifth session)."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+    from streamserve.transport import jitter
     from streamserve.transport.probe import StampedVideoTrack, StampReader
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -121,6 +127,10 @@ async def served(url: str, size: int, fps: float, style: str, steps: int, warmup
             "params": {"style": style, "steps": steps, "width": size, "height": size}}
     answer = await asyncio.to_thread(http_json, f"{url}/v1/webrtc/offer", body)
     await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    if client_jb == "frame-end":  # before media flows (ICE and DTLS come first)
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video" and not jitter.install(transceiver.receiver):
+                raise RuntimeError("could not install the frame-end jitter buffer on the client")
     try:
         await asyncio.sleep(warmup_s)
         start, sent0 = time.monotonic(), len(source.sent_at)
@@ -157,7 +167,8 @@ def cpu_tables(args: argparse.Namespace) -> str:
     rows = []
     with running_server(args.spare_frames) as url:
         for fps in args.fps:
-            s = asyncio.run(served(url, args.size, fps, args.style, args.steps, args.warmup, args.seconds))
+            s = asyncio.run(served(url, args.size, fps, args.style, args.steps, args.warmup, args.seconds,
+                                   args.client_jitter_buffer))
             print(f"served @{fps:g}: {s}", file=sys.stderr)
             rows.append((fps, s))
     lines = ["| input FPS | bare FPS (capacity) | served FPS | served / min(bare, input) | "
@@ -168,7 +179,8 @@ def cpu_tables(args: argparse.Namespace) -> str:
         lines.append(f"| {s['fps_in']:.1f} | {b['fps']:.1f} | {s['fps']:.1f} | {ratio:.2f} | {s['p50_ms']:.0f} | "
                      f"{s['p99_ms']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {s['tier']} | {s['drops']} |")
     return (f"Demo model, {args.size}x{args.size}, one session, style {args.style!r}, {args.steps} step(s), "
-            f"torch threads: {args.threads or 'pipeline default (all cores but one)'}.\n\n" + "\n".join(lines))
+            f"torch threads: {args.threads or 'pipeline default (all cores but one)'}, client jitter buffer: "
+            f"{args.client_jitter_buffer}.\n\n" + "\n".join(lines))
 
 
 # --- GPU: Wan2.1-1.3B shape ------------------------------------------------------------------------
@@ -345,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="the GPU part only, on CPU with a tiny Wan-shaped model at 64x64 (checks the script)")
     parser.add_argument("--json", help="also write the results to this file (GPU rows: after each row)")
+    parser.add_argument("--client-jitter-buffer", choices=["frame-end", "stock"], default="frame-end",
+                        help="served: the aiortc client's video receiver completes a frame at its marker "
+                        "packet as a browser does (frame-end), or waits for the next frame (aiortc's stock)")
     parser.add_argument("--no-spare-frames", dest="spare_frames", action="store_false",
                         help="served: a lowered tier runs exactly its rate (A/B of the spare frames, docs/serving.md)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
