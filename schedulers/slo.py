@@ -241,6 +241,7 @@ class SloScheduler:
         granted unit, only if no other session's unit is due before they would finish."""
         extra = [lv for lv in spare if lv.spec.pipeline == pipeline][: max(0, sizes.get(pipeline, 1) - len(granted))]
         base = self.cost.batch_cost(pipeline, [self._shape(lv) for lv in granted]) if granted else 0.0
+        round_cost = self.admission.load().worst_latency_s if extra else 0.0  # once, not per size tried
         while extra:
             group = granted + extra
             ids = {lv.session_id for lv in group}
@@ -249,7 +250,7 @@ class SloScheduler:
             due = min([d for lv in self._live.values() if not granted and lv.session_id not in ids  # future only:
                        and lv.last_seen is not None  # an overdue unit is a stream that paused
                        and (d := lv.rate.next_due(lv.last_seen, lv.spec.fps, self._fps(lv))) > now], default=math.inf)
-            if total - base <= self._chore_budget(now, base, ids) and head_room >= 0 and due >= now + total:
+            if total - base <= self._chore_budget(now, base, ids, round_cost) and head_room >= 0 and due >= now + total:
                 break
             extra.pop()
         for lv in extra:
@@ -394,12 +395,15 @@ class SloScheduler:
                 join.done(None)
         return done
 
-    def _chore_budget(self, now: float, plan_cost: float, popped: Collection[str] = ()) -> float:
+    def _chore_budget(self, now: float, plan_cost: float, popped: Collection[str] = (),
+                      round_cost: float | None = None) -> float:
         """Seconds of chores that cannot make any live session late (inf when none is live); the
-        sessions in `popped` will have had their head taken."""
+        sessions in `popped` will have had their head taken; `round_cost`: the predicted worst round
+        (admission's load), if the caller has it."""
         if not self._live:
             return float("inf")
-        round_cost = self.admission.load().worst_latency_s
+        if round_cost is None:
+            round_cost = self.admission.load().worst_latency_s
         budget = min(lv.spec.budget_s for lv in self._live.values()) - round_cost
         for live in self._live.values():
             head = live.inbox.peek()
