@@ -34,7 +34,7 @@ from .checkpoint import LoadedModel, load_model
 from .params import VideoParams
 from .prefill import PrefillAttention
 from .presets import StreamRules, make_rules
-from .resize import fit_frame, to_rgb
+from .resize import fit_frame, stack, to_rgb
 from .sampler import Schedule, SigmaTable, add_noise, predict_x0
 from .session import SessionState, Work
 from .session_cache import SessionCache
@@ -269,7 +269,7 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
             st.pending.append((media, fit_frame(media.data, st.width, st.height, st.params.resize)))
             if len(st.pending) >= self._frames_needed(st):
                 frames = [f for f, _ in st.pending]
-                pixels = torch.stack([x for _, x in st.pending], dim=1)  # [3, F, H, W]
+                pixels = stack([x for _, x in st.pending], dim=1)  # [3, F, H, W]
                 st.pending.clear()
                 chunks.append((st, frames, pixels))
         if chunks:
@@ -395,7 +395,7 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
     def _forward(self, group: Sequence[tuple[SessionState, Work]]) -> None:
         """One batched DiT forward; leaves each work's predicted x0 in ``work.x``."""
         st0 = group[0][0]
-        x = torch.stack([w.x for _, w in group])  # [N, C, 1, h, w]
+        x = stack([w.x for _, w in group])  # [N, C, 1, h, w]
         sig = torch.tensor([w.sigma for _, w in group], device=x.device)
         t = torch.tensor([w.t for _, w in group], device=x.device)
         if len(group) == 1:  # one item: its prompt's keys/values as they are (no copy)
@@ -437,7 +437,7 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
         single = [i for i, (_, w) in enumerate(group) if w.x.shape[1] == 1]
         videos: dict[int, torch.Tensor] = {}
         if single:
-            latents = torch.stack([group[i][1].x for i in single])  # [N, C, 1, h, w]
+            latents = stack([group[i][1].x for i in single])  # [N, C, 1, h, w]
             decoded = self.vae.decode(latents, [group[i][0].vae_state for i in single])
             videos.update(zip(single, decoded, strict=True))
         for i, (st, w) in enumerate(group):

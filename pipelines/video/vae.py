@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .guided import GuidedDecoder
+from .resize import stack
 
 
 class StreamingVAE(abc.ABC):
@@ -189,7 +190,7 @@ class DemoVAE(StreamingVAE):
     @torch.inference_mode()
     def encode(self, frames: list[torch.Tensor], states: list[Any]) -> torch.Tensor:
         p = next(self.model.parameters())
-        x = torch.stack([f[:, -1] for f in frames]).to(p.device, p.dtype)  # [N, 3, H, W]
+        x = stack([f[:, -1] for f in frames]).to(p.device, p.dtype)  # [N, 3, H, W]
         if self.guide is not None:
             for frame, st in zip(x.unbind(0), states, strict=True):
                 st.append(frame)  # [3, H, W], decoded with the block it makes
@@ -205,7 +206,7 @@ class DemoVAE(StreamingVAE):
                 if any(getattr(st, "style", None) is None for st in states):
                     raise ValueError("this demo model's decoder needs each session's style: call set_prompt first")
                 style = torch.stack([st.style for st in states]).to(p.device, p.dtype)
-            guides = torch.stack([st.popleft() for st in states])  # [N, 3, H, W]
+            guides = stack([st.popleft() for st in states])  # [N, 3, H, W]
             x = self.guide(z, guides, style).clamp(-1, 1)
         else:
             x = self.model.decode(z).clamp(-1, 1)  # [N, 3, H, W]
