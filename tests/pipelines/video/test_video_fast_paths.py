@@ -1,5 +1,6 @@
 """The serving fast paths compute what the plain ones do: complex RoPE, the inference block forward,
-and the stream attention that reads the KV pool in place (slot order) instead of gathering it."""
+the stream attention that reads the KV pool in place (slot order) instead of gathering it, the folded
+cross-attention to a short prompt, and the guided decoder's planar bilinear upsampling."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 
 from streamserve.kv_rolling import BatchedKV, KVPool, SessionKV
+from streamserve.pipelines.video.attention import FoldedCrossAttention, out_proj, split_heads
 from streamserve.pipelines.video.block import block_forward, fast_block_ok, gelu_tanh
+from streamserve.pipelines.video.guided import upsample_bilinear
 from streamserve.pipelines.video.model import CausalWanDiT, tiny_wan_config
 from streamserve.pipelines.video.rope import RopeTable, apply_rope
 from streamserve.pipelines.video.stream_attention import StreamAttention
@@ -112,3 +115,82 @@ def test_in_place_pool_reads_equal_the_gather(policy: str) -> None:
         got, expected = dit.forward_stream(x, t, fast), dit.forward_stream(x, t, slow)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
         assert fast.positions == slow.positions
+
+
+def _unfolded_cross(attn: Any, hidden: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    q = split_heads(attn.norm_q(attn.to_q(hidden)), int(attn.heads))
+    return out_proj(attn, F.scaled_dot_product_attention(q, k, v), hidden)
+
+
+class _FixedCross:
+    """A strategy serving one prompt's cross-attention keys/values."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.kv = (k, v)
+
+    def cross_kv(self, layer: int, attn: Any, encoder_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kv
+
+    def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("not used")
+
+
+@torch.no_grad()
+def test_folded_cross_attention_equals_sdpa() -> None:
+    dit = _dit(5)
+    prompts = dit.embed_prompt(torch.randn(2, 3, 16))  # two sessions, 3 prompt tokens each
+    for layer, block in enumerate(dit.transformer.blocks):
+        attn = block.attn2
+        with torch.no_grad():  # give the norm and the output projection non-trivial weights
+            attn.norm_q.weight.uniform_(0.5, 1.5)
+            attn.to_out[0].bias.normal_()
+        k, v = dit.cross_kv(prompts)[layer]  # [2, H, 3, D]
+        hidden = torch.randn(2, 20, 48) * 3.0
+        fold = FoldedCrossAttention()
+        assert fold.applies(attn, hidden, k)
+        folded = fold.prepare(attn, k, v)
+        assert folded is not None
+        expected = _unfolded_cross(attn, hidden, k, v)
+        torch.testing.assert_close(fold(attn, hidden, folded), expected, rtol=0, atol=2e-5)
+        assert fold.prepare(attn, k, v) is folded  # cached while the prompt's tensors live
+        k2 = k.clone()
+        assert fold.prepare(attn, k2, v) is not folded  # another prompt: its own matrices
+        # Keys whose scores could overflow exp without the max subtraction are not folded.
+        big = k * 1e3
+        assert fold.prepare(attn, big, v) is None
+        processor = attn.processor
+        dit.router.strategy = _FixedCross(big, v)
+        try:
+            got = processor(attn, hidden, prompts)
+        finally:
+            dit.router.strategy = None
+        torch.testing.assert_close(got, _unfolded_cross(attn, hidden, big, v), rtol=0, atol=1e-5)
+    # Where it does not apply: autograd, half precision, long prompts.
+    attn = dit.transformer.blocks[0].attn2
+    k, v = dit.cross_kv(prompts)[0]
+    hidden = torch.randn(2, 20, 48)
+    with torch.enable_grad():
+        assert not FoldedCrossAttention().applies(attn, hidden, k)
+    assert not FoldedCrossAttention().applies(attn, hidden.half(), k.half())
+    long_k = torch.randn(2, 4, 40, 12)
+    assert not FoldedCrossAttention().applies(attn, hidden, long_k)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 8])
+def test_planar_upsampling_equals_interpolate(factor: int) -> None:
+    torch.manual_seed(factor)
+    for shape in [(1, 24, 32, 32), (2, 5, 7, 9), (1, 3, 1, 1)]:
+        x = torch.randn(*shape)
+        expected = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+        with torch.inference_mode():
+            got = upsample_bilinear(x, factor)
+        assert got.shape == expected.shape and got.is_contiguous()
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+    # With autograd on it is ATen's kernel, so training gets gradients.
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    w = torch.randn(1, 2, 4 * factor, 4 * factor)
+    (upsample_bilinear(x, factor) * w).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    (F.interpolate(x2, scale_factor=factor, mode="bilinear", align_corners=False) * w).sum().backward()
+    assert x.grad is not None and x2.grad is not None
+    torch.testing.assert_close(x.grad, x2.grad)
