@@ -21,8 +21,8 @@ combines them as guided upsampling (after HDRnet's bilateral-grid idea, with a p
 
 The coefficient maps are smooth, so there is no 8-pixel block grid; edges, faces and text come from
 the camera frame through ``phi``; the style (what maps to what) comes from the DiT's latent. Cost at
-256x256: ~55 M multiply-adds at latent resolution plus ~1 M per output pixel map; the full-resolution
-part runs channels-last (see ``forward``).
+256x256: ~55 M multiply-adds at latent resolution (channels-last) plus ~1 M per output pixel map
+(planar: :func:`upsample_bilinear`, then the product as plane multiply-adds; see ``forward``).
 
 Shapes: latents ``[B, C, h, w]``, frames ``[B, 3, H, W]`` in ``[-1, 1]``, ``H = f * h``.
 """
