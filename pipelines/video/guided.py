@@ -48,7 +48,7 @@ def _local_mean(lum: torch.Tensor, cell: int) -> torch.Tensor:
     h, w = lum.shape[-2:]
     coarse = F.avg_pool2d(lum, cell, ceil_mode=True)
     coarse = F.avg_pool2d(coarse, 3, stride=1, padding=1, count_include_pad=False)
-    if h % cell == 0 and w % cell == 0:
+    if h % cell == 0 and w % cell == 0 and not torch.is_grad_enabled():
         return upsample_bilinear(coarse, cell)
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
@@ -161,18 +161,29 @@ def guide_features(frame: torch.Tensor, features: str = "v2") -> torch.Tensor:
     """
     if features not in FEATURE_SETS:
         raise ValueError(f"unknown guide feature set {features!r}; sets: {', '.join(FEATURE_SETS)}")
-    if features == "v2":
-        return _features_v2(frame)
+    if features == "v2" and not torch.is_grad_enabled():
+        return _features_v2(frame)  # serving: the same maps to float rounding, planar, fewer passes
+    # The reference computation, which training runs (so `train_demo` rewrites the committed decoder
+    # bit for bit), written channels-last as it always was.
     rgb = (frame + 1.0) * 0.5  # [0, 1]
     w = torch.tensor(_LUMA, dtype=frame.dtype, device=frame.device).view(1, 3, 1, 1)
     lum = (rgb * w).sum(1, keepdim=True)  # [B, 1, H, W]
     stroke = ((lum + 0.06) / (_local_mean(lum, 8) + 0.06)).clamp_(0.0, 1.0)
     stroke = (stroke * stroke).mul_(stroke)
-    edge = _outline_v1(lum)
+    if features == "v1":
+        edge = _outline_v1(lum)
+    else:
+        soft = _binomial_blur(F.pad(rgb, (4, 4, 4, 4), mode="reflect"))  # [B, 3, H + 2, W + 2], mirrored borders
+        edge = _sobel_outline((soft * w).sum(1, keepdim=True))
+        soft = soft[..., 1:-1, 1:-1]
     step = edge.mul(-2.0).add_(3.0)
     edge = edge.mul_(edge).mul_(step)  # smoothstep: e * e * (3 - 2 e)
     sq = lum * lum
-    return torch.cat((torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge), dim=1)
+    if features == "v1":
+        maps = (torch.ones_like(lum), rgb, sq, sq * lum, stroke, edge)  # [B, c, H, W] each
+    else:
+        maps = (torch.ones_like(lum), lum, soft, sq, stroke, edge)
+    return torch.cat([m.permute(0, 2, 3, 1) for m in maps], dim=-1).permute(0, 3, 1, 2)
 
 
 def _features_v2(frame: torch.Tensor) -> torch.Tensor:
@@ -201,6 +212,18 @@ def _half_luma(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor
     """Half the luma of ``x [B, 3, H, W]`` -> ``[B, 1, H, W]`` (into ``out`` if given), three plane FMAs."""
     out = torch.mul(x[:, 0:1], 0.5 * _LUMA[0], out=out) if out is not None else x[:, 0:1] * (0.5 * _LUMA[0])
     return out.add_(x[:, 1:2], alpha=0.5 * _LUMA[1]).add_(x[:, 2:3], alpha=0.5 * _LUMA[2])
+
+
+def _apply_reference(coeff: torch.Tensor, phi: torch.Tensor, factor: int) -> torch.Tensor:
+    """``out_c = sum_k up(A_ck) phi_k`` as training computes it: channels-last bilinear upsampling of
+    ``coeff [B, 3K, h, w]`` and one 3 x K by K x 1 product per pixel -> ``[B, 3, H, W]``."""
+    b = coeff.shape[0]
+    coeff = F.interpolate(coeff.contiguous(memory_format=torch.channels_last), scale_factor=factor,
+                          mode="bilinear", align_corners=False)  # [B, 3K, H, W], channels-last
+    hh, ww = phi.shape[-2:]
+    a = coeff.permute(0, 2, 3, 1).reshape(b * hh * ww, 3, NUM_FEATURES)  # a view
+    p = phi.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(b * hh * ww, NUM_FEATURES, 1)
+    return torch.bmm(a, p).view(b, hh, ww, 3).permute(0, 3, 1, 2)
 
 
 class GuidedDecoder(nn.Module):
@@ -270,11 +293,13 @@ class GuidedDecoder(nn.Module):
             raise ValueError(f"frame {tuple(frame.shape)} does not match latents {tuple(z.shape)} x {self.factor}")
         phi = guide_features(frame.to(z.dtype), self.features)  # [B, K, H, W]
         pooled = F.avg_pool2d(phi, self.factor)  # [B, K, h, w]
-        # The head's convolutions run channels-last (~15 % cheaper so on CPU); the full-resolution part
-        # planar, where the per-pixel product is 8 fused multiply-adds over whole planes.
+        # The head's convolutions run channels-last (~15 % cheaper so on CPU); in inference the
+        # full-resolution part runs planar, where the per-pixel product is 8 multiply-adds over planes.
         x = torch.cat([z, pooled], dim=1).contiguous(memory_format=torch.channels_last)
-        coeff = upsample_bilinear(self._coefficients(x, style), self.factor)  # [B, 3K, H, W]
-        a = coeff.unflatten(1, (3, NUM_FEATURES))  # [B, 3, K, H, W]
+        coeff = self._coefficients(x, style)  # [B, 3K, h, w]
+        if torch.is_grad_enabled():  # training: the reference computation, bit for bit (see guide_features)
+            return _apply_reference(coeff, phi, self.factor)
+        a = upsample_bilinear(coeff, self.factor).unflatten(1, (3, NUM_FEATURES))  # [B, 3, K, H, W]
         out = a[:, :, 0] * phi[:, :1]
         for k in range(1, NUM_FEATURES):
             out = out.addcmul_(a[:, :, k], phi[:, k : k + 1])

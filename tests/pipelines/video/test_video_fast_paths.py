@@ -15,7 +15,7 @@ from diffusers import WanTransformer3DModel
 from streamserve.kv_rolling import BatchedKV, KVPool, SessionKV
 from streamserve.pipelines.video.attention import FoldedCrossAttention, out_proj, split_heads
 from streamserve.pipelines.video.block import block_forward, fast_block_ok, gelu_tanh
-from streamserve.pipelines.video.guided import upsample_bilinear
+from streamserve.pipelines.video.guided import GuidedDecoder, guide_features, upsample_bilinear
 from streamserve.pipelines.video.model import CausalWanDiT, tiny_wan_config
 from streamserve.pipelines.video.rope import RopeTable, apply_rope
 from streamserve.pipelines.video.stream_attention import StreamAttention
@@ -194,3 +194,21 @@ def test_planar_upsampling_equals_interpolate(factor: int) -> None:
     (F.interpolate(x2, scale_factor=factor, mode="bilinear", align_corners=False) * w).sum().backward()
     assert x.grad is not None and x2.grad is not None
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+@pytest.mark.parametrize("features", ["v1", "v2"])
+def test_guided_decoder_serving_path_equals_the_training_path(features: str) -> None:
+    """Inference runs planar features, upsampling and product; training (autograd on) the reference
+    computation the committed decoder was trained with. Same maps and output to float rounding."""
+    torch.manual_seed(7)
+    guide = GuidedDecoder(8, 8, 16, style_dim=4, features=features)
+    with torch.no_grad():
+        for p in guide.parameters():  # a decoder that does something (the last layer starts at zero)
+            p.add_(torch.randn_like(p) * 0.1)
+    z, frame, style = torch.randn(2, 8, 6, 5), torch.rand(2, 3, 48, 40) * 2 - 1, torch.randn(2, 4)
+    reference_maps = guide_features(frame, features)  # autograd on: the training computation
+    expected = guide(z, frame, style)
+    with torch.inference_mode():
+        maps, got = guide_features(frame, features), guide(z, frame, style)
+    torch.testing.assert_close(maps, reference_maps, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, expected.detach(), rtol=0, atol=1e-5)
