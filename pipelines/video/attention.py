@@ -169,7 +169,7 @@ class FoldedCrossAttention:
     MAX_SCORE = 60.0  # |score| bound below which exp(score) needs no max subtraction (fp32 overflows at 88)
 
     def __init__(self) -> None:
-        # id(k) -> (weakref(k), weakref(v), K', V', ones) or None where the bound rules the fold out
+        # id(k) -> (weakref(k), weakref(v), (K', V', head-sum ones) or None where the bound rules the fold out)
         self._cache: dict[int, tuple[Any, Any, tuple[torch.Tensor, ...] | None]] = {}
 
     def applies(self, attn: Any, hidden: torch.Tensor, k: torch.Tensor) -> bool:
