@@ -15,10 +15,11 @@
    deliberate, even decimation instead of random drops (`schedulers/live.py`: a rate credit, not
    "every k-th unit"; a 9/10 tier on a 30 fps camera takes 9 frames of every 10, evenly spread).
    A tier's rate is a floor, not a ceiling: a unit the credit does not grant, with nothing newer
-   queued behind it, is a *spare*. Spares top up a batch that runs anyway (up to its size), or run
-   alone when the plan would otherwise leave the engine idle and no other session's unit is due
-   before they would finish; either way only while they fit every live session's slack (the
-   chores' test, 5.). So spare device time is not thrown away.
+   queued behind it (or only a jitter burst's second unit, with time for both), is a *spare*.
+   Spares top up a batch that runs anyway (up to its size), or run alone when the plan would
+   otherwise leave the engine idle and no other session's unit is due before they would finish;
+   either way only while they fit every live session's slack (the chores' test, 5.). So spare
+   device time is not thrown away.
 3. **Batches**, earliest deadline first (ties: higher priority), one per pipeline, up to `max_batch`;
    video up to the largest size whose worst latency fits (`schedulers/batching.py`; off: `adapt_batch`).
    *Lanes*: while voice sessions are live, a video batch is cut to the largest size whose predicted
@@ -289,10 +290,16 @@ class SloScheduler:
         return self.supersede and live.spec.lane != "voice" and len(live.inbox) > 1 and \
             now + 2 * rounds()[live.spec.pipeline] > head.deadline + 1.0 / live.spec.fps
 
+    def _burst(self, live: LiveSession, head: Media, now: float, rounds: Callable[[], dict[str, float]]) -> bool:
+        """Whether a spare head and the one unit behind it are a jitter burst (the older arrived late,
+        < 3/4 of a period ago; in a backlog it arrived a period or more ago) with time to run both."""
+        return len(live.inbox) == 2 and now - head.arrival < 0.75 / live.spec.fps and \
+            not self._superseded(live, head, now, rounds)
+
     def _head(self, live: LiveSession, now: float, expired: list[WorkItem], skipped: list[WorkItem],
               rounds: Callable[[], dict[str, float]]) -> tuple[Media | None, bool]:
         """The session's unit to run next, and whether it is a spare (one its tier skips, kept while
-        nothing newer is queued in case the engine has nothing else to do)."""
+        nothing newer is queued, or a burst's second unit is, in case the engine has nothing else to do)."""
         # Video that cannot finish by its deadline is dropped now; voice only once past it (as EDF
         # does): a voice pipeline aggregates chunks and may still use a late one.
         own = 0.0 if live.spec.lane == "voice" else self.cost.cost(live.spec.pipeline, self._shape(live), 1)
@@ -310,7 +317,7 @@ class SloScheduler:
                 live.inbox.pop()
                 expired.append(WorkItem(live.session_id, head))
             elif fps < live.spec.fps and not live.rate.grant(head.arrival, fps):
-                if self.spare and len(live.inbox) == 1:
+                if self.spare and (len(live.inbox) == 1 or self._burst(live, head, now, rounds)):
                     return head, True
                 live.inbox.pop()
                 head.meta["dropped"] = "tier"

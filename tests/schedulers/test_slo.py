@@ -244,6 +244,41 @@ def test_a_tier_is_a_floor_an_idle_device_runs_the_frames_it_skips() -> None:
             assert len(ran) == 81 and sched.stats.spare_units["video"] == 0  # 2 of 3 (the decimation test)
 
 
+def _paired_stream(burst_rule: bool, gap: float) -> list[int]:
+    """A 30 fps camera on the 20 fps rung of an idle device; frames 6j + 4 and 6j + 5 reach the
+    scheduler together, `gap` apart (the older one is one the rung skips). The frames that ran."""
+    sched = scheduler(seeded(Affine(0.001, 0.0)))
+    if not burst_rule:
+        sched._burst = lambda *a: False  # type: ignore[method-assign]
+    spec = SessionSpec("video", S256)
+    sched.admission.check("s0", spec)
+    sched.admission.set_level("s0", 4)  # 20 fps
+    inbox = SimInbox(2)
+    sched.add("s0", "video", inbox, spec)
+    ran: list[int] = []
+    for k in range(121):
+        arrival = (k - 1) / 30.0 + gap if k % 6 == 5 else k / 30.0
+        inbox.put(SimUnit(k, arrival, arrival + 0.25))
+        if k % 6 == 4:
+            continue  # its pair lands before the next plan
+        now = arrival + 0.001
+        for _ in range(2):  # the engine plans again after each step
+            plan = sched.schedule(now)
+            ran += [int(i.media.pts) for b in plan.batches for i in b.items]  # type: ignore[attr-defined]
+            now += 0.002
+    return ran
+
+
+def test_a_jitter_burst_keeps_the_frame_its_tier_skips_a_backlog_does_not() -> None:
+    """Two frames that arrive 1 ms apart (network jitter) with time to run both: the older one, which
+    the rung's rate credit skips, stays a spare and runs (before: dropped, 20 frames of 121). Two
+    frames a whole period apart waiting together are a backlog: the older skipped one is dropped."""
+    assert _paired_stream(True, 0.001) == list(range(121))
+    assert len(_paired_stream(False, 0.001)) == 101
+    backlog = _paired_stream(True, 1 / 30.0)
+    assert len(backlog) == 101 and all(k % 6 == 4 for k in set(range(121)) - set(backlog))
+
+
 def test_spare_frames_fill_batches_and_never_make_a_granted_frame_late() -> None:
     """Three cameras on a device that runs 3 frames in 34 ms (30 fps each would load it 102%):
     admission puts the third on the 15 fps tier. Its skipped frames join the others' batches when
