@@ -23,13 +23,17 @@ pytestmark = pytest.mark.slow
 
 
 def question_wav(path: Path) -> Path:
-    """48 kHz mono: 0.5 s of silence, the question (hibari), then 14 s of silence (the file loops)."""
+    """48 kHz mono: 3 s of silence, the question (hibari), then 14 s of silence (the file loops).
+
+    Chromium's fake microphone plays from the moment the page asks for it; what it plays before the
+    peer connection is up is lost, so the question waits for the connection (on a loaded 2-core
+    machine 0.5 s was not always enough: the server heard the question's tail)."""
     from hibari import Hibari
 
     from streamserve.pipelines.voice.audio import resample
 
     speech = resample(Hibari()("What is the capital of France?", seed=0), 24000, 48000)
-    audio = np.concatenate([np.zeros(24000, np.float32), speech, np.zeros(14 * 48000, np.float32)])
+    audio = np.concatenate([np.zeros(3 * 48000, np.float32), speech, np.zeros(14 * 48000, np.float32)])
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -61,11 +65,15 @@ def test_voice_page_shows_the_transcript_and_plays_the_reply(voice_server: tuple
             page = browser.new_page()
             page.goto(f"{server.url}/?pipeline=voice&autostart=1")
             page.wait_for_selector("#pipeline option[value=voice]", state="attached", timeout=30_000)
-            page.wait_for_function("document.querySelector('#transcript li.agent:not(.partial)') !== null",
-                                   timeout=60_000)
+            # The question in a user turn and its answer in a final agent turn (if the connection came
+            # up mid-question anyway, the file's next loop asks it whole).
+            page.wait_for_function(
+                "[...document.querySelectorAll('#transcript li.user')].some(li => /france/i.test(li.textContent))"
+                " && [...document.querySelectorAll('#transcript li.agent:not(.partial)')]"
+                ".some(li => /paris/i.test(li.textContent))", timeout=60_000)
             page.wait_for_function("window.voiceStats.loudFrames >= 10", timeout=20_000)
-            user = page.locator("#transcript li.user").first.text_content() or ""
-            agent = page.locator("#transcript li.agent").first.text_content() or ""
+            user = page.locator("#transcript li.user", has_text="France").first.text_content() or ""
+            agent = " ".join(page.locator("#transcript li.agent:not(.partial)").all_text_contents())
             stats = page.evaluate("window.voiceStats")
             latency = page.locator("#latency").text_content() or ""
         finally:
