@@ -14,11 +14,13 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+from streamserve.core.frames import Media
 from streamserve.schedulers.base import InboxView
 from streamserve.schedulers.spec import SessionSpec, Tier
 
 CREDIT_SLACK = 0.125  # a unit is taken once the rate credit is within this of a whole unit (jitter)
 CREDIT_CAP = 2.0  # at most this much credit is saved up (a pause never buys a burst of more than 2)
+BURST_AGE = 0.75  # frame periods: a unit with one newer behind it that arrived less long ago is a jitter burst
 OnTier = Callable[[Tier], None]
 
 
@@ -86,3 +88,14 @@ class LiveSession:
     rate: RateCredit = dataclasses.field(default_factory=RateCredit)  # frame-rate decimation
     reason: str = "requested quality"
     changed_at: float = 0.0
+
+    def time_for_both(self, head: Media, now: float, round_s: float) -> bool:
+        """Whether running `head` first, with rounds of batches `round_s` long, still lets the unit
+        queued behind it (due a period after it, at the earliest) make its deadline."""
+        return now + 2 * round_s <= head.deadline + 1.0 / self.spec.fps
+
+    def burst(self, head: Media, now: float, round_s: Callable[[], float]) -> bool:
+        """Whether `head` and the one unit behind it are a jitter burst (`head` arrived less than
+        `BURST_AGE` of a period ago; in a backlog it arrived a period or more ago) with time for both."""
+        return len(self.inbox) == 2 and now - head.arrival < BURST_AGE / self.spec.fps and \
+            self.time_for_both(head, now, round_s())

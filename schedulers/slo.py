@@ -288,13 +288,10 @@ class SloScheduler:
         unit after it a period later too. Under overload the freshest frame runs; with time to spare
         (a burst of two after network jitter) both do."""
         return self.supersede and live.spec.lane != "voice" and len(live.inbox) > 1 and \
-            now + 2 * rounds()[live.spec.pipeline] > head.deadline + 1.0 / live.spec.fps
+            not live.time_for_both(head, now, rounds()[live.spec.pipeline])
 
     def _burst(self, live: LiveSession, head: Media, now: float, rounds: Callable[[], dict[str, float]]) -> bool:
-        """Whether a spare head and the one unit behind it are a jitter burst (the older arrived late,
-        < 3/4 of a period ago; in a backlog it arrived a period or more ago) with time to run both."""
-        return len(live.inbox) == 2 and now - head.arrival < 0.75 / live.spec.fps and \
-            not self._superseded(live, head, now, rounds)
+        return live.burst(head, now, lambda: rounds()[live.spec.pipeline])  # module doc, 2.
 
     def _head(self, live: LiveSession, now: float, expired: list[WorkItem], skipped: list[WorkItem],
               rounds: Callable[[], dict[str, float]]) -> tuple[Media | None, bool]:
