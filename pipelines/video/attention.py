@@ -173,21 +173,23 @@ class FoldedCrossAttention:
         self._cache: dict[int, tuple[Any, Any, tuple[torch.Tensor, ...] | None]] = {}
 
     def applies(self, attn: Any, hidden: torch.Tensor, k: torch.Tensor) -> bool:
+        """Whether this call may fold (the module's own layout is checked once per prompt, in `prepare`)."""
         return (hidden.device.type == "cpu" and hidden.dtype == torch.float32 and k.dtype == torch.float32
-                and k.shape[1] * k.shape[2] <= self.MAX_COLUMNS and not torch.is_grad_enabled()
-                and isinstance(attn.norm_q, torch.nn.RMSNorm) and attn.norm_q.weight is not None
-                and attn.to_out[0].bias is not None)
+                and k.shape[1] * k.shape[2] <= self.MAX_COLUMNS and not torch.is_grad_enabled())
 
     def prepare(self, attn: Any, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """The folded keys ``[B, H*D, H*Lc]``, values ``[B, H*Lc, dim]`` and head-sum matrix of a prompt,
-        or None when its scores could overflow ``exp``."""
+        or None when its scores could overflow ``exp`` or the module is not the RMS-normed, biased
+        layout the fold assumes."""
         hit = self._cache.get(id(k))
         if hit is not None and hit[0]() is k and hit[1]() is v:
             return hit[2]
         b, h, lc, d = k.shape
-        gk = k * attn.norm_q.weight.view(h, 1, d)  # [B, H, Lc, D]
         folded: tuple[torch.Tensor, ...] | None = None
-        if h**0.5 * float(torch.linalg.vector_norm(gk, dim=-1).max()) <= self.MAX_SCORE:
+        layout_ok = isinstance(attn.norm_q, torch.nn.RMSNorm) and attn.norm_q.weight is not None \
+            and attn.to_out[0].bias is not None
+        gk = k * attn.norm_q.weight.view(h, 1, d) if layout_ok else k  # [B, H, Lc, D]
+        if layout_ok and h**0.5 * float(torch.linalg.vector_norm(gk, dim=-1).max()) <= self.MAX_SCORE:
             kbd = k.new_zeros(b, h * d, h * lc)  # block diagonal: head i's keys at rows/cols of head i
             for i in range(h):
                 kbd[:, i * d : (i + 1) * d, i * lc : (i + 1) * lc] = gk[:, i].transpose(-1, -2) * d**-0.5
