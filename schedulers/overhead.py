@@ -12,9 +12,19 @@ pipeline, are measured on every step and kept as recent samples (a bounded windo
   (hand-over to the loop thread, fan-out), measured when the session is given the output.
 - ``jitter``: measured step time over the cost model's prediction for that batch: the spread of
   step times around their mean (a 2-core CPU shared with the event loop and codecs).
+- ``arrival``: how late a unit reached the server after its slot on the session's own clock (its
+  pts): the client's timer, the network, the transport's decode and the event loop. Measured per
+  unit by `ArrivalClock` as its ``arrival - pts`` minus the smallest such offset among the
+  session's recent units (the slot of a unit that was not delayed), so it needs no clock sync.
 
-The capacity planner's simulator samples all three from their quantiles (`to_dict`): a batch starts
-`pre` later, runs `jitter` x its predicted cost, and each output is seen `post` after the step ends.
+The capacity planner's simulator samples all four from their quantiles (`to_dict`): a unit arrives
+`arrival` after its slot, a batch starts `pre` later, runs `jitter` x its predicted cost, and each
+output is seen `post` after the step ends. Successive values are not independent: on a shared CPU a
+slow step is mostly followed by another (the event loop or a codec busy on the other core for a
+while), and a run of slow steps queues frames where the same slow steps spread out would not. So
+each part also keeps its lag-1 rank correlation (in the order measured), and `sampler` draws a
+sequence with the learned quantiles and that correlation (an AR(1) chain in normal scores, mapped
+through the quantiles: a Gaussian copula).
 """
 
 from __future__ import annotations
@@ -23,12 +33,13 @@ import bisect
 import collections
 import math
 import random
+import statistics
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-PARTS = ("pre", "post", "jitter")
-NEUTRAL = {"pre": 0.0, "post": 0.0, "jitter": 1.0}  # what a part is before anything was measured
+PARTS = ("pre", "post", "jitter", "arrival")
+NEUTRAL = {"pre": 0.0, "post": 0.0, "jitter": 1.0, "arrival": 0.0}  # what a part is before anything was measured
 QUANTILES = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0)
 MIN_SAMPLES = 20  # fewer live samples than this: a loaded profile (if any) is used instead
 REFRESH = 16  # `quantile` re-sorts a window only after this many new samples (it runs on every plan)
@@ -37,7 +48,7 @@ REFRESH = 16  # `quantile` re-sorts a window only after this many new samples (i
 class Overhead:
     """Per (pipeline, part): a window of recent samples, or quantiles loaded from a saved profile.
 
-    Thread-safe: the engine thread adds ``pre`` and ``jitter``, the event loop ``post``."""
+    Thread-safe: the engine thread adds ``pre`` and ``jitter``, the event loop ``post`` and ``arrival``."""
 
     def __init__(self, window: int = 2048) -> None:
         if window < MIN_SAMPLES:
@@ -45,6 +56,7 @@ class Overhead:
         self._window = window
         self._samples: dict[tuple[str, str], collections.deque[float]] = {}
         self._loaded: dict[tuple[str, str], list[float]] = {}
+        self._loaded_lag1: dict[tuple[str, str], float] = {}
         self._sums: dict[tuple[str, str], float] = {}  # running sum of each window (a cheap mean)
         self._seen: dict[tuple[str, str], int] = {}  # samples ever observed (for `quantile`'s cache)
         self._cached: dict[tuple[str, str], tuple[int, list[float] | None]] = {}
@@ -95,12 +107,39 @@ class Overhead:
     def sample(self, pipeline: str, part: str, rng: random.Random) -> float:
         """A draw from the part's distribution (inverse CDF between the quantiles)."""
         qs = self.quantiles(pipeline, part)
+        return NEUTRAL[part] if qs is None else _inverse_cdf(qs, rng.random())
+
+    def lag1(self, pipeline: str, part: str) -> float:
+        """The lag-1 rank (Spearman) correlation of the part's live samples in the order measured
+        (from a loaded profile while fewer than `MIN_SAMPLES` are live; 0 when unknown)."""
+        key = (pipeline, part)
+        with self._lock:
+            samples = list(self._samples.get(key, ()))
+            loaded = self._loaded_lag1.get(key)
+        if len(samples) >= MIN_SAMPLES or (samples and loaded is None):
+            return _lag1_rank(samples)
+        return loaded or 0.0
+
+    def sampler(self, pipeline: str, part: str, rng: random.Random) -> Callable[[], float]:
+        """Successive draws with the part's quantiles and its lag-1 correlation (module doc). With
+        no correlation each draw is `sample`'s (the same use of `rng`)."""
+        qs = self.quantiles(pipeline, part)
         if qs is None:
-            return NEUTRAL[part]
-        u = rng.random()
-        i = min(len(QUANTILES) - 2, bisect.bisect_right(QUANTILES, u) - 1)
-        lo, hi = QUANTILES[i], QUANTILES[i + 1]
-        return qs[i] + (qs[i + 1] - qs[i]) * (u - lo) / (hi - lo)
+            return lambda: NEUTRAL[part]
+        # Spearman -> the normal scores' correlation (kept below 1: a chain that never moves is one draw)
+        rho = max(-0.99, min(0.99, 2.0 * math.sin(math.pi * self.lag1(pipeline, part) / 6.0)))
+        if rho == 0.0:
+            return lambda: _inverse_cdf(qs, rng.random())
+        keep, fresh = rho, math.sqrt(1.0 - rho * rho)
+        normal = statistics.NormalDist()
+        z = rng.gauss(0.0, 1.0)
+
+        def draw() -> float:
+            nonlocal z
+            z = keep * z + fresh * rng.gauss(0.0, 1.0)
+            return _inverse_cdf(qs, normal.cdf(z))
+
+        return draw
 
     def mean(self, pipeline: str, part: str) -> float:
         """The part's mean (from the quantiles when only a profile is loaded; neutral if unknown)."""
@@ -128,16 +167,21 @@ class Overhead:
                     continue
                 out.setdefault(pipeline, {})[part] = {
                     "mean": self.mean(pipeline, part), "p50": qs[QUANTILES.index(0.5)],
-                    "p99": qs[QUANTILES.index(0.99)], "samples": float(self.count(pipeline, part))}
+                    "p99": qs[QUANTILES.index(0.99)], "lag1": self.lag1(pipeline, part),
+                    "samples": float(self.count(pipeline, part))}
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: {"quantiles": [...], pipeline: {part: [value at each quantile]}}."""
+        """JSON-able: {"quantiles": [...], "lag1": {pipeline: {part: r}}, pipeline: {part: [value at each quantile]}}."""
         out: dict[str, Any] = {"quantiles": list(QUANTILES)}
+        lags: dict[str, dict[str, float]] = {}
         for pipeline in self.pipelines():
             parts = {part: qs for part in PARTS if (qs := self.quantiles(pipeline, part)) is not None}
             if parts:
                 out[pipeline] = parts
+                lags[pipeline] = {part: self.lag1(pipeline, part) for part in parts}
+        if lags:
+            out["lag1"] = lags
         return out
 
     @classmethod
@@ -145,8 +189,14 @@ class Overhead:
         model = cls()
         if list(data.get("quantiles", QUANTILES)) != list(QUANTILES):
             raise ValueError(f"overhead profile quantiles must be {list(QUANTILES)}, got {data.get('quantiles')!r}")
+        for pipeline, parts in data.get("lag1", {}).items():
+            for part, value in (parts.items() if isinstance(parts, Mapping) else [(None, parts)]):
+                if part not in PARTS or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+                    raise ValueError(f"overhead profile lag1 {pipeline!r}/{part}: expected a known part and a "
+                                     f"correlation in [-1, 1], got {value!r}")
+                model._loaded_lag1[(pipeline, part)] = float(value)
         for pipeline, parts in data.items():
-            if pipeline == "quantiles":
+            if pipeline in ("quantiles", "lag1"):
                 continue
             if not isinstance(parts, Mapping):
                 raise ValueError(f"overhead profile for {pipeline!r} must be an object, got {parts!r}")
@@ -162,6 +212,76 @@ class Overhead:
                                      f"non-decreasing values >= 0, got {values!r}")
                 model._loaded[(pipeline, part)] = qs
         return model
+
+
+class ArrivalClock:
+    """One session's input clock: how late each unit arrived after its slot (``arrival`` samples).
+
+    A unit's offset is ``arrival - pts seconds``; the smallest offset among the session's last
+    `window` units is the slot of an undelayed unit, and a unit's lateness is its offset above that.
+    Units whose pts do not keep time with their arrivals are not measured: pts going backwards or
+    jumping more than `max_gap_s` (a new stream, a paused camera) restart the clock, and while the
+    smallest offsets of the window's older and newer halves differ by more than `max_drift_s` (pts
+    stamped at a nominal rate the client does not keep) nothing is recorded. Loop thread only."""
+
+    def __init__(self, overhead: Overhead, pipeline: str, window: int = 60, max_drift_s: float = 0.005,
+                 max_gap_s: float = 2.0) -> None:
+        if window < 4:
+            raise ValueError(f"window must be >= 4, got {window}")
+        self._overhead, self._pipeline = overhead, pipeline
+        self._max_drift, self._max_gap = max_drift_s, max_gap_s
+        self._units: collections.deque[tuple[float, float]] = collections.deque(maxlen=window)  # (arrival, pts s)
+
+    def observe(self, arrival: float, pts_s: float) -> float | None:
+        """Record the unit's lateness (and return it), or None while the clock cannot be trusted."""
+        if self._units:
+            last_arrival, last_pts = self._units[-1]
+            if pts_s <= last_pts or pts_s - last_pts > self._max_gap or arrival - last_arrival > self._max_gap:
+                self._units.clear()
+        self._units.append((arrival, pts_s))
+        if len(self._units) < (self._units.maxlen or 0):
+            return None  # too few units to know the clock yet
+        offsets = [a - p for a, p in self._units]
+        half = len(offsets) // 2
+        older, newer = min(offsets[:half]), min(offsets[half:])
+        if abs(newer - older) > self._max_drift:
+            return None
+        late = offsets[-1] - min(older, newer)
+        self._overhead.observe(self._pipeline, "arrival", late)
+        return late
+
+
+def _inverse_cdf(qs: list[float], u: float) -> float:
+    """The value at probability `u` of the distribution whose `QUANTILES` are `qs` (linear between them)."""
+    i = min(len(QUANTILES) - 2, bisect.bisect_right(QUANTILES, u) - 1)
+    lo, hi = QUANTILES[i], QUANTILES[i + 1]
+    return qs[i] + (qs[i + 1] - qs[i]) * (u - lo) / (hi - lo)
+
+
+def _lag1_rank(values: list[float]) -> float:
+    """Pearson correlation of each value's rank with the next one's (ties share their mean rank);
+    0 for fewer than 3 values or no spread."""
+    n = len(values)
+    if n < 3:
+        return 0.0
+    order = sorted(range(n), key=values.__getitem__)
+    ranks = [0.0] * n
+    i = 0
+    while i < n:  # ties get the mean of their ranks
+        j = i
+        while j + 1 < n and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    a, b = ranks[:-1], ranks[1:]
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
+    va = sum((x - ma) ** 2 for x in a)
+    vb = sum((y - mb) ** 2 for y in b)
+    if va <= 0 or vb <= 0:
+        return 0.0
+    return max(-1.0, min(1.0, cov / math.sqrt(va * vb)))
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -9,9 +9,12 @@ the server's: `plan = schedule(now)`; the batches and chores take the time `step
 are recorded with the reason) and, if `join_pieces` are given, opens in pieces (stall-free) or, with
 a scheduler built with `stall_free=False`, in one blocking piece (how a server without chores opens a session).
 
-With an `Overhead` (learned by a real server, `schedulers/overhead.py`), the simulated device is the
-real one's: each batch starts a sampled `pre` late, runs a sampled `jitter` x `step_time`, and each
-output reaches its session a sampled `post` after the step (deadlines are judged there).
+With an `Overhead` (learned by a real server, `schedulers/overhead.py`), the simulated device and
+clients are the real ones': each unit reaches the server a sampled `arrival` after its slot on the
+session's clock (never before the unit ahead of it), each batch starts a sampled `pre` late, runs a
+sampled `jitter` x `step_time`, and each output reaches its session a sampled `post` after the step
+(deadlines are judged there). Each part is drawn as a sequence with its learned lag-1 correlation
+(`Overhead.sampler`), one per pipeline, and one per session for `arrival`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, cast
 from streamserve.core.frames import Media, MediaKind
 from streamserve.core.plan import StepOutput
 from streamserve.schedulers.cost import WorkShape
-from streamserve.schedulers.overhead import Overhead
+from streamserve.schedulers.overhead import NEUTRAL, Overhead
 from streamserve.schedulers.slo import Join, SloScheduler
 from streamserve.schedulers.spec import SessionSpec
 
@@ -142,11 +145,23 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
     rng = random.Random(seed)
     results = [SessionResult(f"s{i}", admitted=False) for i in range(len(sessions))]
     inboxes: dict[str, SimInbox] = {}
-    arrivals: list[tuple[float, int, int]] = []  # (time, session index, pts)
+    arrivals: list[tuple[float, int, int, float]] = []  # (time, session index, pts, the unit's slot)
     joins: list[tuple[float, int]] = [(s.start, i) for i, s in enumerate(sessions)]
     heapq.heapify(joins)
     now, busy = 0.0, 0.0
     pending_join: set[int] = set()
+
+    chains: dict[tuple[str, str, int], Callable[[], float]] = {}
+
+    def draw(pipeline: str, part: str, chain: int = -1) -> float:
+        """The next value of a part (its own correlated sequence per pipeline, and per session for
+        `arrival`); neutral without an overhead."""
+        if overhead is None:
+            return NEUTRAL[part]
+        key = (pipeline, part, chain)
+        if key not in chains:
+            chains[key] = overhead.sampler(pipeline, part, rng)
+        return chains[key]()
 
     def join_done(i: int) -> Callable[[BaseException | None], None]:
         def done(exc: BaseException | None) -> None:
@@ -167,7 +182,8 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
             if not decision.admitted:
                 return
         inboxes[res.session_id] = SimInbox(audio_inbox_size if sim.spec.lane == "voice" else inbox_size)
-        heapq.heappush(arrivals, (sim.start + sim.phase, i, 0))
+        slot = sim.start + sim.phase
+        heapq.heappush(arrivals, (slot + draw(sim.spec.pipeline, "arrival", i), i, 0, slot))
         pieces = sim.join_pieces if scheduler.stall_free else (
             (("open", sum(t for _, t in sim.join_pieces)),) if sim.join_pieces else ())
         pending_join.add(i)
@@ -185,7 +201,7 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
         while joins and joins[0][0] <= now:
             start_session(heapq.heappop(joins)[1])
         while arrivals and arrivals[0][0] <= now:
-            t, i, pts = heapq.heappop(arrivals)
+            t, i, pts, slot = heapq.heappop(arrivals)
             spec, res = sessions[i].spec, results[i]
             unit = SimUnit(pts, t, t + spec.budget_s, MediaKind.AUDIO if spec.lane == "voice" else MediaKind.VIDEO)
             inbox = inboxes[res.session_id]
@@ -194,23 +210,22 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
             if t >= warmup:
                 res.offered += 1
                 res.dropped += inbox.dropped - before
-            heapq.heappush(arrivals, (t + 1.0 / spec.fps, i, pts + 1))
+            slot += 1.0 / spec.fps
+            heapq.heappush(arrivals, (max(t, slot + draw(spec.pipeline, "arrival", i)), i, pts + 1, slot))
         plan = scheduler.schedule(now)
         elapsed: dict[str, float] = {}
         t = now
         outputs: list[StepOutput] = []
         for batch in plan.batches:
-            if overhead is not None:
-                t += overhead.sample(batch.pipeline, "pre", rng)
+            t += draw(batch.pipeline, "pre")
             seconds = step_time(batch.pipeline, [scheduler.shape_of(i.session_id) for i in batch.items], t)
-            if overhead is not None:
-                seconds *= overhead.sample(batch.pipeline, "jitter", rng)
+            seconds *= draw(batch.pipeline, "jitter")
             elapsed[batch.pipeline] = seconds
             t += seconds
             for item in batch.items:
                 res = results[int(item.session_id[1:])]
                 outputs.append(StepOutput(item.session_id, (item.media,)))
-                seen = t + (overhead.sample(batch.pipeline, "post", rng) if overhead is not None else 0.0)
+                seen = t + draw(batch.pipeline, "post")
                 if item.media.arrival >= warmup:
                     res.latencies.append(seen - item.media.arrival)
                     if seen <= item.media.deadline:

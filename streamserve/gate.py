@@ -34,6 +34,7 @@ from streamserve.metrics import Metrics
 from streamserve.pipelines.base import Pipeline
 from streamserve.qos import Qos, build_spec, params_for_tier, update_qos
 from streamserve.schedulers import Decision, Join, SessionSpec, SloScheduler, Tier
+from streamserve.schedulers.overhead import ArrivalClock
 from streamserve.session import Session
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class SloGate:
         self._specs[session.id] = spec
         self._qos[session.id] = qos
         session.slo_info = functools.partial(self.info, session.id, decision.reason)
+        clock = ArrivalClock(self.scheduler.cost.overhead, name)  # how late its input arrives (the planner's)
+        session.on_arrival = lambda media: clock.observe(media.arrival, media.seconds)
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         params = params_for_tier(session.params, spec, decision.tier)
 

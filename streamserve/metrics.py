@@ -163,7 +163,8 @@ class SchedulerCollector(Collector):
         yield util
         # The latency outside the step (schedulers/overhead.py): learned online, used by the planner.
         over = GaugeMetricFamily("streamserve_latency_overhead_seconds", "Non-compute latency per unit, learned "
-                                 "online: pre = ready to step start, post = step end to session",
+                                 "online: pre = ready to step start, post = step end to session, "
+                                 "arrival = input behind the session's own clock",
                                  labels=["pipeline", "part", "stat"])
         jitter = GaugeMetricFamily("streamserve_step_time_ratio", "Measured step time over the cost model's "
                                    "prediction (its spread is what the planner samples; 0 before any sample)", labels=["pipeline", "stat"])

@@ -255,6 +255,7 @@ class Session:
         self.device: str | None = None  # the engine it runs on, set by the manager (many devices)
         self._update_lock = asyncio.Lock()
         self.recorder: Callable[[Media], None] | None = None  # sees accepted input (migration history)
+        self.on_arrival: Callable[[Media], None] | None = None  # sees accepted input (the input clock)
 
     # --- identity -------------------------------------------------------------------------------
     @property
@@ -292,6 +293,8 @@ class Session:
             self.count_dropped("overload" if media.kind is MediaKind.AUDIO else "inbox")
         if self.recorder is not None:
             self.recorder(media)
+        if self.on_arrival is not None:
+            self.on_arrival(media)
         self._on_input()
 
     def count_dropped(self, reason: str, count: int = 1) -> None:

@@ -102,6 +102,11 @@ class AudioChunk:
     def duration(self) -> float:
         return self.samples / self.sample_rate
 
+    @property
+    def seconds(self) -> float:
+        """pts in seconds."""
+        return float(self.pts * (self.time_base or Fraction(1, self.sample_rate)))
+
     def with_data(self, data: np.ndarray) -> AudioChunk:
         return AudioChunk(data, self.sample_rate, self.pts, self.arrival, self.deadline, self.time_base,
                           dict(self.meta))

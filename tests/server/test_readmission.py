@@ -110,7 +110,8 @@ async def test_plan_reads_the_cost_model_a_running_server_learned(slow_server, c
     a = ws_client(slow_server, FIXED)
     await a.connect()
     try:
-        sent, got = await stream(a, 3.0, FPS)  # ~30 steps: the server learns pre, post and jitter
+        # ~70 steps: the server learns pre, post and jitter, and (after 60 units) how late input arrives
+        sent, got = await stream(a, 7.0, FPS)
         assert got >= 0.9 * sent
         async with httpx.AsyncClient(base_url=slow_server.url, timeout=20) as http:
             capacity = (await http.get("/v1/capacity")).json()
@@ -118,10 +119,12 @@ async def test_plan_reads_the_cost_model_a_running_server_learned(slow_server, c
     finally:
         await a.close()
     overhead = capacity["overhead"]["slowpass"]
-    assert set(overhead) == {"pre", "post", "jitter"} and overhead["jitter"]["samples"] >= 20
+    assert set(overhead) == {"pre", "post", "jitter", "arrival"} and overhead["jitter"]["samples"] >= 20
+    # The client's frames leave on a 10 fps timer stamped with its clock: a few ms late at most.
+    assert overhead["arrival"]["samples"] >= 5 and overhead["arrival"]["p50"] < 0.030
     assert 0.8 < overhead["jitter"]["p50"] < 1.25  # the sleeps are what the profile measured
     assert 'streamserve_latency_overhead_seconds{part="post",pipeline="slowpass",stat="p99"}' in metrics
-    assert set(capacity["profile"]["_overhead"]["slowpass"]) == {"pre", "post", "jitter"}
+    assert set(capacity["profile"]["_overhead"]["slowpass"]) == {"pre", "post", "jitter", "arrival"}
     code = await asyncio.to_thread(main, ["plan", "--from", slow_server.url, "--pipeline", "slowpass",
                                           "--fps", "10", "--duration", "6", "--max-sessions", "5"])
     text = capsys.readouterr().out
