@@ -372,8 +372,8 @@ def _overhead_text(over: dict[str, Any]) -> str:
     def fmt(part: str, v: float) -> str:
         return f"{v:.2f}x" if part == "jitter" else f"{v * 1000:.2f} ms"
 
-    return ", ".join(f"{part} mean {fmt(part, v['mean'])} / p99 {fmt(part, v['p99'])}" for part, v in over.items()) \
-        or "nothing (no overhead in the profile)"
+    return ", ".join(f"{p} mean {fmt(p, v['mean'])} / p99 {fmt(p, v['p99'])} / lag-1 {v.get('lag1', 0):.2f}"
+                     for p, v in over.items()) or "nothing (no overhead in the profile)"
 
 
 def _worst_p99(plan: dict[str, Any], n: int) -> float:

@@ -60,6 +60,7 @@ class Overhead:
         self._sums: dict[tuple[str, str], float] = {}  # running sum of each window (a cheap mean)
         self._seen: dict[tuple[str, str], int] = {}  # samples ever observed (for `quantile`'s cache)
         self._cached: dict[tuple[str, str], tuple[int, list[float] | None]] = {}
+        self._lag_cached: dict[tuple[str, str], tuple[int, float]] = {}  # (seen, lag-1) for `lag1`
         self._lock = threading.Lock()
 
     def observe(self, pipeline: str, part: str, value: float) -> None:
@@ -114,10 +115,17 @@ class Overhead:
         (from a loaded profile while fewer than `MIN_SAMPLES` are live; 0 when unknown)."""
         key = (pipeline, part)
         with self._lock:
+            seen = self._seen.get(key, 0)
+            cached = self._lag_cached.get(key)
+            if cached is not None and seen - cached[0] < 4 * REFRESH:
+                return cached[1]  # a scrape of /metrics or /v1/capacity must not re-rank the window each time
             samples = list(self._samples.get(key, ()))
             loaded = self._loaded_lag1.get(key)
         if len(samples) >= MIN_SAMPLES or (samples and loaded is None):
-            return _lag1_rank(samples)
+            value = _lag1_rank(samples)
+            with self._lock:
+                self._lag_cached[key] = (seen, value)
+            return value
         return loaded or 0.0
 
     def sampler(self, pipeline: str, part: str, rng: random.Random) -> Callable[[], float]:

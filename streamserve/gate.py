@@ -101,7 +101,11 @@ class SloGate:
         self._qos[session.id] = qos
         session.slo_info = functools.partial(self.info, session.id, decision.reason)
         clock = ArrivalClock(self.scheduler.cost.overhead, name)  # how late its input arrives (the planner's)
-        session.on_arrival = lambda media: clock.observe(media.arrival, media.seconds)
+
+        def arrived(media: Media) -> None:
+            clock.observe(media.arrival, media.seconds)
+
+        session.on_arrival = arrived
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         params = params_for_tier(session.params, spec, decision.tier)
 

@@ -77,7 +77,8 @@ class PlanReport:
                  "  non-compute latency: " + (", ".join(
                      f"{part} mean {v['mean'] * (1 if part == 'jitter' else 1000):.2f}"
                      f"{'x' if part == 'jitter' else ' ms'} p99 {v['p99'] * (1 if part == 'jitter' else 1000):.2f}"
-                     f"{'x' if part == 'jitter' else ' ms'}" for part, v in self.overhead.items())
+                     f"{'x' if part == 'jitter' else ' ms'} lag-1 {v.get('lag1', 0.0):.2f}"
+                     for part, v in self.overhead.items())
                      or "not modelled (no server measurements in the profile)"),
                  "  sessions  goodput  p50 ms  p99 ms  on-time fps"]
         for p in self.sweep:
