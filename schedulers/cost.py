@@ -19,7 +19,15 @@ drove the factor to 1e12 and every stale batch size's prediction with it). Each 
 scores the prediction it replaces:
 `errors()` gives the running mean absolute relative error per pipeline, which /metrics reports.
 `overhead` (`schedulers/overhead.py`) learns the latency outside the step (wake-up and event-loop
-delay, step-time spread, step end to session); `to_dict` exports both, predictions as of now.
+delay, step-time spread, step end to session); `to_dict` exports both.
+
+The fast factor whitens what it follows: within a few steps of a slow spell the prediction has caught
+up and measured ÷ predicted (`jitter`, what the batch-size rule bounds) is back near 1. A planner that
+multiplied a fixed step time by `jitter` would see the onsets of slow spells but never the spells.
+So a second, slow *planning factor* (`plan_alpha`, ~200 steps) follows the same ratio, each step's
+time over the table times that factor is learned as `pace` (spread and correlation of the step time
+itself), and `to_dict` exports the tables times the planning factor: the machine's speed over the
+last few seconds, around which `pace` varies.
 """
 
 from __future__ import annotations
@@ -79,13 +87,16 @@ class WorkShape:
 class CostModel:
     """Predicted seconds per batch of a pipeline; thread-compatible (one writer, the engine thread)."""
 
-    def __init__(self, alpha: float = 0.05, factor_alpha: float = 0.2, error_alpha: float = 0.05) -> None:
-        for name, value in (("factor_alpha", factor_alpha), ("error_alpha", error_alpha)):
+    def __init__(self, alpha: float = 0.05, factor_alpha: float = 0.2, error_alpha: float = 0.05,
+                 plan_alpha: float = 0.005) -> None:
+        for name, value in (("factor_alpha", factor_alpha), ("error_alpha", error_alpha), ("plan_alpha", plan_alpha)):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         self._table = LatencyModel(alpha)
         self._factor: dict[str, float] = {}
         self._factor_alpha = factor_alpha
+        self._plan: dict[str, float] = {}  # the slow planning factor per pipeline (module doc)
+        self._plan_alpha = plan_alpha
         self._shapes: dict[str, dict[str, WorkShape]] = {}  # pipeline -> shape key -> shape
         self._error_alpha = error_alpha
         self._error: dict[str, float] = {}
@@ -102,6 +113,7 @@ class CostModel:
         (and resetting the pipeline's speed factor)."""
         self._shapes.setdefault(pipeline, {})[shape.key] = shape
         self._factor.pop(pipeline, None)
+        self._plan.pop(pipeline, None)
         name = self._name(pipeline, shape)
         for n, seconds in seconds_by_batch.items():
             self._table.reset(name, int(n), float(seconds))
@@ -122,7 +134,14 @@ class CostModel:
         ratio = 1.0
         if predicted and seconds > 0:
             ratio = min(MAX_STEP_RATIO, max(1.0 / MAX_STEP_RATIO, seconds / predicted))
-            self._factor[pipeline] = self._factor.get(pipeline, 1.0) * ratio ** self._factor_alpha
+            fast = self._factor.get(pipeline, 1.0)
+            plan = self._plan.get(pipeline, fast)
+            pace = seconds / (predicted / fast * plan)  # over the tables x the planning factor
+            if "#" not in pipeline:  # chores ("video#open") are not steps
+                self.overhead.observe(pipeline, "pace", pace)
+            bounded = min(MAX_STEP_RATIO, max(1.0 / MAX_STEP_RATIO, pace))
+            self._plan[pipeline] = plan * bounded ** self._plan_alpha
+            self._factor[pipeline] = fast * ratio ** self._factor_alpha
         # Attribute the measured time to each shape in proportion to its predicted share.
         shares = {s: self.predict(pipeline, s, n) or 0.0 for s, n in groups.items()}
         total = sum(shares.values())
@@ -199,13 +218,18 @@ class CostModel:
     def observations(self, pipeline: str) -> int:
         return self._observations.get(pipeline, 0)
 
+    def planning_factor(self, pipeline: str) -> float:
+        """Like `speed_factor`, over the last few hundred steps (what `to_dict` exports)."""
+        return self._plan.get(pipeline, self._factor.get(pipeline, 1.0))
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able profile: per pipeline, per shape, seconds by batch size as predicted now (the
-        speed factor applied), and under `_overhead` the learned non-compute latency."""
+        """A JSON-able profile: per pipeline, per shape, seconds by batch size at the machine's speed
+        over the last few seconds (the planning factor applied; `pace` varies around it), and under
+        `_overhead` the learned non-compute latency."""
         snap = self._table.snapshot()
         out: dict[str, Any] = {}
         for pipeline, shapes in self._shapes.items():
-            factor = self._factor.get(pipeline, 1.0)
+            factor = self.planning_factor(pipeline)
             out[pipeline] = [{"shape": s.to_dict(), "seconds": {str(n): t * factor for n, t in
                                                                  snap.get(self._name(pipeline, s), {}).items()}}
                              for s in shapes.values()]

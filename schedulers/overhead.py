@@ -12,14 +12,18 @@ pipeline, are measured on every step and kept as recent samples (a bounded windo
   (hand-over to the loop thread, fan-out), measured when the session is given the output.
 - ``jitter``: measured step time over the cost model's prediction for that batch: the spread of
   step times around their mean (a 2-core CPU shared with the event loop and codecs).
+- ``pace``: measured step time over the pipeline's slowly moving baseline (its cost tables times
+  the cost model's planning factor, `schedulers/cost.py`): like ``jitter``, but with the machine's
+  slow spells left in (the fast speed factor behind ``jitter``'s prediction catches up with a spell
+  within a few steps). The planner's simulated steps are the profile's times x ``pace``.
 - ``arrival``: how late a unit reached the server after its slot on the session's own clock (its
   pts): the client's timer, the network, the transport's decode and the event loop. Measured per
   unit by `ArrivalClock` as its ``arrival - pts`` minus the smallest such offset among the
   session's recent units (the slot of a unit that was not delayed), so it needs no clock sync.
 
-The capacity planner's simulator samples all four from their quantiles (`to_dict`): a unit arrives
-`arrival` after its slot, a batch starts `pre` later, runs `jitter` x its predicted cost, and each
-output is seen `post` after the step ends. Successive values are not independent: on a shared CPU a
+The capacity planner's simulator samples them from their quantiles (`to_dict`): a unit arrives
+`arrival` after its slot, a batch starts `pre` later, runs `pace` x its profiled cost (`jitter` x
+its predicted cost with a profile that has no `pace`), and each output is seen `post` after the step ends. Successive values are not independent: on a shared CPU a
 slow step is mostly followed by another (the event loop or a codec busy on the other core for a
 while), and a run of slow steps queues frames where the same slow steps spread out would not. So
 each part also keeps its lag-1 rank correlation (in the order measured), and `sampler` draws a
@@ -38,8 +42,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-PARTS = ("pre", "post", "jitter", "arrival")
-NEUTRAL = {"pre": 0.0, "post": 0.0, "jitter": 1.0, "arrival": 0.0}  # what a part is before anything was measured
+PARTS = ("pre", "post", "jitter", "pace", "arrival")
+NEUTRAL = {"pre": 0.0, "post": 0.0, "jitter": 1.0, "pace": 1.0, "arrival": 0.0}  # what a part is before anything was measured
 QUANTILES = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0)
 MIN_SAMPLES = 20  # fewer live samples than this: a loaded profile (if any) is used instead
 REFRESH = 16  # `quantile` re-sorts a window only after this many new samples (it runs on every plan)
@@ -48,7 +52,7 @@ REFRESH = 16  # `quantile` re-sorts a window only after this many new samples (i
 class Overhead:
     """Per (pipeline, part): a window of recent samples, or quantiles loaded from a saved profile.
 
-    Thread-safe: the engine thread adds ``pre`` and ``jitter``, the event loop ``post`` and ``arrival``."""
+    Thread-safe: the engine thread adds ``pre``, ``jitter`` and ``pace``, the event loop ``post`` and ``arrival``."""
 
     def __init__(self, window: int = 2048) -> None:
         if window < MIN_SAMPLES:

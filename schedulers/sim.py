@@ -12,7 +12,7 @@ a scheduler built with `stall_free=False`, in one blocking piece (how a server w
 With an `Overhead` (learned by a real server, `schedulers/overhead.py`), the simulated device and
 clients are the real ones': each unit reaches the server a sampled `arrival` after its slot on the
 session's clock (never before the unit ahead of it), each batch starts a sampled `pre` late, runs a
-sampled `jitter` x `step_time`, and each output reaches its session a sampled `post` after the step
+sampled `pace` (or, without one, `jitter`) x `step_time`, and each output reaches its session a sampled `post` after the step
 (deadlines are judged there). Each part is drawn as a sequence with its learned lag-1 correlation
 (`Overhead.sampler`), one per pipeline, and one per session for `arrival`.
 """
@@ -160,6 +160,8 @@ def simulate(  # noqa: C901 - one event loop, kept in one place
             return NEUTRAL[part]
         key = (pipeline, part, chain)
         if key not in chains:
+            if part == "jitter" and overhead.quantiles(pipeline, "pace") is not None:
+                part = "pace"  # the step time around the profile's times, slow spells included
             chains[key] = overhead.sampler(pipeline, part, rng)
         return chains[key]()
 

@@ -172,6 +172,8 @@ class SchedulerCollector(Collector):
         unmeasured: dict[str, dict[str, float]] = {part: {} for part in OVERHEAD_PARTS}  # zeros until sampled
         for pipeline in (*self._pipelines, *(p for p in summary if p not in self._pipelines)):
             for part, stats in {**unmeasured, **summary.get(pipeline, {})}.items():
+                if part == "pace":  # a ratio like jitter, for the planner; in /v1/capacity's overhead
+                    continue
                 for stat in ("mean", "p50", "p99"):
                     if part == "jitter":
                         jitter.add_metric([pipeline, stat], stats.get(stat, 0.0))

@@ -39,6 +39,7 @@ from streamserve.schedulers.overhead import Overhead
 from streamserve.schedulers.sim import SimResult, SimSession, simulate
 
 GOODPUT_TARGET = 0.99
+RATIOS = ("jitter", "pace")  # overhead parts that are ratios of step times (the rest are seconds)
 
 
 @dataclasses.dataclass
@@ -75,9 +76,9 @@ class PlanReport:
                  f"{self.admission_capacity} admitted by the cost model",
                  f"  p99 latency at capacity: {self.p99_at_capacity_ms:.1f} ms",
                  "  non-compute latency: " + (", ".join(
-                     f"{part} mean {v['mean'] * (1 if part == 'jitter' else 1000):.2f}"
-                     f"{'x' if part == 'jitter' else ' ms'} p99 {v['p99'] * (1 if part == 'jitter' else 1000):.2f}"
-                     f"{'x' if part == 'jitter' else ' ms'} lag-1 {v.get('lag1', 0.0):.2f}"
+                     f"{part} mean {v['mean'] * (1 if part in RATIOS else 1000):.2f}"
+                     f"{'x' if part in RATIOS else ' ms'} p99 {v['p99'] * (1 if part in RATIOS else 1000):.2f}"
+                     f"{'x' if part in RATIOS else ' ms'} lag-1 {v.get('lag1', 0.0):.2f}"
                      for part, v in self.overhead.items())
                      or "not modelled (no server measurements in the profile)"),
                  "  sessions  goodput  p50 ms  p99 ms  on-time fps"]

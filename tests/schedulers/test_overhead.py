@@ -51,12 +51,30 @@ def test_profile_round_trip_and_bad_profiles_are_named() -> None:
 
 
 def test_profile_carries_the_machine_speed_now_and_the_step_time_spread() -> None:
-    cost = CostModel(factor_alpha=1.0)
+    cost = CostModel(factor_alpha=1.0, plan_alpha=1.0)
     cost.seed("video", S256, {1: 0.010, 2: 0.015})
     cost.observe("video", [S256], 0.020)  # the machine got twice as slow
     exported = CostModel.from_dict(cost.to_dict())
     assert exported.predict("video", S256, 2) == pytest.approx(0.030)  # not the profiled 15 ms
     assert cost.overhead.quantiles("video", "jitter") == [pytest.approx(2.0)] * len(QUANTILES)
+    assert cost.overhead.quantiles("video", "pace") == [pytest.approx(2.0)] * len(QUANTILES)
+
+
+def test_pace_keeps_the_slow_spells_that_jitter_forgets() -> None:
+    # 10 ms steps, with spells of 20 steps at 20 ms. The fast speed factor catches up within a few
+    # steps of a spell, so measured / predicted (`jitter`) is back near 1 for most of it; `pace`,
+    # against the slow planning factor, stays near 2 through every spell, and the profile's step time
+    # is the machine's over the last few hundred steps (about 10 x 0.8 + 20 x 0.2 = 12 ms).
+    cost = CostModel()
+    cost.seed("video", S256, {1: 0.010, 2: 0.015})
+    for k in range(1060):  # ends 60 steps after a spell
+        cost.observe("video", [S256], 0.020 if k % 100 >= 80 else 0.010)
+    jitter, pace = cost.overhead.quantiles("video", "jitter"), cost.overhead.quantiles("video", "pace")
+    assert jitter is not None and pace is not None
+    at = QUANTILES.index(0.9)
+    assert jitter[at] < 1.3 and pace[at] > 1.6  # the spells' 20% of steps: at 2x in pace, not in jitter
+    assert cost.overhead.lag1("video", "pace") > 0.8
+    assert CostModel.from_dict(cost.to_dict()).predict("video", S256, 1) == pytest.approx(0.0115, rel=0.1)
 
 
 def test_scheduler_measures_the_delay_it_did_not_choose() -> None:

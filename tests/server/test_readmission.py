@@ -119,12 +119,12 @@ async def test_plan_reads_the_cost_model_a_running_server_learned(slow_server, c
     finally:
         await a.close()
     overhead = capacity["overhead"]["slowpass"]
-    assert set(overhead) == {"pre", "post", "jitter", "arrival"} and overhead["jitter"]["samples"] >= 20
+    assert set(overhead) == {"pre", "post", "jitter", "pace", "arrival"} and overhead["jitter"]["samples"] >= 20
     # The client's frames leave on a 10 fps timer stamped with its clock: a few ms late at most.
     assert overhead["arrival"]["samples"] >= 5 and overhead["arrival"]["p50"] < 0.030
-    assert 0.8 < overhead["jitter"]["p50"] < 1.25  # the sleeps are what the profile measured
+    assert 0.8 < overhead["jitter"]["p50"] < 1.25 and 0.8 < overhead["pace"]["p50"] < 1.25  # the sleeps, as profiled
     assert 'streamserve_latency_overhead_seconds{part="post",pipeline="slowpass",stat="p99"}' in metrics
-    assert set(capacity["profile"]["_overhead"]["slowpass"]) == {"pre", "post", "jitter", "arrival"}
+    assert set(capacity["profile"]["_overhead"]["slowpass"]) == {"pre", "post", "jitter", "pace", "arrival"}
     code = await asyncio.to_thread(main, ["plan", "--from", slow_server.url, "--pipeline", "slowpass",
                                           "--fps", "10", "--duration", "6", "--max-sessions", "5"])
     text = capsys.readouterr().out
