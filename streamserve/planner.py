@@ -120,8 +120,10 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
     overhead = cost.overhead if overhead is None else overhead
     modelled = overhead.summary().get(spec.pipeline, {})
 
+    profiled = CostModel.from_dict(cost.to_dict())  # the step at the planning speed, which `pace` varies around
+
     def truth(pipeline: str, shapes: Any, now: float) -> float:
-        return cost.batch_cost(pipeline, shapes)
+        return profiled.batch_cost(pipeline, shapes)
 
     adm_cap = Admission(cost, AdmissionConfig(max_utilization=max_utilization, max_batch=max_batch)).headroom(
         spec).more_sessions
