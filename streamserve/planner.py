@@ -159,7 +159,7 @@ def plan(cost: CostModel, spec: SessionSpec, *, max_batch: int = 8, max_utilizat
                 "on_time_fps": over.on_time_fps()}
     return PlanReport(spec.pipeline, dataclasses.asdict(spec.shape), spec.fps, 1000 * spec.budget_s, adm_cap,
                       sim_cap, p99_cap, sweep, overload,
-                      {part: {k: v[k] for k in ("mean", "p99")} for part, v in modelled.items()})
+                      {part: {k: v[k] for k in ("mean", "p99", "lag1") if k in v} for part, v in modelled.items()})
 
 
 def _percentile(values: list[float], q: float) -> float:

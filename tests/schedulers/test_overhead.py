@@ -237,3 +237,6 @@ def test_slow_spells_queue_frames_where_the_same_slow_steps_spread_out_do_not() 
     spells = [1.6 if k % 100 < 10 else 1.0 for k in range(1000)]
     spread = [1.6 if k % 10 == 0 else 1.0 for k in range(1000)]
     assert p99(spells) > p99(spread) + 15.0
+    over = Overhead.from_dict({"lag1": {"video": {"jitter": 0.9}}, "video": {"jitter": [1.0] * len(QUANTILES)}})
+    report = plan(seeded(Affine(0.020, 0.005)), SessionSpec("video", S256), duration=2.0, max_sessions=1, overhead=over)
+    assert "jitter mean 1.00x p99 1.00x lag-1 0.90" in report.text()  # the plan says what it assumed
