@@ -24,7 +24,8 @@ delay, step-time spread, step end to session); `to_dict` exports both.
 The fast factor whitens what it follows: within a few steps of a slow spell the prediction has caught
 up and measured ÷ predicted (`jitter`, what the batch-size rule bounds) is back near 1. A planner that
 multiplied a fixed step time by `jitter` would see the onsets of slow spells but never the spells.
-So a second, slow *planning factor* (`plan_alpha`, ~200 steps) follows the same ratio, each step's
+So a second, slow *planning factor* (a running geometric mean of the ratio, then an exponential one
+over ~1 / `plan_alpha` = 200 steps) follows the same signal, each step's
 time over the table times that factor is learned as `pace` (spread and correlation of the step time
 itself), and `to_dict` exports the tables times the planning factor: the machine's speed over the
 last few seconds, around which `pace` varies.
@@ -96,6 +97,7 @@ class CostModel:
         self._factor: dict[str, float] = {}
         self._factor_alpha = factor_alpha
         self._plan: dict[str, float] = {}  # the slow planning factor per pipeline (module doc)
+        self._plan_seen: dict[str, int] = {}  # steps the planning factor has learned from (its warm start)
         self._plan_alpha = plan_alpha
         self._shapes: dict[str, dict[str, WorkShape]] = {}  # pipeline -> shape key -> shape
         self._error_alpha = error_alpha
@@ -114,6 +116,7 @@ class CostModel:
         self._shapes.setdefault(pipeline, {})[shape.key] = shape
         self._factor.pop(pipeline, None)
         self._plan.pop(pipeline, None)
+        self._plan_seen.pop(pipeline, None)
         name = self._name(pipeline, shape)
         for n, seconds in seconds_by_batch.items():
             self._table.reset(name, int(n), float(seconds))
@@ -140,7 +143,10 @@ class CostModel:
             if "#" not in pipeline:  # chores ("video#open") are not steps
                 self.overhead.observe(pipeline, "pace", pace)
             bounded = min(MAX_STEP_RATIO, max(1.0 / MAX_STEP_RATIO, pace))
-            self._plan[pipeline] = plan * bounded ** self._plan_alpha
+            seen = self._plan_seen[pipeline] = self._plan_seen.get(pipeline, 0) + 1
+            # a running geometric mean at first (no lag behind a server slower than its warm-up
+            # profile), then an exponential one over ~1 / plan_alpha steps
+            self._plan[pipeline] = plan * bounded ** max(self._plan_alpha, 1.0 / seen)
             self._factor[pipeline] = fast * ratio ** self._factor_alpha
         # Attribute the measured time to each shape in proportion to its predicted share.
         shares = {s: self.predict(pipeline, s, n) or 0.0 for s, n in groups.items()}

@@ -60,6 +60,18 @@ def test_profile_carries_the_machine_speed_now_and_the_step_time_spread() -> Non
     assert cost.overhead.quantiles("video", "pace") == [pytest.approx(2.0)] * len(QUANTILES)
 
 
+def test_the_planning_speed_does_not_lag_a_server_slower_than_its_warm_up_profile() -> None:
+    # Served, the step takes 1.15x the warm-up profile's: after a few steps the planning speed says
+    # so (the factor is a running mean at first), and pace is ~1 around it, not 1.15 for hundreds of steps.
+    cost = CostModel()
+    cost.seed("video", S256, {1: 0.010, 2: 0.015})
+    for _ in range(100):
+        cost.observe("video", [S256], 0.0115)
+    assert CostModel.from_dict(cost.to_dict()).predict("video", S256, 1) == pytest.approx(0.0115, rel=0.01)
+    assert cost.overhead.quantile("video", "pace", 0.5) == pytest.approx(1.0, abs=0.01)
+    assert cost.overhead.mean("video", "pace") == pytest.approx(1.0, abs=0.01)  # the first step's 1.15 only
+
+
 def test_pace_keeps_the_slow_spells_that_jitter_forgets() -> None:
     # 10 ms steps, with spells of 20 steps at 20 ms. The fast speed factor catches up within a few
     # steps of a spell, so measured / predicted (`jitter`) is back near 1 for most of it; `pace`,
