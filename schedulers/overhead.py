@@ -286,14 +286,10 @@ def _lag1_rank(values: list[float]) -> float:
         for k in range(i, j + 1):
             ranks[order[k]] = (i + j) / 2
         i = j + 1
-    a, b = ranks[:-1], ranks[1:]
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
-    va = sum((x - ma) ** 2 for x in a)
-    vb = sum((y - mb) ** 2 for y in b)
-    if va <= 0 or vb <= 0:
+    try:
+        return max(-1.0, min(1.0, statistics.correlation(ranks[:-1], ranks[1:])))
+    except statistics.StatisticsError:  # one side has no spread
         return 0.0
-    return max(-1.0, min(1.0, cov / math.sqrt(va * vb)))
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -188,8 +188,8 @@ class FoldedCrossAttention:
         folded: tuple[torch.Tensor, ...] | None = None
         layout_ok = isinstance(attn.norm_q, torch.nn.RMSNorm) and attn.norm_q.weight is not None \
             and attn.to_out[0].bias is not None
-        gk = k * attn.norm_q.weight.view(h, 1, d) if layout_ok else k  # [B, H, Lc, D]
-        if layout_ok and h**0.5 * float(torch.linalg.vector_norm(gk, dim=-1).max()) <= self.MAX_SCORE:
+        gk = k * attn.norm_q.weight.view(h, 1, d) if layout_ok else None  # [B, H, Lc, D]
+        if gk is not None and h**0.5 * float(torch.linalg.vector_norm(gk, dim=-1).max()) <= self.MAX_SCORE:
             kbd = k.new_zeros(b, h * d, h * lc)  # block diagonal: head i's keys at rows/cols of head i
             for i in range(h):
                 kbd[:, i * d : (i + 1) * d, i * lc : (i + 1) * lc] = gk[:, i].transpose(-1, -2) * d**-0.5
