@@ -172,6 +172,7 @@ def plot(report: PlanReport, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     n = [p.sessions for p in report.sweep]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -190,6 +191,8 @@ def plot(report: PlanReport, path: Path) -> None:
     ax2.set_ylim(0, 1.05)
     ax2.set_title("goodput vs sessions")
     ax2.legend(loc="lower left")
+    for ax in (ax1, ax2):  # sessions are whole: no 1.5 on the axis
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     s = report.shape
     fig.suptitle(f"{report.pipeline} {s['width']}x{s['height']} {s['steps']} step(s) @ {report.fps:g} fps")
     fig.tight_layout()
