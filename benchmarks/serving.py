@@ -80,13 +80,13 @@ def wan_pipeline_class() -> Any:
     return WanBench
 
 
-def serve(args: argparse.Namespace) -> None:
-    import uvicorn
+def serve(args: argparse.Namespace) -> int:
     from serving_checks import sleep_pipeline_class, slow_open_class
 
     from streamserve.core.config import ServerConfig, SessionConfig
     from streamserve.pipelines import registry
     from streamserve.server import create_app
+    from streamserve.serving import serve as run_server
 
     if args.gpu:
         registry.register(wan_pipeline_class(), replace=True)
@@ -113,7 +113,7 @@ def serve(args: argparse.Namespace) -> None:
         app.state.manager.scheduler.adapt_batch = False
     if args.no_spare_frames:  # a lowered tier runs exactly its rate (A/B of the spare frames)
         app.state.manager.scheduler.spare = False
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    return run_server(app, config)  # as `streamserve serve` runs it (its uvicorn options included)
 
 
 def _admit_all(admission: Any, sid: str, spec: Any) -> Any:
@@ -478,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the planner vs server check for the demo model (calibrate, plan --from, sweep)")
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args)
-        return 0
+        return serve(args)
     args.size = args.size or (512 if args.gpu else 256)
     if args.only_sleep or args.only_joins or args.only_planner:
         import serving_checks as checks

@@ -55,6 +55,7 @@ def start_server(llm_url: str | None, llm_model: str | None, asr_engine: str = "
 
     from streamserve.core.config import ServerConfig
     from streamserve.server import create_app
+    from streamserve.serving import uvicorn_config
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -62,7 +63,7 @@ def start_server(llm_url: str | None, llm_model: str | None, asr_engine: str = "
     options = tuple((k, v) for k, v in (("llm_url", llm_url), ("llm_model", llm_model), ("asr_engine", asr_engine)) if v)
     config = ServerConfig(pipeline="voice", port=port, log_level="warning", idle_timeout_s=30.0,
                           max_sessions=8, pipeline_options=options, scheduler=scheduler)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(create_app(config), config, lifespan="on"))
     threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
     while not server.started:
         time.sleep(0.05)

@@ -32,6 +32,10 @@ _SECRET_QUERY = re.compile(r"(?i)([?&;](?:" + "|".join(SECRET_QUERY_KEYS) + r")=
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")
 WS_MAX_QUEUE = 8  # incoming WebSocket messages buffered per connection (the reader drains them at once)
 GRACEFUL_SHUTDOWN_S = 10.0
+# permessage-deflate (RFC 7692) is never negotiated: media payloads are raw (RGB24, PCM) or already
+# compressed (JPEG, Opus), and deflating one 256x256 RGB24 frame costs ~5 ms of CPU on the event loop
+# for ~18% fewer bytes (docs/protocol.md, section 1).
+WS_PER_MESSAGE_DEFLATE = False
 
 
 def redact(text: str) -> str:
@@ -125,6 +129,7 @@ def uvicorn_config(app: Any, config: ServerConfig, **overrides: Any) -> uvicorn.
         "host": config.host, "port": config.port, "log_level": config.log_level,
         "http": guarded(limits), "timeout_keep_alive": limits.keep_alive_s,
         "limit_concurrency": limits.max_connections, "ws_max_queue": WS_MAX_QUEUE,
+        "ws_per_message_deflate": WS_PER_MESSAGE_DEFLATE,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, **overrides}
     return uvicorn.Config(app, **options)
 

@@ -23,10 +23,13 @@ if not torch.cuda.is_available():
 
 
 class LiveServer:
-    """uvicorn serving `create_app(config)` on 127.0.0.1:<free port> in a thread of its own."""
+    """uvicorn serving `create_app(config)` on 127.0.0.1:<free port> in a thread of its own
+    (`production`: with the uvicorn options `streamserve serve` runs, `streamserve.serving.uvicorn_config`)."""
 
-    def __init__(self, config: ServerConfig, transports: Sequence[Any] | None = None) -> None:
+    def __init__(self, config: ServerConfig, transports: Sequence[Any] | None = None,
+                 production: bool = False) -> None:
         from streamserve.server import create_app
+        from streamserve.serving import uvicorn_config
 
         self.app = create_app(config, transports)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -34,7 +37,9 @@ class LiveServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        options = uvicorn_config(self.app, config, lifespan="on") if production else (
+            uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(options)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
                                         name=f"live-server-{self.port}", daemon=True)
 

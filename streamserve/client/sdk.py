@@ -143,7 +143,8 @@ class StreamClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         self._ws = await connect(url, subprotocols=[wp.SUBPROTOCOL],  # type: ignore[list-item]
                                  additional_headers=headers, max_size=wp.MAX_MESSAGE_BYTES,
-                                 open_timeout=self.open_timeout)
+                                 open_timeout=self.open_timeout,
+                                 compression=None)  # no permessage-deflate: docs/protocol.md, section 1
         self._reader = asyncio.create_task(self._read_loop(), name="streamclient-reader")
         hello: dict[str, Any] = {"type": "hello", "version": wp.PROTOCOL_VERSION, "client": "streamserve.client"}
         self.server_hello = await self._request(hello, timeout_s=self.open_timeout)

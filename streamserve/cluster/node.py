@@ -41,6 +41,7 @@ class NodeServer:
         import uvicorn
 
         from streamserve.server import create_app
+        from streamserve.serving import WS_PER_MESSAGE_DEFLATE
 
         self.node_id = node_id
         self.app = create_app(config)
@@ -58,7 +59,8 @@ class NodeServer:
         self._sock.bind((config.host, config.port))
         port = self._sock.getsockname()[1]
         self.url = f"http://{advertise_host or config.host}:{port}"
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on",
+                                                    ws_per_message_deflate=WS_PER_MESSAGE_DEFLATE))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name=f"node-{node_id}", daemon=True)
         self._thread.start()

@@ -36,12 +36,12 @@ def server() -> Iterator[LiveServer]:
 class RawWebSocket:
     """The client half of RFC 6455 over a plain socket: masked frames out, unmasked frames in."""
 
-    def __init__(self, port: int, path: str = "/v1/ws") -> None:
+    def __init__(self, port: int, path: str = "/v1/ws", extra: str = "") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         key = base64.b64encode(os.urandom(16)).decode()
         request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                   f"Sec-WebSocket-Protocol: streamserve.v1\r\n\r\n")
+                   f"Sec-WebSocket-Protocol: streamserve.v1\r\n{extra}\r\n")
         self.sock.sendall(request.encode())
         response = b""
         while b"\r\n\r\n" not in response:
@@ -55,6 +55,7 @@ class RawWebSocket:
         accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
         assert headers["sec-websocket-accept"] == accept
         assert headers["sec-websocket-protocol"] == "streamserve.v1"
+        self.headers = headers
 
     def send(self, opcode: int, payload: bytes) -> None:
         mask = os.urandom(4)
@@ -197,3 +198,32 @@ def test_fragmented_and_large_messages_follow_rfc6455(server: LiveServer) -> Non
         assert opcode == 0x2 and len(out) == 36 + w * h * 3 and out[36:] == pixels
     finally:
         ws.close()
+
+
+def test_media_is_never_deflated() -> None:
+    """Section 1: the server (run with `streamserve serve`'s options) declines permessage-deflate,
+    which browsers and `websockets` offer by default, and the SDK does not offer it: a 256x256 RGB24
+    frame costs ~5 ms of CPU to deflate, per frame and direction, for ~18% fewer bytes."""
+    import asyncio
+
+    from streamserve.client import StreamClient
+
+    srv = LiveServer(ServerConfig(pipeline="passthrough", port=0), [WebSocketTransport], production=True).start()
+    try:
+        ws = RawWebSocket(srv.port, extra="Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n")
+        try:
+            assert "sec-websocket-extensions" not in ws.headers  # declined: frames go uncompressed
+            ws.send_json({"type": "hello", "version": 1})
+            b0, _ = ws._read(2)  # the reply's first frame header: a final text frame, RSV1 (compressed) clear
+            assert b0 == 0x81
+        finally:
+            ws.close()
+
+        async def sdk_extensions() -> list[object]:
+            async with StreamClient(f"ws://127.0.0.1:{srv.port}/v1/ws", pipeline="passthrough") as client:
+                assert client._ws is not None
+                return list(client._ws.protocol.extensions)
+
+        assert asyncio.run(sdk_extensions()) == []
+    finally:
+        srv.stop()
