@@ -77,6 +77,13 @@ async def test_round_trip_through_the_sdk(server: LiveServer) -> None:
     assert server.manager.list() == []
 
 
+async def test_the_sdk_never_offers_compression(server: LiveServer) -> None:
+    """docs/protocol.md, section 1: no permessage-deflate, though this test server (uvicorn's
+    defaults) would accept it: media is raw or already compressed."""
+    async with StreamClient(ws_url(server), pipeline="passthrough") as client:
+        assert client._ws is not None and list(client._ws.protocol.extensions) == []
+
+
 async def test_jpeg_and_audio_and_async_iteration(server: LiveServer) -> None:
     async with StreamClient(ws_url(server), jpeg_quality=95) as client:
         for i in range(3):
