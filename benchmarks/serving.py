@@ -369,8 +369,7 @@ def _capacity(sweep: dict[int, dict[str, Any]], key: str = "goodput") -> int:
 
 
 def _overhead_text(over: dict[str, Any]) -> str:
-    def fmt(part: str, v: float) -> str:
-        return f"{v:.2f}x" if part in ("jitter", "pace") else f"{v * 1000:.2f} ms"
+    from streamserve.planner import overhead_value as fmt
 
     return ", ".join(f"{p} mean {fmt(p, v['mean'])} / p99 {fmt(p, v['p99'])} / lag-1 {v.get('lag1', 0):.2f}"
                      for p, v in over.items()) or "nothing (no overhead in the profile)"

@@ -42,6 +42,12 @@ GOODPUT_TARGET = 0.99
 RATIOS = ("jitter", "pace")  # overhead parts that are ratios of step times (the rest are seconds)
 
 
+def overhead_value(part: str, value: float) -> str:
+    """One learned overhead figure as read: a ratio of step times (`RATIOS`) as "1.24x", the rest
+    (seconds) as "0.63 ms"."""
+    return f"{value:.2f}x" if part in RATIOS else f"{value * 1000:.2f} ms"
+
+
 @dataclasses.dataclass
 class SweepPoint:
     sessions: int
@@ -76,10 +82,8 @@ class PlanReport:
                  f"{self.admission_capacity} admitted by the cost model",
                  f"  p99 latency at capacity: {self.p99_at_capacity_ms:.1f} ms",
                  "  non-compute latency: " + (", ".join(
-                     f"{part} mean {v['mean'] * (1 if part in RATIOS else 1000):.2f}"
-                     f"{'x' if part in RATIOS else ' ms'} p99 {v['p99'] * (1 if part in RATIOS else 1000):.2f}"
-                     f"{'x' if part in RATIOS else ' ms'} lag-1 {v.get('lag1', 0.0):.2f}"
-                     for part, v in self.overhead.items())
+                     f"{part} mean {overhead_value(part, v['mean'])} p99 {overhead_value(part, v['p99'])}"
+                     f" lag-1 {v.get('lag1', 0.0):.2f}" for part, v in self.overhead.items())
                      or "not modelled (no server measurements in the profile)"),
                  "  sessions  goodput  p50 ms  p99 ms  on-time fps"]
         for p in self.sweep:
