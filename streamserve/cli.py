@@ -89,7 +89,7 @@ def _pipeline_options(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     """Model options as ServerConfig.pipeline_options (each goes to the pipelines whose constructor takes
     it): the voice pipeline's (docs/voice.md) and the video pipeline's checkpoint options (docs/video.md)."""
     names = ("llm_url", "llm_model", "llm_api_key", "asr_model", "asr_engine", "tts", "causal_weights", "checkpoint_key",
-             "preset")
+             "preset", "dtype")
     return tuple((n, getattr(args, n)) for n in names if getattr(args, n, None))
 
 
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which state dict of --causal-weights to load (default generator)")
     serve.add_argument("--preset", default=None, choices=["streamserve", "streamdiffusionv2"],
                        help="video stream rules, overriding the one the weights select")
+    serve.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                       help="video model precision (default: bfloat16 on CUDA and, for the demo model, on a "
+                       "CPU with native bf16; else float32)")
     serve.add_argument("--token", action="append", help="operator/ingest (admin) bearer token, repeatable; "
                        "also STREAMSERVE_TOKENS=a,b. When set, opening a session needs one "
                        "(docs/security.md)")

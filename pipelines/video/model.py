@@ -113,9 +113,9 @@ class CausalWanDiT(nn.Module):
         ce = self.transformer.condition_embedder
         t = ce.timesteps_proj(timestep.float())
         t = t.to(next(ce.time_embedder.parameters()).dtype)
-        temb = ce.time_embedder(t)
+        temb = ce.time_embedder(t).to(self.dtype)  # diffusers keeps time_embedder in fp32; the rest is not
         proj = ce.time_proj(ce.act_fn(temb)).unflatten(1, (6, -1))
-        return temb.to(self.dtype), proj.to(self.dtype)
+        return temb, proj.to(self.dtype)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -153,3 +153,33 @@ def test_wan_folder_loads_causal_weights_from_the_folder(tmp_path: Path, tiny_wa
     torch.testing.assert_close(pipe.dit.transformer.blocks[1].ffn.net[2].weight, src.blocks[1].ffn.net[2].weight)
     with pytest.raises(ValueError, match="causal weights .* do not exist"):
         VideoDiffusionPipeline(device="cpu", model=str(tiny_wan_dir), causal_weights=str(tmp_path / "x.pt"))
+
+
+def test_a_wan_folder_streams_in_bf16(tiny_wan_dir: Path) -> None:
+    """`serve --model DIR --dtype bfloat16` (CUDA's default): diffusers keeps the time embedder (and the
+    norms) in fp32 while the rest is bf16; a stream runs and matches the fp32 one to bf16's precision."""
+    from streamserve.cli import build_parser, config_from_args
+    from streamserve.manager import SessionManager
+
+    args = build_parser().parse_args(["serve", "--pipeline", "video", "--model", str(tiny_wan_dir),
+                                      "--dtype", "bfloat16"])
+    assert dict(config_from_args(args).pipeline_options) == {"dtype": "bfloat16"}
+    pipe = SessionManager(config_from_args(args))._create_pipeline("video")
+    assert isinstance(pipe, VideoDiffusionPipeline)
+    ce = pipe.dit.transformer.condition_embedder
+    assert pipe.dit.dtype == torch.bfloat16 and next(ce.time_embedder.parameters()).dtype == torch.float32
+    ref = VideoDiffusionPipeline(device="cpu", model=str(tiny_wan_dir), dtype="float32")
+    rng = np.random.default_rng(0)
+    clip = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    outs = []
+    for p in (pipe, ref):
+        p.open_session("s", VideoParams(prompt="a cat", steps=1, width=64, height=64, fixed_noise=True, seed=3))
+        media = []
+        for i, frame in enumerate(clip):
+            res = step_one(p, "s", frame, i)
+            assert res.error is None, res.error
+            media += [m.data.astype(np.float64) for m in res.media]
+        outs.append(np.stack(media))
+    assert outs[0].shape == outs[1].shape == (5, 64, 64, 3)
+    err = np.abs(outs[0] - outs[1]).mean()
+    assert 0 < err < 4.0, err  # mean absolute difference in 8-bit levels: bf16, not another model
