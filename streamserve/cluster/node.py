@@ -41,7 +41,7 @@ class NodeServer:
         import uvicorn
 
         from streamserve.server import create_app
-        from streamserve.serving import WS_PER_MESSAGE_DEFLATE
+        from streamserve.serving import uvicorn_config
 
         self.node_id = node_id
         self.app = create_app(config)
@@ -59,8 +59,9 @@ class NodeServer:
         self._sock.bind((config.host, config.port))
         port = self._sock.getsockname()[1]
         self.url = f"http://{advertise_host or config.host}:{port}"
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on",
-                                                    ws_per_message_deflate=WS_PER_MESSAGE_DEFLATE))
+        # `streamserve serve`'s options (header timeout, connection cap, keep-alive, WS queue, no
+        # deflate, bounded graceful stop): a node faces the same clients as a single server.
+        self._server = uvicorn.Server(uvicorn_config(self.app, config, log_level="warning", lifespan="on"))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name=f"node-{node_id}", daemon=True)
         self._thread.start()
