@@ -52,27 +52,38 @@ def percentile(values: list[float], q: float) -> float:
 
 # --- bare ------------------------------------------------------------------------------------------
 
-def bare(size: int, frames: int, style: str, steps: int, threads: int | None) -> dict[str, float]:
-    """Back-to-back frames through the pipeline in this process."""
+def bare(size: int, frames: int, style: str, steps: int, threads: int | None,
+         baseline_dtype: str | None = "float32") -> dict[str, Any]:
+    """Back-to-back frames through the pipeline in this process, at the pipeline's default precision
+    (what the server runs) and, beside it, at ``baseline_dtype``: two pipelines stepped in alternating
+    rounds of 40 frames, so a slow spell of the host weighs on both alike."""
     from streamserve.core.frames import VideoFrame
     from streamserve.core.plan import Batch, WorkItem
     from streamserve.pipelines.video import VideoDiffusionPipeline, VideoParams
     from streamserve.transport.probe import picture, stamp
 
-    pipe = VideoDiffusionPipeline(device="cpu", threads=threads)
-    pipe.warmup()
-    pipe.open_session("bench", VideoParams(style=style, steps=steps, width=size, height=size))  # type: ignore[arg-type]
+    pipes = {"default": VideoDiffusionPipeline(device="cpu", threads=threads)}
+    if baseline_dtype and str(pipes["default"].dit.dtype) != f"torch.{baseline_dtype}":
+        pipes[baseline_dtype] = VideoDiffusionPipeline(device="cpu", threads=threads, dtype=baseline_dtype)
+    for pipe in pipes.values():
+        pipe.warmup()
+        pipe.open_session("bench", VideoParams(style=style, steps=steps, width=size, height=size))  # type: ignore[arg-type]
     pics = [stamp(i, size, size, picture(i, size, size)) for i in range(30)]
-    times = []
-    for i in range(frames):
-        frame = VideoFrame(pics[i % len(pics)], i * 3000, 0.0, 1e9)
-        t0 = time.perf_counter()
-        pipe.step(Batch("video", (WorkItem("bench", frame),)))
-        times.append(time.perf_counter() - t0)
-    pipe.close_session("bench")
-    steady = times[5:]
-    return {"fps": len(steady) / sum(steady), "p50_ms": 1000 * percentile(steady, 50),
-            "p99_ms": 1000 * percentile(steady, 99)}
+    times: dict[str, list[float]] = {name: [] for name in pipes}
+    for start in range(0, frames, 40):
+        for name, pipe in pipes.items():
+            for i in range(start, min(frames, start + 40)):
+                frame = VideoFrame(pics[i % len(pics)], i * 3000, 0.0, 1e9)
+                t0 = time.perf_counter()
+                pipe.step(Batch("video", (WorkItem("bench", frame),)))
+                times[name].append(time.perf_counter() - t0)
+    out: dict[str, Any] = {}
+    for name, pipe in pipes.items():
+        pipe.close_session("bench")
+        steady = times[name][5:]
+        out[name] = {"fps": len(steady) / sum(steady), "p50_ms": 1000 * percentile(steady, 50),
+                     "p99_ms": 1000 * percentile(steady, 99), "dtype": str(pipe.dit.dtype).removeprefix("torch.")}
+    return {**out["default"], "baseline": out.get(baseline_dtype or "")}
 
 
 # --- served ----------------------------------------------------------------------------------------
@@ -162,8 +173,13 @@ def tier_text(slo: Any) -> str:
 
 
 def cpu_tables(args: argparse.Namespace) -> str:
-    b = bare(args.size, args.frames, args.style, args.steps, args.threads)
-    print(f"bare: {b['fps']:.1f} FPS, step p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms", file=sys.stderr)
+    b = bare(args.size, args.frames, args.style, args.steps, args.threads,
+             None if args.baseline_dtype == "none" else args.baseline_dtype)
+    print(f"bare: {b['fps']:.1f} FPS, step p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms ({b['dtype']})",
+          file=sys.stderr)
+    base = b["baseline"]
+    if base:
+        print(f"bare {base['dtype']}: {base['fps']:.1f} FPS, p50 {base['p50_ms']:.1f} ms", file=sys.stderr)
     rows = []
     with running_server(args.spare_frames) as url:
         for fps in args.fps:
@@ -178,9 +194,11 @@ def cpu_tables(args: argparse.Namespace) -> str:
         ratio = s["fps"] / min(b["fps"], s["fps_in"])
         lines.append(f"| {s['fps_in']:.1f} | {b['fps']:.1f} | {s['fps']:.1f} | {ratio:.2f} | {s['p50_ms']:.0f} | "
                      f"{s['p99_ms']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {s['tier']} | {s['drops']} |")
+    versus = (f" Bare at {base['dtype']} in the same rounds: {base['fps']:.1f} FPS (p50 {base['p50_ms']:.1f} ms); "
+              f"{b['dtype']} / {base['dtype']}: {b['fps'] / base['fps']:.2f}x." if base else "")
     return (f"Demo model, {args.size}x{args.size}, one session, style {args.style!r}, {args.steps} step(s), "
-            f"torch threads: {args.threads or 'pipeline default (all cores but one)'}, client jitter buffer: "
-            f"{args.client_jitter_buffer}.\n\n" + "\n".join(lines))
+            f"{b['dtype']} (the default here), torch threads: {args.threads or 'pipeline default (all cores but one)'}, "
+            f"client jitter buffer: {args.client_jitter_buffer}.{versus}\n\n" + "\n".join(lines))
 
 
 # --- GPU: Wan2.1-1.3B shape ------------------------------------------------------------------------
@@ -342,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style", default="noir", help="demo style (keeps the index cells readable)")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps (CPU part)")
     parser.add_argument("--frames", type=int, default=200, help="frames for the bare measurement")
+    parser.add_argument("--baseline-dtype", default="float32", choices=["float32", "bfloat16", "none"],
+                        help="also measure bare at this precision when the default differs (none: skip)")
     parser.add_argument("--fps", type=float, nargs="+", default=[30.0], help="client input frame rates")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (served)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds measured per run")

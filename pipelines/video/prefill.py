@@ -15,10 +15,10 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from streamserve.kv_rolling import KVPool
 
+from .attention import sdpa
 from .model import CrossKV
 from .rope import WanRope, apply_rope
 
@@ -54,7 +54,7 @@ class PrefillAttention:
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q, k, v: [1, H, F*S, D] before RoPE
         q_rot, k_rot = apply_rope(q, self.table), apply_rope(k, self.table)
-        out = F.scaled_dot_product_attention(q_rot, k_rot, v)  # no mask: both ways within the chunk
+        out = sdpa(q_rot, k_rot, v)  # no mask: both ways within the chunk
         stored = k if self.reposition else k_rot
         s = self.tokens
         for cid in self.caches:

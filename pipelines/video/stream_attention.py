@@ -24,10 +24,10 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from streamserve.kv_rolling import KVPool
 
+from .attention import sdpa
 from .model import CrossKV
 from .rope import RopeTable, WanRope, apply_rope
 
@@ -37,8 +37,8 @@ AttendFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def dense_attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Exact attention (PyTorch SDPA) with a key-padding/visibility mask."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    """Exact attention (PyTorch SDPA; bf16 on CPU: :func:`.attention.sdpa`) with a key-padding/visibility mask."""
+    return sdpa(q, k, v, mask)
 
 
 class StreamAttention:
@@ -145,7 +145,7 @@ class StreamAttention:
             keys = torch.cat([ck, k_rot], dim=2)  # [N, H, cap + S, D]
             values = torch.cat([cv, v], dim=2)
         if self.attend is dense_attend:
-            out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=self._dense_mask)
+            out = sdpa(q_rot, keys, values, self._dense_mask)
         else:
             out = self.attend(layer, q_rot, keys, values, self.mask)
         stored = k if self.reposition else keys[:, :, self.capacity :]  # "reposition" keeps keys before RoPE

@@ -21,6 +21,7 @@ from ..checkpoint import (
     WAN_DEFAULTS,
     LoadedModel,
     ModelDefaults,
+    default_dtype,
     folder_kind,
     from_pretrained,
     load_demo_parts,
@@ -61,9 +62,9 @@ def load_rank0(model: str | None, device: str, dtype: torch.dtype | None, stages
     ``model.pt`` in a Wan folder -- are loaded for stage 0's blocks (each rank loads its own) and
     select the StreamDiffusionV2 preset, as in the single-process loader."""
     folder = Path(model) if model is not None else WEIGHTS_DIR
-    if dtype is None:
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     kind = folder_kind(folder)
+    if dtype is None:
+        dtype = default_dtype(device, kind)  # as the single-process loader
     ranges = split_layers(transformer_layers(folder), stages)
     vae: StreamingVAE
     prompts: PromptEncoder

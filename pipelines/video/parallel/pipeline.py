@@ -106,11 +106,11 @@ class PipelinedVideoPipeline(VideoDiffusionPipeline):
     def from_folder(cls, folder: str, *, stages: int, stage_devices: Sequence[str] | None = None,
                     timeout_s: float = 30.0, rebalance: bool = False, balancer: BalancerConfig | None = None,
                     max_sessions: int | None = None, num_sinks: int | None = None, window: int | None = None,
-                    inflight: int | None = None) -> PipelinedVideoPipeline:
+                    inflight: int | None = None, dtype: str | None = None) -> PipelinedVideoPipeline:
         """Tests and benchmarks: a model folder with explicit cache geometry."""
         return cls("cpu", folder, stages=stages, stage_devices=stage_devices, timeout_s=timeout_s,
                    rebalance=rebalance, balancer=balancer, max_sessions=max_sessions, num_sinks=num_sinks,
-                   window=window, inflight=inflight)
+                   window=window, inflight=inflight, dtype=dtype)
 
     # ------------------------------------------------------------------ sessions
 

@@ -31,7 +31,9 @@ SIZE = 32  # 2x2 latent tokens per frame with the tiny demo model
 
 def sdv2_pipe(folder: Path, **rules: object) -> VideoDiffusionPipeline:
     torch.manual_seed(0)
-    pipe = VideoDiffusionPipeline(device="cpu", model=str(folder), preset="streamdiffusionv2", num_sinks=3, window=2)
+    # fp32: the references are fp32 and the rules are checked to 1e-5 (a demo folder's CPU default may be bf16)
+    pipe = VideoDiffusionPipeline(device="cpu", model=str(folder), preset="streamdiffusionv2", num_sinks=3, window=2,
+                                  dtype="float32")
     if rules:
         pipe.rules = dataclasses.replace(pipe.rules, **rules)  # type: ignore[arg-type]
     return pipe
