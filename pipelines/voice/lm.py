@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from streamserve.core.cpu import has_native_bf16
 from streamserve.pipelines.voice.brain import BrainError, Generation, Message
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,15 @@ class LocalBrain:
         self._thread.start()
 
     @classmethod
-    def from_path(cls, path: str | Path | None = None, **kw: Any) -> LocalBrain:
-        """Load `path` (a HF folder or .gguf); the default GGUF is converted once and cached."""
+    def from_path(cls, path: str | Path | None = None, dtype: torch.dtype | None = None, **kw: Any) -> LocalBrain:
+        """Load `path` (a HF folder or .gguf); the default GGUF is converted once and cached. ``dtype``
+        (default: bf16 on a CPU with native bf16 -- prefill 2x, decode ~1.2x the fp32 rate there --
+        else fp32)."""
         if path is None:
             path = cached_default()
-        model, tok = load_lm(path)
+        if dtype is None:
+            dtype = torch.bfloat16 if has_native_bf16() else torch.float32
+        model, tok = load_lm(path, dtype)
         return cls(model, tok, **kw)
 
     # --- Brain ----------------------------------------------------------------------------------
@@ -422,11 +427,11 @@ def roll_kv(kv: KV, sink: int, start: int, rope: Any) -> KV:
     shift = start - sink
     out: KV = []
     for k, v in kv:
-        tail = k[:, :, start:]
+        tail = k[:, :, start:].float()  # rotated in fp32: a bf16 cache is rounded once per roll, not per term
         cos, sin = rope(tail, torch.full((1, 1), -shift, dtype=torch.long))  # [1, 1, D]
-        cos, sin = cos[:, None].to(tail.dtype), sin[:, None].to(tail.dtype)
+        cos, sin = cos[:, None].float(), sin[:, None].float()
         half = tail.shape[-1] // 2
         rotated = torch.cat((-tail[..., half:], tail[..., :half]), dim=-1)
-        out.append((torch.cat([k[:, :, :sink], tail * cos + rotated * sin], dim=2),
+        out.append((torch.cat([k[:, :, :sink], (tail * cos + rotated * sin).to(k.dtype)], dim=2),
                     torch.cat([v[:, :, :sink], v[:, :, start:]], dim=2)))
     return out

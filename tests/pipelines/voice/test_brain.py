@@ -212,21 +212,24 @@ def test_long_conversation_keeps_the_system_sink_and_a_window(tiny_lm_dir: Path)
 
 def test_rolled_kv_moves_the_window_to_its_new_positions(tiny_lm_dir: Path) -> None:
     """Layer 0's keys depend only on the token and its position: after a roll they must equal a fresh
-    prefill's keys of the same tokens at their new positions (the RoPE re-rotation is exact)."""
+    prefill's keys of the same tokens at their new positions (the RoPE re-rotation is exact in fp32;
+    in bf16, the default on a CPU with native bf16, within its rounding)."""
     from streamserve.pipelines.voice.lm import roll_kv
 
-    brain = LocalBrain.from_path(tiny_lm_dir)
-    try:
-        old = brain._tokens([{"role": "user", "content": "w1 w2 w3 w4 w5 w6 w7 w8 what is the capital of france"}])
-        sink, start = 3, 9
-        _, kv = brain._forward([old], [None], [0])
-        rolled = roll_kv(kv, sink, start, brain.model.model.rotary_emb)
-        _, fresh = brain._forward([old[:sink] + old[start:]], [None], [0])
-        assert rolled[0][0].shape == fresh[0][0].shape == (1, 2, len(old) - (start - sink), 16)
-        torch.testing.assert_close(rolled[0][0], fresh[0][0], atol=1e-5, rtol=1e-4)  # keys, re-rotated
-        torch.testing.assert_close(rolled[0][1], fresh[0][1], atol=1e-5, rtol=1e-4)  # values, moved
-    finally:
-        brain.close()
+    for dtype, tol in ((torch.float32, {"atol": 1e-5, "rtol": 1e-4}), (torch.bfloat16, {"atol": 2e-2, "rtol": 2e-2})):
+        brain = LocalBrain.from_path(tiny_lm_dir, dtype=dtype)
+        try:
+            old = brain._tokens([{"role": "user", "content": "w1 w2 w3 w4 w5 w6 w7 w8 what is the capital of france"}])
+            sink, start = 3, 9
+            _, kv = brain._forward([old], [None], [0])
+            rolled = roll_kv(kv, sink, start, brain.model.model.rotary_emb)
+            _, fresh = brain._forward([old[:sink] + old[start:]], [None], [0])
+            assert rolled[0][0].shape == fresh[0][0].shape == (1, 2, len(old) - (start - sink), 16)
+            assert rolled[0][0].dtype == dtype
+            torch.testing.assert_close(rolled[0][0], fresh[0][0], **tol)  # keys, re-rotated
+            torch.testing.assert_close(rolled[0][1], fresh[0][1], **tol)  # values, moved
+        finally:
+            brain.close()
 
 
 def test_a_rolling_conversation_reuses_the_window_kv(tiny_lm_dir: Path) -> None:
