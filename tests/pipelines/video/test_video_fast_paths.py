@@ -1,6 +1,7 @@
 """The serving fast paths compute what the plain ones do: complex RoPE, the inference block forward,
 the stream attention that reads the KV pool in place (slot order) instead of gathering it, the folded
-cross-attention to a short prompt, and the guided decoder's planar bilinear upsampling."""
+cross-attention to a short prompt, the guided decoder's planar bilinear upsampling, and bf16 attention
+on CPU as two products around a softmax."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 
 from streamserve.kv_rolling import BatchedKV, KVPool, SessionKV
-from streamserve.pipelines.video.attention import FoldedCrossAttention, out_proj, split_heads
+from streamserve.pipelines.video import attention
+from streamserve.pipelines.video.attention import FoldedCrossAttention, out_proj, sdpa, split_heads
 from streamserve.pipelines.video.block import block_forward, fast_block_ok, gelu_tanh
 from streamserve.pipelines.video.guided import GuidedDecoder, guide_features, upsample_bilinear
 from streamserve.pipelines.video.model import CausalWanDiT, tiny_wan_config
@@ -212,3 +214,25 @@ def test_guided_decoder_serving_path_equals_the_training_path(features: str) -> 
         maps, got = guide_features(frame, features), guide(z, frame, style)
     torch.testing.assert_close(maps, reference_maps, rtol=0, atol=1e-5)
     torch.testing.assert_close(got, expected.detach(), rtol=0, atol=1e-5)
+
+
+def test_bf16_attention_on_cpu_equals_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo model's shapes (and a batch of 2 with a key mask): the bf16 products equal fp32 SDPA to
+    bf16's precision; above the score budget the flash kernel runs instead (same result)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 32) for n in (256, 1024, 1024))
+    mask = torch.ones(2, 1, 1, 1024, dtype=torch.bool)
+    mask[1, ..., 256:512] = False  # item 1 does not see one block
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    b16 = [t.bfloat16() for t in (q, k, v)]
+    calls: list[int] = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    with torch.no_grad():
+        out = sdpa(*b16, mask)
+        assert out.dtype == torch.bfloat16 and not calls  # the two products, not the kernel
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        monkeypatch.setattr(attention, "MATH_ATTENTION_SCORES", 1024)
+        torch.testing.assert_close(sdpa(*b16, mask).float(), ref, atol=2e-2, rtol=2e-2)
+        assert calls == [1]
+        torch.testing.assert_close(sdpa(q, k, v, mask), ref)  # fp32: SDPA itself
