@@ -5,12 +5,10 @@ from __future__ import annotations
 import socket
 import time
 
-import httpx
-
 from streamserve.cluster.node import NodeServer
 from streamserve.core.config import ServerConfig
 from streamserve.core.limits import LimitsConfig
-from tests.security.test_limits import _closed_within
+from tests.security.test_limits import _closed_within, _serves_within
 
 
 def test_a_node_closes_slow_heads_and_connections_over_its_cap() -> None:
@@ -27,14 +25,6 @@ def test_a_node_closes_slow_heads_and_connections_over_its_cap() -> None:
         assert _closed_within(extra, 5.0)
         for sock in (slow, extra, *held):
             sock.close()
-        deadline = time.monotonic() + 10
-        while True:  # the cap frees as the held connections go
-            try:
-                if httpx.get(node.url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the node did not serve after the held connections closed"
-            time.sleep(0.1)
+        assert _serves_within(node.url, 10.0), "the node did not serve after the held connections closed"
     finally:
         node.stop()

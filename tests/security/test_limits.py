@@ -84,6 +84,19 @@ def test_chunked_bodies_are_cut_off_while_streaming(live_server: LiveServer) -> 
         assert sent < 24 << 20, f"{path}: {sent} bytes went in before the 413"
 
 
+def _serves_within(url: str, seconds: float) -> bool:
+    """Whether `url`/healthz answers 200 within `seconds` (e.g. once a connection cap frees)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
     """Whether the server closes `sock` within `seconds` (reading and discarding what it sends)."""
     sock.settimeout(seconds)
@@ -132,12 +145,4 @@ def test_connections_beyond_the_cap_are_closed(guarded_factory: Any) -> None:
     assert _closed_within(extra, 5.0)
     for sock in held:
         sock.close()
-    deadline = time.monotonic() + 10
-    while True:  # once the held ones are gone, new connections are served again
-        try:
-            if httpx.get(server.url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the server did not accept connections after the others closed"
-        time.sleep(0.1)
+    assert _serves_within(server.url, 10.0), "the server did not accept connections after the others closed"
