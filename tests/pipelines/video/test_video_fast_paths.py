@@ -227,7 +227,12 @@ def test_bf16_attention_on_cpu_equals_sdpa(monkeypatch: pytest.MonkeyPatch) -> N
     b16 = [t.bfloat16() for t in (q, k, v)]
     calls: list[int] = []
     real = F.scaled_dot_product_attention
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counted)
     with torch.no_grad():
         out = sdpa(*b16, mask)
         assert out.dtype == torch.bfloat16 and not calls  # the two products, not the kernel
