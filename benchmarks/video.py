@@ -57,13 +57,15 @@ def bare(size: int, frames: int, style: str, steps: int, threads: int | None,
     """Back-to-back frames through the pipeline in this process, at the pipeline's default precision
     (what the server runs) and, beside it, at ``baseline_dtype``: two pipelines stepped in alternating
     rounds of 40 frames, so a slow spell of the host weighs on both alike."""
+    import torch
+
     from streamserve.core.frames import VideoFrame
     from streamserve.core.plan import Batch, WorkItem
     from streamserve.pipelines.video import VideoDiffusionPipeline, VideoParams
     from streamserve.transport.probe import picture, stamp
 
     pipes = {"default": VideoDiffusionPipeline(device="cpu", threads=threads)}
-    if baseline_dtype and str(pipes["default"].dit.dtype) != f"torch.{baseline_dtype}":
+    if baseline_dtype and pipes["default"].dit.dtype != getattr(torch, baseline_dtype):
         pipes[baseline_dtype] = VideoDiffusionPipeline(device="cpu", threads=threads, dtype=baseline_dtype)
     for pipe in pipes.values():
         pipe.warmup()

@@ -64,7 +64,7 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores.masked_fill_(~mask, float("-inf"))  # a fresh tensor: no copy
     return torch.matmul(scores.softmax(-1), v)
 
 
