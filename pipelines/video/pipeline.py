@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from streamserve.core.cpu import limit_blas_threads
 from streamserve.core.frames import MediaKind, VideoFrame
 from streamserve.core.plan import Batch, StepOutput, WorkItem
 from streamserve.kv_rolling import KVPool
@@ -49,7 +50,9 @@ PATCH_PIXELS = 16  # VAE factor 8 x patch 2: sizes must be multiples of this
 def set_cpu_threads(device: str, threads: int | None) -> None:
     """On CPU, give torch all cores but one (at least one): the transport's decoders and encoders
     and the event loop need a core, and an oversubscribed OpenMP pool stalls (busy-waiting threads).
-    ``threads`` overrides; it is process-wide (``torch.set_num_threads``), like the engine thread."""
+    ``threads`` overrides; it is process-wide (``torch.set_num_threads``), like the engine thread.
+    numpy's BLAS gets one thread on every device (`limit_blas_threads`: its pool busy-waits)."""
+    limit_blas_threads(1)
     if device != "cpu" and threads is None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

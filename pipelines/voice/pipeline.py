@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from streamserve.core.cpu import limit_blas_threads
 from streamserve.core.frames import AudioChunk, MediaKind
 from streamserve.core.plan import Batch, StepOutput
 from streamserve.pipelines.base import Pipeline
@@ -92,8 +93,7 @@ def load_models(*, llm_url: str | None = None, llm_model: str | None = None, llm
             turn_model = SmartTurn()
         except (FileNotFoundError, ImportError) as exc:
             log.warning("Smart Turn unavailable (%s): ends of turn use silence only", exc)
-    if asr_engine == "torch":
-        _cpu_threads()
+    _cpu_threads()
     return VoiceModels(vad=SileroVad, asr=make_asr(asr_model, asr_engine), tts=HibariTts() if tts == "hibari" else EspeakTts(),
                        brain=brain, smart_turn=turn_model)
 
@@ -101,11 +101,14 @@ def load_models(*, llm_url: str | None = None, llm_model: str | None = None, llm
 def _cpu_threads() -> None:
     """torch on all cores but one (at least one), the video pipeline's policy: the voice worker
     threads, ONNX models and the event loop need the rest, and an oversubscribed OpenMP pool
-    busy-waits (Whisper's decode took 3x longer with 2 torch threads on a loaded 2-core machine)."""
+    busy-waits (Whisper's decode took 3x longer with 2 torch threads on a loaded 2-core machine).
+    numpy's BLAS gets one thread: its busy-waiting pool doubled the time of concurrent transcripts
+    and Smart Turn verdicts (`limit_blas_threads`)."""
     import os
 
     import torch
 
+    limit_blas_threads(1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
 
