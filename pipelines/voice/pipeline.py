@@ -41,7 +41,8 @@ class VoiceParams:
     end_silence_ms: float = 640.0  # silence that ends a turn without a semantic verdict
     semantic_silence_ms: float = 192.0  # silence that ends a turn Smart Turn calls complete
     # ... that Smart Turn is sure of (P >= confident_threshold): an early release of the speculative
-    # reply, off by default (= semantic_silence_ms): it measured slower on this CPU (docs/voice.md).
+    # reply, off by default (= semantic_silence_ms): faster, but it cut in on a mid-sentence hesitation
+    # the default waited out (docs/voice.md).
     confident_silence_ms: float = 192.0
     confident_threshold: float = 0.95
     semantic_turn: bool = True
