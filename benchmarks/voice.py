@@ -4,7 +4,10 @@ A real server (uvicorn, `create_app`, the `voice` pipeline) runs in this process
 thread; clients speak generated questions (hibari TTS, the end of speech known from the WAV) over
 the WebSocket API in real-time 20 ms PCM messages and measure, at the client:
 
-- response latency: end of the user's speech -> first agent audio frame received, p50 / p95;
+- response latency: end of the user's speech (the question's last sample above 0.02) -> first agent
+  audio frame received, p50 / p95. The question's quiet tail after that sample is sent too, and a
+  -60 dBFS noise floor lies under everything sent (`--noise-dbfs`), as from a microphone: over
+  digital silence after a cut, Silero VAD calls the end ≈ 60 ms sooner than it does live;
 - barge-in: every other answer is interrupted 0.5 s into its audio by the next question;
   interruption onset sent -> last frame of the old answer received (+ its 20 ms), p50 / p95.
 
@@ -83,8 +86,10 @@ class Caller:
     """One session speaking its questions back to back, measuring at the client."""
 
     def __init__(self, port: int, params: dict[str, Any], questions: list[tuple[np.ndarray, int | None]],
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, noise_rms: float = 0.0, seed: int = 0) -> None:
         self.port, self.params, self.questions, self.delay_s = port, params, questions, delay_s
+        self.noise_rms = noise_rms  # a microphone's noise floor under everything sent (0: digital silence)
+        self._rng = np.random.default_rng(seed)
         self.cut_ins = 0  # questions with a mid-sentence pause that the agent answered during the pause
         self.mid_pauses = 0
         self.frames: list[float] = []  # arrival times of agent audio frames
@@ -131,7 +136,10 @@ class Caller:
     async def _send(self, client: Any, audio: np.ndarray, until: Any = None) -> None:
         """Real-time pacing against one clock for the whole call (no drift)."""
         for i in range(0, len(audio), FRAME):
-            await client.send_audio((np.clip(audio[i:i + FRAME], -1, 1) * 32767).astype(np.int16)[None, :], RATE)
+            chunk = audio[i:i + FRAME]
+            if self.noise_rms:
+                chunk = chunk + self._rng.standard_normal(len(chunk)).astype(np.float32) * self.noise_rms
+            await client.send_audio((np.clip(chunk, -1, 1) * 32767).astype(np.int16)[None, :], RATE)
             self._sent += 1
             ahead = self._t0 + self._sent * FRAME / RATE - time.monotonic()
             if ahead > 0:
@@ -162,7 +170,10 @@ class Caller:
                 end = t
             self.barge_ins.append(end + 0.02 - onset if end > onset else 0.0)
         n = len(self.frames)
-        await self._send(client, np.zeros(15 * RATE, np.float32), until=lambda: len(self.frames) > n)
+        # The question's own quiet tail (its last phoneme decaying below 0.02) goes out after the end
+        # of speech, as a microphone would send it: the VAD hears the end as it would live.
+        after = np.concatenate([q[last:], np.zeros(15 * RATE, np.float32)])
+        await self._send(client, after, until=lambda: len(self.frames) > n)
         answer = [t for t in self.frames[n:] if t > end_of_speech]
         if not answer:
             self.errors.append("no answer within 15 s")
@@ -188,11 +199,12 @@ class Caller:
 
 
 async def measure(port: int, think: bool, per: list[list[tuple[np.ndarray, int | None]]], video: int = 0,
-                  params: dict[str, Any] | None = None, stagger_s: float = 0.0) -> dict[str, Any]:
+                  params: dict[str, Any] | None = None, stagger_s: float = 0.0,
+                  noise_rms: float = 0.0) -> dict[str, Any]:
     """One run: session k speaks the questions `per[k]` (audio, sample where a mid-sentence pause starts)."""
     sessions = len(per)
-    callers = [Caller(port, {"think": think, **(params or {})}, qs, delay_s=k * stagger_s / sessions)
-               for k, qs in enumerate(per)]
+    callers = [Caller(port, {"think": think, **(params or {})}, qs, delay_s=k * stagger_s / sessions,
+                      noise_rms=noise_rms, seed=k) for k, qs in enumerate(per)]
     proc, box, stop = None, None, None
     if video:
         import multiprocessing
@@ -332,8 +344,13 @@ def main() -> None:
                     help="run the server in its own process (default: a thread of this one, beside the clients)")
     ap.add_argument("--stagger-s", type=float, default=0.0,
                     help="start session k of N this much * k / N later (0: all at once, turn ends coincide)")
+    ap.add_argument("--noise-dbfs", default="-60",
+                    help="white noise at this level (dBFS RMS) under all the clients send, a quiet room's "
+                         "microphone; 'off': digital silence between questions (the VAD then ends a turn "
+                         "tens of ms sooner than it would live)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    noise_rms = 0.0 if args.noise_dbfs == "off" else 10 ** (float(args.noise_dbfs) / 20)
 
     from hibari import Hibari
 
@@ -367,7 +384,8 @@ def main() -> None:
                               for i, (q, p) in enumerate(qs)] for qs in block]
                 for mode, engine in runs:
                     think, params = MODES[mode]
-                    row = asyncio.run(measure(servers[engine][1], think, block, args.video, params, args.stagger_s))
+                    row = asyncio.run(measure(servers[engine][1], think, block, args.video, params, args.stagger_s,
+                                              noise_rms))
                     row.update(mode=mode, asr=engine, round=r)
                     parts[(mode, engine)].append(row)
                     print(json.dumps({k: v for k, v in row.items() if k not in ("raw", "per_turn")}), flush=True)
@@ -383,6 +401,7 @@ def main() -> None:
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min), brain: {brain_name(args)}"
           + (f", beside {args.video} video session(s) (demo model)" if args.video else "")
           + f", scheduler {args.scheduler}"
+          + (", digital silence between questions" if not noise_rms else f", input noise floor {args.noise_dbfs} dBFS")
           + (f", a {args.mid_pause_ms:g} ms mid-sentence pause in every other question" if args.mid_pause_ms else "")
           + (f", sessions started {args.stagger_s:g} s / N apart" if args.stagger_s else "")
           + (", server in its own process" if args.server_process else ", server in the clients' process") + "\n")
