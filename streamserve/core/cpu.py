@@ -21,12 +21,12 @@ def has_native_bf16() -> bool:
 def limit_blas_threads(threads: int = 1) -> None:
     """Limit numpy's BLAS (OpenBLAS in numpy's wheels) to `threads` threads, process-wide.
 
-    The server calls small numpy products from many threads (log-mel filter banks for Whisper and
-    Smart Turn, colour conversions). OpenBLAS splits even an 80 x 201 product across every core
-    and its idle workers then busy-wait, so each call kept the other core spinning: measured on
-    this 2-core machine, two Smart Turn verdicts at once took 2.2x as long as one and two Whisper
-    transcripts 2.1x; with one BLAS thread neither slowed the other. torch's own
-    thread pool is set apart (the pipelines' `set_num_threads` policies)."""
+    The server calls small numpy products from several threads (the log-mel filter banks of Whisper
+    and Smart Turn). OpenBLAS splits even an 80 x 201 product across every core and its idle
+    workers then busy-wait, so each call kept the other core spinning: measured on this 2-core
+    machine, two Smart Turn verdicts at once took 2.2x as long as one and two Whisper transcripts
+    2.1x; with one BLAS thread neither slowed the other. torch's own thread pool is set apart (the
+    pipelines' `set_num_threads` policies)."""
     if not 1 <= threads <= 1024:
         raise ValueError(f"threads must be in [1, 1024], got {threads}")
     from threadpoolctl import threadpool_limits
