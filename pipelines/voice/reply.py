@@ -142,6 +142,12 @@ class Reply:
             for i in range(n):
                 self.frames.append(buf[i * self._frame:(i + 1) * self._frame])
             self._pending = buf[n * self._frame:]
+        self._pad_tail()
+
+    def _pad_tail(self) -> None:
+        """Once the text is complete and every clause's audio is in, the last part-frame goes out
+        padded. The text may complete after the last audio (its last clause ended with the text so
+        far, the end of the stream came later), so `pop_frame` checks again."""
         if self.complete_text and self._next_clause == len(self._clauses) and self._pending.size:
             pad = np.zeros(self._frame - len(self._pending), np.float32)
             self.frames.append(np.concatenate([self._pending, pad]))
@@ -162,6 +168,8 @@ class Reply:
         return bool(self.frames)
 
     def pop_frame(self) -> np.ndarray | None:
+        if not self.frames:
+            self._pad_tail()
         if not self.frames:
             return None
         self.frames_out += 1

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from streamserve.pipelines.voice.brain import Generation
@@ -77,5 +78,38 @@ def test_a_later_clause_waits_behind_a_pause_transcript_the_first_does_not(parts
         gate.set()
         _drain(ran, 3)
         assert ran == [first, "pause transcript", "Paris is the capital of France."]
+    finally:
+        worker.stop()
+
+
+def test_a_reply_whose_last_clause_is_spoken_before_its_stream_ends_still_finishes() -> None:
+    """The splitter ends a sentence at its last token, so the last clause's audio can be in before
+    the brain's stream ends; the reply's last part-frame must still go out (padded) and the reply
+    end, or the agent never reports its final transcript."""
+
+    def tts(text: str) -> np.ndarray:
+        return np.full(int(0.0333 * 24000), 0.1, np.float32)  # 1.67 frames of 20 ms: a part-frame left
+
+    tts.sample_rate = 24000  # type: ignore[attr-defined]
+    worker, mailbox, gen = VoiceWorker("test-tail"), Mailbox(), Generation()
+    try:
+        reply = Reply(0, "hi", gen, tts=tts, worker=worker, mailbox=mailbox, config=ReplyConfig(),  # type: ignore[arg-type]
+                      speculative=False)
+        gen.put("Paris.")  # a whole sentence: out to TTS now, before the stream's end
+        reply.pump()
+        assert reply.spoken_text == [] and not reply.text_done
+        for _ in range(500):  # the clause's audio comes back through the mailbox
+            mailbox.run()
+            if reply.spoken_text:
+                break
+            time.sleep(0.01)
+        assert reply.spoken_text == ["Paris."]
+        frames = [reply.pop_frame()]
+        assert frames[0] is not None and reply.pop_frame() is None  # the part-frame waits for the end
+        gen.finish()  # the stream ends after the audio came back
+        reply.pump()
+        last = reply.pop_frame()
+        assert last is not None and len(last) == len(frames[0])  # padded to a whole frame
+        assert reply.done
     finally:
         worker.stop()
