@@ -90,6 +90,21 @@ class EspeakTts:
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
 _CLAUSE_END = re.compile(r"[,;:](?=\s)")
+_WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)$")
+# A full stop after these, an initial ("J.") or a dotted abbreviation ("U.S.") does not end the
+# sentence ("Dr. Smith").
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "mt", "vs", "etc", "approx", "fig",
+                            "inc", "ltd", "dept", "sgt", "capt", "lt", "col"})
+
+
+def _full_stop_ends_sentence(text: str) -> bool | None:
+    """Whether the full stop that `text` ends with ends a sentence: False after an abbreviation or
+    an initial, None after no word (a number: "3." ends a sentence only if a space follows)."""
+    m = _WORD_BEFORE.search(text[:-1])
+    if m is None:
+        return None
+    word = m.group(1)
+    return len(word) >= 2 and "." not in word and word.lower() not in _ABBREVIATIONS
 
 
 class ClauseSplitter:
@@ -121,12 +136,18 @@ class ClauseSplitter:
 
     def _cut(self) -> int:
         need = self.first_min_chars if self.emitted == 0 else self.min_chars
-        m = _SENTENCE_END.search(self._buf)
-        if m and len(self._buf[:m.end()].strip()) >= 2:
-            return m.end()
+        for m in _SENTENCE_END.finditer(self._buf):
+            if len(self._buf[:m.end()].strip()) >= 2 and (
+                    m.group() != "." or _full_stop_ends_sentence(self._buf[:m.end()]) is not False):
+                return m.end()
         for m in _CLAUSE_END.finditer(self._buf):
             if m.end() >= need:
                 return m.end()
+        # A sentence that ends the text so far ends there: its audio need not wait for the next
+        # token to bring the space after it (the first clause is out one token sooner).
+        if len(self._buf.strip()) >= 2 and (self._buf.endswith(("?", "!"))
+                                            or self._buf.endswith(".") and _full_stop_ends_sentence(self._buf)):
+            return len(self._buf)
         if len(self._buf) > self.max_chars:
             space = self._buf.rfind(" ", 0, self.max_chars)
             return space if space > 0 else self.max_chars

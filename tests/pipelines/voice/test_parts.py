@@ -74,6 +74,20 @@ def test_clause_splitter_starts_early_and_keeps_every_word() -> None:
     assert all(len(c) <= splitter.max_chars for c in out)
 
 
+def test_clause_splitter_ends_a_sentence_at_its_last_token_but_not_after_an_abbreviation() -> None:
+    splitter = ClauseSplitter()
+    tokens = ["Sure", ".", " Ask", " Dr", ".", " Smith", ",", " who", " is", " 3", ".", "5", " m", " tall", ".",
+              " The", " U", ".", "S", ".", " is", " big", "!", " Really", "?"]
+    out = [(tok, splitter.feed(tok)) for tok in tokens]
+    emitted = [(tok, clauses) for tok, clauses in out if clauses]
+    # Each sentence is out with its own last token, not one token later with the next one's space.
+    assert emitted == [(".", ["Sure."]), (".", ["Ask Dr. Smith, who is 3.5 m tall."]), ("!", ["The U.S. is big!"]),
+                       ("?", ["Really?"])]
+    assert splitter.flush() == []
+    assert ClauseSplitter().feed("I have 3.") == []  # a number: the sentence may go on ("3.5")
+    assert ClauseSplitter().feed("Then J.") == []  # an initial
+
+
 def test_hibari_speaks_a_clause_whisper_understands(parts: Any) -> None:
     audio = parts.tts("The capital of France is Paris.")
     assert parts.tts.sample_rate == 24000 and len(audio) > 0.8 * 24000
