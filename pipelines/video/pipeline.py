@@ -18,14 +18,13 @@ and released (with its KV-pool slots) by :class:`~.session_cache.SessionCache`.
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from streamserve.core.cpu import limit_blas_threads
+from streamserve.core.cpu import limit_blas_threads, usable_cores
 from streamserve.core.frames import MediaKind, VideoFrame
 from streamserve.core.plan import Batch, StepOutput, WorkItem
 from streamserve.kv_rolling import KVPool
@@ -55,8 +54,7 @@ def set_cpu_threads(device: str, threads: int | None) -> None:
     limit_blas_threads(1)
     if device != "cpu" and threads is None:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = threads if threads is not None else max(1, cores - 1)
+    n = threads if threads is not None else max(1, usable_cores() - 1)
     if not 1 <= n <= 1024:
         raise ValueError(f"threads must be in [1, 1024], got {threads}")
     torch.set_num_threads(n)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from streamserve.core.cpu import limit_blas_threads
+from streamserve.core.cpu import limit_blas_threads, usable_cores
 from streamserve.core.frames import AudioChunk, MediaKind
 from streamserve.core.plan import Batch, StepOutput
 from streamserve.pipelines.base import Pipeline
@@ -105,13 +105,10 @@ def _cpu_threads() -> None:
     busy-waits (Whisper's decode took 3x longer with 2 torch threads on a loaded 2-core machine).
     numpy's BLAS gets one thread: its busy-waiting pool doubled the time of concurrent transcripts
     and Smart Turn verdicts (`limit_blas_threads`)."""
-    import os
-
     import torch
 
     limit_blas_threads(1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), usable_cores() - 1)))
 
 
 class VoicePipeline(Pipeline):

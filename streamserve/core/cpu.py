@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (a container's or
+    `taskset`'s limit), else the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @functools.cache
