@@ -219,6 +219,7 @@ class Session:
         *,
         inputs: frozenset[MediaKind],
         config: SessionConfig,
+        outputs: frozenset[MediaKind] = frozenset({MediaKind.VIDEO}),
         source: str,
         stream: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -234,6 +235,7 @@ class Session:
         self._params_cls = params_cls
         self.params = params
         self.inputs = inputs
+        self.outputs = outputs  # what the pipeline produces (a recording needs video)
         self.config = config
         self.source = source
         self._stream = stream

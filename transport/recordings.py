@@ -52,7 +52,8 @@ PATCH_OPENAPI: dict[str, Any] = {
     "responses": {"200": {"description": "the recording's state: recording, frames, bytes, reason, file"},
                   "400": {"description": "a malformed body", **_ERROR},
                   "401": {"description": "tokens are configured and none valid was given", **_ERROR},
-                  "404": {"description": "no such session, or stopping one that is not recording", **_ERROR}},
+                  "404": {"description": "no such session, or stopping one that is not recording", **_ERROR},
+                  "409": {"description": "the session's pipeline produces no video (no_video_output)", **_ERROR}},
 }
 GET_OPENAPI: dict[str, Any] = {
     "security": [{"bearer": []}],
@@ -73,6 +74,13 @@ class RecordingNotFound(StreamserveError):
 class StillRecording(StreamserveError):
     status = 409
     code = "still_recording"
+
+
+class NothingToRecord(StreamserveError):
+    """The session's pipeline produces no video (the voice agent): a recording would stay empty."""
+
+    status = 409
+    code = "no_video_output"
 
 
 def record_dir(config: ServerConfig) -> Path:
@@ -138,7 +146,11 @@ class RecordingTransport:
 
     # --- control --------------------------------------------------------------------------------
     async def start(self, handle: SessionHandle, options: RecordingOptions) -> Recorder:
-        """Start a recording of `handle` (a running one is returned as is)."""
+        """Start a recording of `handle` (a running one is returned as is). Raises NothingToRecord for a
+        pipeline without video output."""
+        if MediaKind.VIDEO not in handle.outputs:
+            raise NothingToRecord(f"session {handle.id} runs the {handle.pipeline!r} pipeline, which produces "
+                                  f"no video; recordings hold the session's video output")
         current = self.recordings.get(handle.id)
         if current is not None and current.recorder.recording:
             return current.recorder
@@ -193,11 +205,10 @@ class RecordingTransport:
             handle = self.sessions.get(session_id)
             self.authorize(request, handle)
             record, options = parse_request(await request.body(), self.config.record_max_bytes)
+            recorder = await self.start(handle, options) if record else None
         except StreamserveError as exc:
             return JSONResponse(exc.to_dict(), status_code=exc.status)
-        if record:
-            recorder = await self.start(handle, options)
-        else:
+        if recorder is None:
             stopped = await self.stop(session_id, "stopped by request")
             if stopped is None:
                 return JSONResponse(RecordingNotFound(f"session {session_id} is not recording").to_dict(),

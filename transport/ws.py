@@ -300,7 +300,11 @@ class _Connection:
             await self._refuse(msg, wp.ProtocolError("bad_message", str(exc), fatal=False))
             return
         if record:
-            recorder = await recordings.start(handle, options)
+            try:
+                recorder = await recordings.start(handle, options)
+            except StreamserveError as exc:  # a pipeline without video output
+                await self._refuse(msg, wp.ProtocolError("bad_message", str(exc), fatal=False))
+                return
         else:
             stopped = await recordings.stop(handle.id, "stopped by request")
             if stopped is None:

@@ -22,6 +22,7 @@ const state = {
   statsTimer: null,
   shown: {frames: 0, last: null, since: performance.now(), fps: 0}, // output frames presented
   rtt: null,
+  voice: false, // a microphone-only session (the voice agent): no camera or video panes
 };
 window.streamserve = state; // for the browser test and for poking around in devtools
 
@@ -187,8 +188,9 @@ async function start(event) {
   const pipeline = $("pipeline").value;
   const width = Number(query.get("width") || 512), height = Number(query.get("height") || 512);
   const fps = Number(query.get("fps") || 30);
-  const voice = isVoice(state.pipelines.get(pipeline)); // microphone only, the agent answers aloud
+  const voice = (state.voice = isVoice(state.pipelines.get(pipeline))); // microphone only, the agent answers aloud
   showVoicePanel(voice);
+  $("media").hidden = voice;
   try {
     setStatus(voice ? "Opening the microphone…" : "Opening the camera…");
     state.stream = await navigator.mediaDevices.getUserMedia(voice ? {video: false, audio: micConstraints()} : {
@@ -199,7 +201,7 @@ async function start(event) {
 
     await negotiate(pipeline, voice, "/v1/webrtc/offer", changedParams());
     $("stop").disabled = false;
-    $("stats").hidden = false;
+    $(voice ? "voice-stats" : "stats").hidden = false;
     state.statsTimer = setInterval(pollStats, 1000);
     watchOutputFrames();
   } catch (err) {
@@ -300,7 +302,9 @@ function stop(message = "Stopped.", kind = "idle", {endSession = false} = {}) {
   $("local").srcObject = null;
   $("output").srcObject = null;
   resetVoice();
-  $("stats").hidden = true;
+  $("stats").hidden = $("voice-stats").hidden = true;
+  $("media").hidden = false;
+  state.voice = false;
   $("stop").disabled = true;
   $("start").disabled = false;
   $("pipeline").disabled = false;
@@ -341,6 +345,15 @@ async function pollStats() {
       s.limit = r.qualityLimitationReason;
       const p = prev?.get(r.id);
       if (p) s.upKbps = (8 * (r.bytesSent - p.bytesSent)) / (r.timestamp - p.timestamp);
+    } else if (r.type === "inbound-rtp" && r.kind === "audio") { // the agent's voice
+      s.voiceLost = r.packetsLost; s.voiceJitterMs = r.jitter !== undefined ? r.jitter * 1000 : undefined;
+      s.voiceJbMs = r.jitterBufferEmittedCount ? (1000 * r.jitterBufferDelay) / r.jitterBufferEmittedCount : undefined;
+      s.voicePackets = r.packetsReceived; // the agent sends only while it speaks (no packets between replies)
+      const p = prev?.get(r.id);
+      if (p) s.voiceDownKbps = (8 * (r.bytesReceived - p.bytesReceived)) / (r.timestamp - p.timestamp);
+    } else if (r.type === "outbound-rtp" && r.kind === "audio") { // the microphone
+      const p = prev?.get(r.id);
+      if (p) s.micUpKbps = (8 * (r.bytesSent - p.bytesSent)) / (r.timestamp - p.timestamp);
     } else if (r.type === "candidate-pair" && r.nominated && r.currentRoundTripTime !== undefined) {
       s.rttMs = r.currentRoundTripTime * 1000;
     }
@@ -360,6 +373,7 @@ async function pollStats() {
 const fmt = (v, digits = 1) => (v === undefined || v === null || Number.isNaN(v) ? "–" : Number(v).toFixed(digits));
 
 function renderStats() {
+  if (state.voice) return renderVoiceStats();
   const c = state.clientStats, srv = state.serverStats;
   const lines = [`${$("pipeline").value} · session ${state.sessionId ?? "–"}`];
   lines.push(`camera  ${c.outSize ?? "–"} @ ${fmt(c.outFps)} fps  ↑ ${fmt(c.upKbps, 0)} kb/s${c.limit && c.limit !== "none" ? ` (${c.limit}-limited)` : ""}`);
@@ -373,6 +387,21 @@ function renderStats() {
     if (slo) lines.push(`tier    ${slo.level}/${slo.tiers - 1}: ${fmt(slo.fps)} fps${slo.width ? ` ${slo.width}×${slo.height}` : ""}${slo.level ? ` (${slo.knob} lowered${slo.spare_frames ? "; spare frames above it" : ""})` : ""} · ${slo.reason}`);
   }
   $("stats").textContent = lines.join("\n");
+}
+
+function renderVoiceStats() {
+  // Audio figures for the voice agent (the video overlay's counters would all read zero).
+  const c = state.clientStats, srv = state.serverStats;
+  const lines = [`voice · session ${state.sessionId ?? "–"}`];
+  lines.push(`microphone ↑ ${fmt(c.micUpKbps, 0)} kb/s   agent voice ↓ ${fmt(c.voiceDownKbps, 0)} kb/s`
+    + `  packets ${c.voicePackets ?? "–"}  lost ${c.voiceLost ?? "–"}  jitter ${fmt(c.voiceJitterMs)} ms`
+    + `  buffer ${fmt(c.voiceJbMs, 0)} ms`);
+  lines.push(`network rtt ${fmt(c.rttMs)} ms  control rtt ${fmt(state.rtt)} ms`);
+  if (srv) {
+    lines.push(`server  audio in ${srv.audio_in}  out ${srv.audio_out}  late ${srv.deadline_misses}`
+      + `  dropped ${srv.frames_dropped + (srv.dropped_overload || 0)}  flushed ${srv.flushed_out}  events ${srv.events}`);
+  }
+  $("voice-stats").textContent = lines.join("\n");
 }
 
 // --- wiring ---------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ async function setRecording(record) {
   } catch (err) {
     recordInfo.textContent = `recording refused: ${err.message || err}`;
   } finally {
-    recordButton.disabled = !window.streamserve?.sessionId;
+    recordButton.disabled = !window.streamserve?.sessionId || !!window.streamserve?.voice;
   }
 }
 
@@ -46,7 +46,10 @@ recordButton.addEventListener("click", () => setRecording(!recordButton.dataset.
 // The Stop button is enabled exactly while a session runs: follow it.
 new MutationObserver(() => {
   const live = !document.getElementById("stop").disabled;
-  recordButton.disabled = !live;
+  const voice = !!window.streamserve?.voice; // recordings hold video; the voice agent has none
+  recordButton.disabled = !live || voice;
+  recordButton.title = voice ? "recordings hold the session's video; the voice pipeline has none"
+    : "record the output to an MP4 on the server";
   if (!live && recordingSession) {
     // The session ended: the server finalised the file; offer it.
     showLink(recordingSession);

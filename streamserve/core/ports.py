@@ -39,6 +39,11 @@ class SessionHandle(Protocol):
     def closed(self) -> bool: ...
 
     @property
+    def outputs(self) -> frozenset[MediaKind]:
+        """The media kinds the session's pipeline produces."""
+        ...
+
+    @property
     def secret(self) -> str:
         """The session's own credential, returned only to its creator (see transport.auth)."""
         ...

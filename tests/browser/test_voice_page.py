@@ -72,6 +72,14 @@ def test_voice_page_shows_the_transcript_and_plays_the_reply(voice_server: tuple
                 " && [...document.querySelectorAll('#transcript li.agent:not(.partial)')]"
                 ".some(li => /paris/i.test(li.textContent))", timeout=60_000)
             page.wait_for_function("window.voiceStats.loudFrames >= 10", timeout=20_000)
+            # The page's layout and figures are the voice ones: no camera or video panes, audio stats
+            # (the server's audio counters, the agent voice's bitrate), no video Record button.
+            page.wait_for_function("/audio in [1-9]/.test(document.getElementById('voice-stats').textContent)"
+                                   " && /packets [1-9]/.test(document.getElementById('voice-stats').textContent)",
+                                   timeout=10_000)
+            panes = {"media": page.locator("#media").is_visible(), "overlay": page.locator("#stats").is_visible(),
+                     "record": page.locator("#record").is_disabled()}
+            voice_stats = page.locator("#voice-stats").text_content() or ""
             user = page.locator("#transcript li.user", has_text="France").first.text_content() or ""
             agent = " ".join(page.locator("#transcript li.agent:not(.partial)").all_text_contents())
             stats = page.evaluate("window.voiceStats")
@@ -82,3 +90,5 @@ def test_voice_page_shows_the_transcript_and_plays_the_reply(voice_server: tuple
     assert "paris" in agent.lower()
     assert stats["peakRms"] > 0.02  # the reply was audible in the page
     assert stats["turns"] and "first agent audio" in latency
+    assert panes == {"media": False, "overlay": False, "record": True}
+    assert "lost " in voice_stats and "frames" not in voice_stats

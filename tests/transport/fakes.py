@@ -76,6 +76,10 @@ class FakeHandle:
     def closed(self) -> bool:
         return self.reason is not None
 
+    @property
+    def outputs(self) -> frozenset[MediaKind]:
+        return frozenset({MediaKind.VIDEO, MediaKind.AUDIO})
+
     def push(self, media: Media) -> None:
         self.pushed.append(media)
         for kind, sub in self.subscriptions:

@@ -157,3 +157,25 @@ async def test_unsupported_sample_rate_ends_the_session_with_a_clear_error(serve
                 pass
         assert client.end_reason is not None
         assert "96000" in client.end_reason and "sample rate" in client.end_reason
+
+
+async def test_recording_a_voice_session_is_refused_with_a_reason(server: LiveServer) -> None:
+    """Recordings hold video; a voice session has none, so starting one says so instead of writing an
+    empty file (HTTP 409 `no_video_output`, and a non-fatal error over the WebSocket)."""
+    import httpx
+
+    from streamserve.client import ServerError
+
+    async with connect(server) as client:
+        with pytest.raises(ServerError, match="produces no video"):
+            await client.record(True)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            reply = await http.patch(f"/v1/sessions/{client.session_id}/recording", json={"record": True},
+                                     headers={"Authorization": f"Bearer {client.session_secret}"})
+            assert reply.status_code == 409 and reply.json()["error"] == "no_video_output"
+            assert "'voice' pipeline" in reply.json()["message"]
+            missing = await http.get(f"/v1/sessions/{client.session_id}/recording",
+                                     headers={"Authorization": f"Bearer {client.session_secret}"})
+            assert missing.status_code == 404  # nothing was started
+        await client.send_audio(np.zeros((1, 320), np.int16), MODEL_RATE)  # the session goes on
+        assert client.end_reason is None
