@@ -35,6 +35,7 @@ lint: $(STAMP) typecheck-tree
 	$(BIN)/ruff check .
 	cd build/typing && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p streamserve
 	$(BIN)/mypy tests
+	cd benchmarks && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml *.py
 	cd build/typing && PYTHONPATH=$(CURDIR)/build/typing $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml
 
 test: $(STAMP) lint

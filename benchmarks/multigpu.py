@@ -77,7 +77,7 @@ def save_model(shape: Shape, folder: Path) -> Path:
     cfg = tiny_wan_config(dim=shape.dim, heads=shape.heads, layers=shape.layers, ffn=shape.ffn,
                           channels=shape.channels, text_dim=shape.text_dim, freq_dim=256,
                           rope_max_seq_len=1024)
-    WanTransformer3DModel(**cfg).save_pretrained(folder)  # type: ignore[operator]
+    WanTransformer3DModel(**cfg).save_pretrained(folder)  # type: ignore[operator,attr-defined]
     return folder
 
 

@@ -36,7 +36,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 import urllib.request
@@ -386,7 +385,9 @@ def machine(gpu: bool) -> str:
 
         return torch.cuda.get_device_name(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.1f} at start"
+    from streamserve.core.cpu import cpu_model, usable_cores
+
+    return f"{cpu_model()}, {usable_cores()} cores, load {load:.1f} at start"
 
 
 def table(res: dict[str, Any]) -> str:

@@ -193,12 +193,9 @@ def machine() -> str:
     import aiortc
     import av
 
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu}, {cores} cores available, {platform.system()} {platform.release()}; "
+    from streamserve.core.cpu import cpu_model, usable_cores
+
+    return (f"{cpu_model()}, {usable_cores()} cores available, {platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}, aiortc {aiortc.__version__}, PyAV {av.__version__}")
 
 

@@ -349,11 +349,9 @@ def gpu_text(result: dict[str, Any]) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
-        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores available, Python {platform.python_version()}"
+    from streamserve.core.cpu import cpu_model, usable_cores
+
+    return f"{cpu_model()}, {usable_cores()} cores available, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,12 +28,13 @@ import asyncio
 import collections
 import json
 import os
-import platform
 import time
 from typing import Any
 
 import numpy as np
 from voice_servers import ServerProcess, start_instant_llm, start_server, video_process
+
+from streamserve.core.cpu import cpu_model, usable_cores
 
 QUESTIONS = [
     "What is the capital of France?", "How many legs does a spider have?", "What color is the sky?",
@@ -377,8 +378,8 @@ def main() -> None:
             runs = [(m, args.asr_engine) for m in args.modes if m.startswith("duplex")]
             runs += [(m, e) for m in args.modes if m.startswith("cascade") for e in cascade_engines]
             parts: dict[tuple[str, str], list[dict[str, Any]]] = {run: [] for run in runs}
-            for r in range(args.rounds):  # modes take turns, a block of questions each: same load for all
-                block = [qs[r * len(qs) // args.rounds:(r + 1) * len(qs) // args.rounds] for qs in per]
+            for rnd in range(args.rounds):  # modes take turns, a block of questions each: same load for all
+                block = [qs[rnd * len(qs) // args.rounds:(rnd + 1) * len(qs) // args.rounds] for qs in per]
                 if args.mid_pause_ms:  # every other question (one that starts in silence, after a full answer)
                     block = [[with_mid_pause(q, args.mid_pause_ms / 1000) if i % 2 == 0 else (q, p)
                               for i, (q, p) in enumerate(qs)] for qs in block]
@@ -386,7 +387,7 @@ def main() -> None:
                     think, params = MODES[mode]
                     row = asyncio.run(measure(servers[engine][1], think, block, args.video, params, args.stagger_s,
                                               noise_rms))
-                    row.update(mode=mode, asr=engine, round=r)
+                    row.update(mode=mode, asr=engine, round=rnd)
                     parts[(mode, engine)].append(row)
                     print(json.dumps({k: v for k, v in row.items() if k not in ("raw", "per_turn")}), flush=True)
             rows += [merge(parts[run]) for run in runs]
@@ -397,7 +398,7 @@ def main() -> None:
             else:
                 server.should_exit = True
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at the end "
+    print(f"\n{cpu_model()}, {usable_cores()} CPUs, load average at the end "
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min), brain: {brain_name(args)}"
           + (f", beside {args.video} video session(s) (demo model)" if args.video else "")
           + f", scheduler {args.scheduler}"
@@ -416,9 +417,9 @@ def main() -> None:
               f"({100 * late / max(1, r['input']['audio_in']):.2f}%; {r['input']['deadline_misses']} output "
               f"frames late) |")
         if r.get("video"):
-            v = r["video"]
-            print(f"|  | video beside it | {v['sessions']} | | {v['frames_out']} frames out of {v['frames_in']} in "
-                  f"| | | | {v['fps']:.1f} fps per session |")
+            vid = r["video"]
+            print(f"|  | video beside it | {vid['sessions']} | | {vid['frames_out']} frames out of {vid['frames_in']} "
+                  f"in | | | | {vid['fps']:.1f} fps per session |")
     print("\n| goal | figure | met |\n|---|---|---|")
     for sessions in args.sessions:
         d = next((r for r in rows if r["sessions"] == sessions and r["mode"].startswith("duplex")), None)

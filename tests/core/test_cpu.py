@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from streamserve.core.cpu import limit_blas_threads
+from streamserve.core.cpu import cpu_model, limit_blas_threads
 
 # Whisper's and Smart Turn's log-mel (an 80 x 201 filter-bank product per call, numpy's BLAS) in a
 # loop on one thread; prints the process's CPU time over this thread's. OpenBLAS's default pool
@@ -48,3 +49,11 @@ def test_the_pipelines_give_numpy_blas_one_thread_that_does_not_spin(policy: str
 def test_a_bad_blas_thread_count_is_refused() -> None:
     with pytest.raises(ValueError, match="threads must be in"):
         limit_blas_threads(0)
+
+
+def test_cpu_model_names_the_processor_of_proc_cpuinfo() -> None:
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.exists() else []
+    model = cpu_model()
+    assert model and (not names or model == names[0])
