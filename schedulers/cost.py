@@ -168,9 +168,22 @@ class CostModel:
 
     # --- prediction -----------------------------------------------------------------------------
     def predict(self, pipeline: str, shape: WorkShape, batch_size: int) -> float | None:
-        """Seconds for a batch of `batch_size` items of one shape; None if the pipeline is unmeasured."""
+        """Seconds for a batch of `batch_size` items of one shape; None if the pipeline is unmeasured.
+
+        Never more than the same items run as two smaller batches (which the engine could always do):
+        a batch size whose entry was learned in a slow spell and is no longer chosen would otherwise
+        keep its stale cost, and with it keep sessions from being restored after the spell."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        whole = [self._predict_one(pipeline, shape, n) for n in range(1, batch_size + 1)]
+        best: list[float] = []  # best[k - 1]: the cheapest way to run k items, in one batch or several
+        for k, own in enumerate(whole, 1):
+            if own is None:
+                return None
+            best.append(min([own, *(best[a - 1] + best[k - a - 1] for a in range(1, k // 2 + 1))]))
+        return best[-1]
+
+    def _predict_one(self, pipeline: str, shape: WorkShape, batch_size: int) -> float | None:
         shapes = self._shapes.get(pipeline)
         if not shapes:
             return None

@@ -1,8 +1,12 @@
 """Graceful degradation: lower one session one tier at a time when load rises, restore when it falls.
 
-Overloaded means the cost model predicts utilization above `max_utilization`, a latency bound
-broken, or more than `miss_ratio` of the recent units late (a slower machine or a noisy neighbour
-shows up in the measured step times and in misses before anyone asks). Then, at most once per
+Overloaded means the cost model predicts utilization above `max_utilization` (or a latency bound
+broken) for `overload_hold_s` on end, or more than `miss_ratio` of the recent units late (a slower
+machine or a noisy neighbour shows up in the measured step times and in misses before anyone asks).
+The hold keeps a burst of slow steps from lowering a session whose frames all stay on time: the
+cost model's speed factor follows such a burst within a few steps (one session on an idle 2-core
+machine, beside the browser showing it, read 0.70 and then 0.91 for a fraction of a second, and was
+lowered and restored every few seconds without it). Misses lower at once. Then, at most once per
 `degrade_cooldown_s`, the policy lowers the session that matters least: lowest priority first, among
 equals the one at the best tier (spread the loss), then the newest. It restores only when the load
 *after* the restore would stay below `restore_utilization`, nothing was late in the window, and
@@ -24,6 +28,7 @@ class PolicyConfig:
     min_samples: int = 30  # units in the window before a miss ratio counts
     window_s: float = 2.0
     degrade_cooldown_s: float = 0.5
+    overload_hold_s: float = 1.0  # predicted overload (no misses) this long before a lowering
     restore_hold_s: float = 3.0  # after the last lowering
     restore_step_s: float = 1.0  # between two restores
 
@@ -34,9 +39,9 @@ class PolicyConfig:
             raise ValueError(f"min_samples must be >= 1, got {self.min_samples}")
         if not 0.0 < self.window_s <= 60:
             raise ValueError(f"window_s must be in (0, 60], got {self.window_s}")
-        if min(self.degrade_cooldown_s, self.restore_hold_s, self.restore_step_s) < 0:
+        if min(self.degrade_cooldown_s, self.overload_hold_s, self.restore_hold_s, self.restore_step_s) < 0:
             raise ValueError(f"cooldown and hold times must be >= 0, got {self.degrade_cooldown_s}, "
-                             f"{self.restore_hold_s}, {self.restore_step_s}")
+                             f"{self.overload_hold_s}, {self.restore_hold_s}, {self.restore_step_s}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class DegradePolicy:
         self.config = config or PolicyConfig()
         self._last_down = float("-inf")
         self._last_up = float("-inf")
+        self._over_since: float | None = None  # start of the current run of predicted overload
         self._created: dict[str, int] = {}  # session id -> join order (newest = largest)
         self._order = 0
 
@@ -78,7 +84,14 @@ class DegradePolicy:
             return None
         load = ledger.load()
         ratio = late / samples if samples >= cfg.min_samples else 0.0
-        if not load.fits(limit) or ratio > cfg.miss_ratio:
+        over = not load.fits(limit)
+        if not over:
+            self._over_since = None
+        elif self._over_since is None:
+            self._over_since = now
+        if over or ratio > cfg.miss_ratio:
+            if ratio <= cfg.miss_ratio and now - (self._over_since or now) < cfg.overload_hold_s:
+                return None  # predicted only, not yet for long: a burst of slow steps passes
             if now - max(self._last_down, self._last_up) < cfg.degrade_cooldown_s:
                 return None
             movable = [(spec.priority, level, -self._created.get(sid, 0), sid)

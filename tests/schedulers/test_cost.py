@@ -99,3 +99,19 @@ def test_spiky_tiny_steps_do_not_run_the_speed_factor_away() -> None:
         cost.observe("voice", [voice], 0.0010)
     assert cost.predict("voice", voice, 1) == pytest.approx(0.0010, rel=0.15)
     assert cost.predict("voice", voice, 4) == pytest.approx(0.0040, rel=0.25)
+
+
+def test_a_batch_never_costs_more_than_the_same_items_in_two_smaller_batches() -> None:
+    """A size whose entry was learned in a slow spell and is not run since stays stale; it is
+    predicted at no more than its cheapest split (the engine can always run that), so the scheduler
+    tries it again and relearns it. Sizes that cost less than their splits keep their own entry."""
+    cost = CostModel()
+    cost.seed("video", S256, {1: 0.015, 2: 0.020, 3: 0.060})  # 3: stale, 4x a single step
+    assert cost.predict("video", S256, 1) == pytest.approx(0.015)
+    assert cost.predict("video", S256, 2) == pytest.approx(0.020)
+    assert cost.predict("video", S256, 3) == pytest.approx(0.035)  # 1 + 2
+    assert cost.predict("video", S256, 6) == pytest.approx(0.060)  # 2 + 2 + 2, not 0.18 extrapolated
+    assert cost.batch_cost("video", [S256] * 3) == pytest.approx(0.035)
+    for _ in range(40):  # the size is run again at its real cost: the entry follows
+        cost.observe("video", [S256] * 3, 0.025)
+    assert cost.predict("video", S256, 3) == pytest.approx(0.025, rel=0.1)

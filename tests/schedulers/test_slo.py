@@ -333,3 +333,35 @@ def test_a_burst_of_two_frames_with_time_to_spare_runs_both() -> None:
         assert not plan.skipped and not plan.expired
         ran += [int(i.media.pts) for b in plan.batches for i in b.items]  # type: ignore[attr-defined]
     assert ran == [0, 1]
+
+
+def test_a_burst_of_slow_steps_does_not_lower_a_tier_but_lasting_overload_and_misses_do() -> None:
+    """Predicted overload must last `overload_hold_s` (1 s) before a lowering; misses lower at once.
+    (One session on an idle machine beside the browser showing it read 0.70 then 0.91 for a moment,
+    and was lowered and restored every few seconds without the hold.)"""
+    fake = Affine(0.010, 0.005)
+    sched = scheduler(seeded(fake))
+    adm, policy, cost = sched.admission, sched.policy, sched.cost
+    for i in range(3):
+        assert adm.check(f"s{i}", SessionSpec("video", S256)).admitted  # U = 30 * (0.010 + 3 * 0.005) = 0.75
+    assert adm.load().utilization == pytest.approx(0.75)
+
+    def steps(seconds: float, n: int = 3) -> None:  # the machine's speed as the cost model sees it
+        for _ in range(n):
+            cost.observe("video", [S256] * 3, seconds)
+
+    steps(0.0375)  # a burst 1.5x slower: predicted overload
+    assert not adm.load().fits(0.9)
+    assert policy.tick(10.0, adm, late=0, samples=100) is None
+    assert policy.tick(10.6, adm, late=0, samples=100) is None
+    steps(0.025, 12)  # the burst passed before the hold did
+    assert adm.load().fits(0.9) and policy.tick(10.9, adm, late=0, samples=100) is None
+    steps(0.0375)  # a new burst starts a new hold
+    assert policy.tick(11.2, adm, late=0, samples=100) is None
+    assert policy.tick(12.0, adm, late=0, samples=100) is None
+    change = policy.tick(12.2, adm, late=0, samples=100)  # overloaded for 1 s on end: lowered
+    assert change is not None and change.direction == "down" and "predicted utilization" in change.reason
+    # Late frames lower at once (after the cooldown since the last change), whatever the prediction.
+    steps(0.025, 12)
+    change = policy.tick(12.8, adm, late=5, samples=100)
+    assert change is not None and change.direction == "down" and "5.0% of recent frames late" in change.reason
