@@ -52,6 +52,7 @@ function renderParams() {
   form.replaceChildren();
   $("params-error").hidden = true;
   $("pipeline-description").textContent = info ? info.description : "";
+  $("mic").closest("label").hidden = isVoice(info); // the voice agent always takes the microphone
   if (!info) return;
   const entries = Object.entries(info.params || {});
   if (!entries.length) form.append(Object.assign(document.createElement("span"), {className: "hint", textContent: "no parameters"}));

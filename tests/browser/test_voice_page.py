@@ -80,7 +80,7 @@ def test_voice_page_shows_the_transcript_and_plays_the_reply(voice_server: tuple
                                    " && /packets [1-9]/.test(document.getElementById('voice-stats').textContent)",
                                    timeout=10_000)
             panes = {"media": page.locator("#media").is_visible(), "overlay": page.locator("#stats").is_visible(),
-                     "record": page.locator("#record").is_disabled()}
+                     "record": page.locator("#record").is_disabled(), "mic_box": page.locator("#mic").is_visible()}
             voice_stats = page.locator("#voice-stats").text_content() or ""
             if os.environ.get("STREAMSERVE_UPDATE_DOCS") == "1":
                 page.screenshot(path=str(SCREENSHOT))
@@ -94,5 +94,5 @@ def test_voice_page_shows_the_transcript_and_plays_the_reply(voice_server: tuple
     assert "paris" in agent.lower()
     assert stats["peakRms"] > 0.02  # the reply was audible in the page
     assert stats["turns"] and "first agent audio" in latency
-    assert panes == {"media": False, "overlay": False, "record": True}
+    assert panes == {"media": False, "overlay": False, "record": True, "mic_box": False}
     assert "lost " in voice_stats and "frames" not in voice_stats
