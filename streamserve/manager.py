@@ -192,8 +192,8 @@ class SessionManager:
             raise SessionLimitReached(self.config.max_sessions)
         engine = self.devices.engines[index]
         session = Session(
-            name, cls.Params, parsed, inputs=cls.inputs, outputs=cls.outputs, config=self.config.session, source=source,
-            stream=stream, clock=self._clock, observer=self.metrics, on_input=engine.wake,
+            name, cls.Params, parsed, inputs=cls.inputs, outputs=cls.outputs, config=self.config.session,
+            source=source, stream=stream, clock=self._clock, observer=self.metrics, on_input=engine.wake,
             on_update=self._on_update, control_keys=QOS_KEYS,
         )
         session.device = self.devices.names[index]
