@@ -53,6 +53,9 @@ function renderParams() {
   $("params-error").hidden = true;
   $("pipeline-description").textContent = info ? info.description : "";
   $("mic").closest("label").hidden = isVoice(info); // the voice agent always takes the microphone
+  if (!state.pc && $("status").textContent.startsWith("Pick a pipeline")) {
+    setStatus(`Pick a pipeline and press Start; the page asks for your ${isVoice(info) ? "microphone" : "camera"}.`);
+  }
   if (!info) return;
   const entries = Object.entries(info.params || {});
   if (!entries.length) form.append(Object.assign(document.createElement("span"), {className: "hint", textContent: "no parameters"}));
