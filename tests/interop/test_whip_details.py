@@ -5,9 +5,12 @@ announced in `Link` headers and used by the server's own peer (a real coturn rel
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
+import struct
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,6 +116,22 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stun_answers(port: int, tries: int = 50) -> bool:
+    """Whether a STUN server answers a Binding request on 127.0.0.1:`port` (0.2 s per try)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        for _ in range(tries):
+            request = struct.pack("!HHI", 0x0001, 0, 0x2112A442) + os.urandom(12)
+            sock.sendto(request, ("127.0.0.1", port))
+            try:
+                reply = sock.recv(2048)
+            except TimeoutError:
+                continue
+            if reply[8:20] == request[8:20]:
+                return True
+    return False
+
+
 @pytest.fixture
 def coturn() -> Iterator[int]:
     """coturn (Debian `coturn`) on a free loopback port with user alice / s3cret."""
@@ -127,9 +146,14 @@ def coturn() -> Iterator[int]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
+        # Ready once its auth threads run (coturn prints the relay threads' lines before it creates the
+        # servers and their auth threads: an allocation sent then can go unanswered) and it answers a
+        # STUN Binding request on the port. The rest of its log is drained, never left to fill the pipe.
         for line in proc.stdout:  # bounded: coturn prints its start-up lines, then serves
-            if "Total General servers" in line or "IO method (general relay thread)" in line:
+            if "IO method (auth thread)" in line:
                 break
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        assert stun_answers(port), "coturn did not answer a STUN Binding request within 10 s"
         yield port
     finally:
         proc.terminate()
