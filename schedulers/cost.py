@@ -100,6 +100,8 @@ class CostModel:
         self._plan_seen: dict[str, int] = {}  # steps the planning factor has learned from (its warm start)
         self._plan_alpha = plan_alpha
         self._shapes: dict[str, dict[str, WorkShape]] = {}  # pipeline -> shape key -> shape
+        # (pipeline, shape key) -> bounded cost of 1, 2, ... items (`predict`); cleared on every change
+        self._bounded: dict[tuple[str, str], list[float]] = {}
         self._error_alpha = error_alpha
         self._error: dict[str, float] = {}
         self._observations: dict[str, int] = {}
@@ -113,6 +115,7 @@ class CostModel:
     def seed(self, pipeline: str, shape: WorkShape, seconds_by_batch: Mapping[int, float]) -> None:
         """Set measured (warm-up) step times for batch sizes of one shape, replacing what was there
         (and resetting the pipeline's speed factor)."""
+        self._bounded.clear()
         self._shapes.setdefault(pipeline, {})[shape.key] = shape
         self._factor.pop(pipeline, None)
         self._plan.pop(pipeline, None)
@@ -149,6 +152,7 @@ class CostModel:
             self._plan[pipeline] = plan * bounded ** max(self._plan_alpha, 1.0 / seen)
             self._factor[pipeline] = fast * ratio ** self._factor_alpha
         # Attribute the measured time to each shape in proportion to its predicted share.
+        self._bounded.clear()  # the factor moved
         shares = {s: self.predict(pipeline, s, n) or 0.0 for s, n in groups.items()}
         total = sum(shares.values())
         for shape, n in groups.items():
@@ -156,6 +160,7 @@ class CostModel:
             self._shapes.setdefault(pipeline, {})[shape.key] = shape
             self._table.scale(self._name(pipeline, shape), n, ratio ** ((1.0 - self._factor_alpha) * self._table.alpha),
                               part / self._factor.get(pipeline, 1.0))
+        self._bounded.clear()  # the tables moved
         self._observations[pipeline] = self._observations.get(pipeline, 0) + 1
         if predicted is None or seconds <= 0:
             return None
@@ -170,18 +175,21 @@ class CostModel:
     def predict(self, pipeline: str, shape: WorkShape, batch_size: int) -> float | None:
         """Seconds for a batch of `batch_size` items of one shape; None if the pipeline is unmeasured.
 
-        Never more than the same items run as two smaller batches (which the engine could always do):
-        a batch size whose entry was learned in a slow spell and is no longer chosen would otherwise
-        keep its stale cost, and with it keep sessions from being restored after the spell."""
+        Never more than the same items run as smaller batches (which the engine could always do): a
+        batch size whose entry was learned in a slow spell and is no longer chosen would otherwise
+        keep its stale cost, and with it keep sessions from being restored after the spell. The
+        bounded costs are kept until the model next learns (the scheduler asks for every size at
+        every step)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        whole = [self._predict_one(pipeline, shape, n) for n in range(1, batch_size + 1)]
-        best: list[float] = []  # best[k - 1]: the cheapest way to run k items, in one batch or several
-        for k, own in enumerate(whole, 1):
+        best = self._bounded.setdefault((pipeline, shape.key), [])  # best[k - 1]: k items, one batch or several
+        while len(best) < batch_size:
+            k = len(best) + 1
+            own = self._predict_one(pipeline, shape, k)
             if own is None:
                 return None
             best.append(min([own, *(best[a - 1] + best[k - a - 1] for a in range(1, k // 2 + 1))]))
-        return best[-1]
+        return best[batch_size - 1]
 
     def _predict_one(self, pipeline: str, shape: WorkShape, batch_size: int) -> float | None:
         shapes = self._shapes.get(pipeline)
