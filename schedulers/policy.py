@@ -89,8 +89,9 @@ class DegradePolicy:
             self._over_since = None
         elif self._over_since is None:
             self._over_since = now
+        over_for = 0.0 if self._over_since is None else now - self._over_since
         if over or ratio > cfg.miss_ratio:
-            if ratio <= cfg.miss_ratio and now - (self._over_since or now) < cfg.overload_hold_s:
+            if ratio <= cfg.miss_ratio and over_for < cfg.overload_hold_s:
                 return None  # predicted only, not yet for long: a burst of slow steps passes
             if now - max(self._last_down, self._last_up) < cfg.degrade_cooldown_s:
                 return None

@@ -365,3 +365,20 @@ def test_a_burst_of_slow_steps_does_not_lower_a_tier_but_lasting_overload_and_mi
     steps(0.025, 12)
     change = policy.tick(12.8, adm, late=5, samples=100)
     assert change is not None and change.direction == "down" and "5.0% of recent frames late" in change.reason
+
+
+def test_an_overload_from_clock_zero_is_held_and_then_lowers() -> None:
+    """The hold counts from the first overloaded tick, also when that tick is at 0.0 (a simulated
+    clock): it once read the start as unset and held forever."""
+    fake = Affine(0.010, 0.005)
+    sched = scheduler(seeded(fake))
+    adm, policy = sched.admission, sched.policy
+    for i in range(3):
+        assert adm.check(f"s{i}", SessionSpec("video", S256)).admitted
+    for _ in range(3):
+        sched.cost.observe("video", [S256] * 3, 0.0375)  # 1.5x slower: predicted overload
+    assert not adm.load().fits(0.9)
+    assert policy.tick(0.0, adm, late=0, samples=100) is None
+    change = policy.tick(1.0, adm, late=0, samples=100)
+    assert change is not None and change.direction == "down"
+
