@@ -294,18 +294,13 @@ class _Connection:
         if recordings is None:
             await self._refuse(msg, wp.ProtocolError("bad_message", "recording is not served here", fatal=False))
             return
-        try:
+        try:  # a malformed message, or a pipeline without video output
             record, options = parse_fields(msg.body, self.t.config.record_max_bytes, frozenset({"type", "id"}))
+            recorder = await recordings.start(handle, options) if record else None
         except StreamserveError as exc:
             await self._refuse(msg, wp.ProtocolError("bad_message", str(exc), fatal=False))
             return
-        if record:
-            try:
-                recorder = await recordings.start(handle, options)
-            except StreamserveError as exc:  # a pipeline without video output
-                await self._refuse(msg, wp.ProtocolError("bad_message", str(exc), fatal=False))
-                return
-        else:
+        if recorder is None:
             stopped = await recordings.stop(handle.id, "stopped by request")
             if stopped is None:
                 await self._refuse(msg, wp.ProtocolError("bad_message", "this session is not recording",

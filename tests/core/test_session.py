@@ -9,7 +9,7 @@ import pytest
 
 from streamserve.core import AudioChunk, FakeClock, InvalidParams, MediaKind, SessionClosed, VideoFrame
 from streamserve.core.config import SessionConfig
-from streamserve.pipelines.passthrough import PassthroughParams
+from streamserve.pipelines.passthrough import PassthroughParams, PassthroughPipeline
 from streamserve.session import FreshestQueue, LatencyWindow, Session
 
 
@@ -19,7 +19,7 @@ def vf(pts: int, arrival: float = 0.0, budget: float = 0.1) -> VideoFrame:
 
 def make_session(clock: FakeClock, **kw: object) -> Session:
     return Session("passthrough", PassthroughParams, PassthroughParams(), inputs=frozenset({MediaKind.VIDEO}),
-                   config=SessionConfig(inbox_size=2, outbox_size=3), source="test", clock=clock, **kw)  # type: ignore[arg-type]
+                   outputs=PassthroughPipeline.outputs, config=SessionConfig(inbox_size=2, outbox_size=3), source="test", clock=clock, **kw)  # type: ignore[arg-type]
 
 
 def test_freshest_queue_drops_oldest_and_counts() -> None:
@@ -123,7 +123,7 @@ def test_latency_window_percentiles() -> None:
 
 def test_audio_never_evicts_video_in_the_inbox() -> None:
     both = frozenset({MediaKind.VIDEO, MediaKind.AUDIO})
-    s = Session("passthrough", PassthroughParams, PassthroughParams(), inputs=both,
+    s = Session("passthrough", PassthroughParams, PassthroughParams(), inputs=both, outputs=PassthroughPipeline.outputs,
                 config=SessionConfig(inbox_size=2, audio_inbox_size=4), source="test", clock=FakeClock())
     s.push(vf(1, arrival=0.0))
     for i in range(50):  # a second of 20 ms chunks arrives while the model is busy
