@@ -44,6 +44,11 @@ class Pipeline(abc.ABC):
     inputs: ClassVar[frozenset[MediaKind]] = frozenset({MediaKind.VIDEO})
     #: Media kinds the pipeline produces.
     outputs: ClassVar[frozenset[MediaKind]] = frozenset({MediaKind.VIDEO})
+    #: Set by the server: `ticker(session_id)` asks the engine for a step of that session with no
+    #: new input, from any thread (an empty audio chunk marked ``meta["tick"]``; `Session.tick`). A
+    #: pipeline whose background work finished between input units calls it so the result goes out
+    #: now rather than with the next unit. None outside a server.
+    ticker: Callable[[str], None] | None = None
 
     def __init__(self, device: str = "cpu", **options: Any) -> None:
         if options:

@@ -148,8 +148,15 @@ class SessionManager:
             options["model"] = self.config.model
         options.update({k: v for k, v in self.config.pipeline_options if k in accepted})
         pipe = cls(device=device or self.config.device, **options)
+        pipe.ticker = self._tick
         pipe.warmup()
         return pipe
+
+    def _tick(self, session_id: str) -> None:
+        """A pipeline asks for a step of `session_id` with no new input (any thread: `Session.tick`)."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.tick()
 
     # --- SessionFactory -------------------------------------------------------------------------
     async def open(self, pipeline: str | None, params: Mapping[str, Any] | None, *, source: str,
@@ -298,7 +305,7 @@ class SessionManager:
         now = self._clock.now()
         for item in expired:
             session = self._sessions.get(item.session_id)
-            if session is not None:
+            if session is not None and not item.media.meta.get("tick"):  # a tick is no input to lose
                 session.count_dropped(item.media.meta.get("dropped", "expired"))  # "tier": a lower frame rate
         for out in outputs:
             session = self._sessions.get(out.session_id)

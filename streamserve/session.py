@@ -16,12 +16,17 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
+
 from streamserve.core.clock import SYSTEM_CLOCK, Clock
 from streamserve.core.config import SessionConfig
-from streamserve.core.frames import Media, MediaKind
+from streamserve.core.frames import AudioChunk, Media, MediaKind
 from streamserve.core.params import parse_params
 
 log = logging.getLogger(__name__)
+
+TICK_RATE = 16_000  # an empty chunk's nominal rate (a pipeline never resamples a tick)
+_NO_SAMPLES = np.zeros((1, 0), np.int16)
 T = TypeVar("T")
 
 LATENCY_WINDOW = 512  # outputs kept for the latency percentiles
@@ -298,6 +303,21 @@ class Session:
         if self.on_arrival is not None:
             self.on_arrival(media)
         self._on_input()
+
+    def tick(self) -> None:
+        """Ask the engine for a step of this session with no new input (any thread).
+
+        An audio pipeline whose background work (a transcript, a first clause's speech) finishes
+        between two input chunks calls this, through `Pipeline.ticker`, so the result goes out now
+        instead of with the next chunk (up to a chunk, 20 ms, later). The tick is an empty audio
+        chunk marked ``meta["tick"]`` in the ordered audio queue: behind any queued chunk, never
+        counted as input, and not queued at all when that queue is full."""
+        if self.closed or MediaKind.AUDIO not in self.inputs:
+            return
+        now = self._clock.now()
+        tick = AudioChunk(_NO_SAMPLES, TICK_RATE, 0, now, now + self.config.latency_budget_s, meta={"tick": True})
+        if self.inbox.put(tick) is None:
+            self._on_input()
 
     def count_dropped(self, reason: str, count: int = 1) -> None:
         self.counts[f"dropped_{reason}"] += count

@@ -1,9 +1,10 @@
 """The duplex voice agent of one session: listens, thinks while you speak, answers, stops when interrupted.
 
-Runs on the engine thread, one `feed` per input chunk; the input's stream clock drives everything
-(turn timing, output release), so the agent is deterministic on generated audio. Per chunk:
+Runs on the engine thread, one `feed` per input chunk, and one with no audio (a tick) as soon as a
+worker thread posts a result (transcripts, Smart Turn verdicts, TTS audio), so none waits for the
+next chunk; the input's stream clock drives turn timing and output release. Per chunk:
 
-1. results from the worker (transcripts, Smart Turn verdicts, TTS audio) are applied;
+1. the workers' results are applied;
 2. VAD windows drive the turn machine (`TurnDetector`): speech onset, pause, resume, end of turn;
 3. thinking while listening: a partial transcript every `partial_every_s` of speech warms the brain
    (LocalBrain pre-fills its KV); at each pause the transcript so far is decoded and a speculative
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,7 @@ __all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentBrain", "AgentConfig", "AgentOutput", 
 class VoiceAgent:
     def __init__(self, key: str, config: AgentConfig, models: VoiceModels, worker: VoiceWorker,
                  background: VoiceWorker | None = None, turn_worker: VoiceWorker | None = None,
-                 tts_worker: VoiceWorker | None = None) -> None:
+                 tts_worker: VoiceWorker | None = None, tick: Callable[[], None] | None = None) -> None:
         self.key = key
         self.cfg = config
         self.m = models
@@ -53,7 +55,7 @@ class VoiceAgent:
         self.background = background or worker  # speculative work (partials) never delays those
         self.turn_worker = turn_worker or worker  # Smart Turn, beside the pause transcript (2 cores)
         self.tts_worker = tts_worker or worker  # a first clause never waits for a transcript to finish
-        self.mailbox = Mailbox()
+        self.mailbox = Mailbox(ask=tick)  # a worker's result asks for a step (`tick`: no input) at once
         self.vad = FrameVad(models.vad())
         self.turn = TurnDetector(config.turn)
         self.t_in = 0.0  # input consumed, stream seconds
@@ -65,8 +67,7 @@ class VoiceAgent:
         self._preroll: collections.deque[np.ndarray] = collections.deque()
         self._preroll_n = 0
         self.utt: Utterance | None = None
-        self._utt_seq = 0
-        self._pause_seq = 0
+        self._utt_seq = self._pause_seq = 0
         self._partial_inflight = False
         self._partial_from = 0
         self._awaiting_final: tuple[int, int, float] | None = None  # (utterance, pause, speech end)
@@ -76,8 +77,7 @@ class VoiceAgent:
         self._held = False
         self._recent: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self._prefill: Generation | None = None
-        self._turn_end_t = 0.0
-        self._turn_reason = ""
+        self._turn_end_t, self._turn_reason = 0.0, ""
         self._first_frame_sent = False
         self._resuming = False  # a held reply goes on: the silence before it is the hold's, not a gap
         self._gaps: list[int] = []  # silences inside the reply being released (its audio was late), ms
@@ -97,9 +97,8 @@ class VoiceAgent:
             return out
         self.mailbox.run()
         self._pump_reply()
-        self._remember(audio)
-        if self.utt is not None:
-            self.utt.append(audio)
+        if audio.size:  # a tick has none
+            self._remember(audio)  # the pre-roll before an onset, the current utterance
         for end_sample, prob in self.vad.push(audio):
             t = end_sample / MODEL_RATE
             if not self.cfg.client_aec and self._agent_audible(t):
@@ -122,6 +121,8 @@ class VoiceAgent:
         limit = int(self.cfg.preroll_s * MODEL_RATE) + len(audio)
         while self._preroll and self._preroll_n - len(self._preroll[0]) >= limit:
             self._preroll_n -= len(self._preroll.popleft())
+        if self.utt is not None:
+            self.utt.append(audio)
 
     def _agent_audible(self, t: float) -> bool:
         return self.reply is not None and self.reply.released and t < self.t_out + self.cfg.echo_tail_s

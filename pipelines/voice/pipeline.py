@@ -30,6 +30,7 @@ from streamserve.pipelines.voice.turn import TurnConfig
 from streamserve.pipelines.voice.worker import VoiceWorker
 
 log = logging.getLogger(__name__)
+_NO_AUDIO = np.zeros(0, np.float32)  # what a tick feeds the agent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +159,15 @@ class VoicePipeline(Pipeline):
     def open_session(self, session_id: str, params: Any) -> None:
         models = self._ensure_models()
         self._agents[session_id] = VoiceAgent(session_id, params.agent_config(), models, self.worker,
-                                              self.background, self.turn_worker, self.tts_worker)
+                                              self.background, self.turn_worker, self.tts_worker,
+                                              tick=lambda: self._tick(session_id))
         self._resamplers[session_id] = InputResampler()
+
+    def _tick(self, session_id: str) -> None:
+        """A worker result for `session_id` is in its mailbox (worker thread): step it now, not with
+        its next input chunk (the server's `ticker`; without one, the next chunk picks it up)."""
+        if self.ticker is not None:
+            self.ticker(session_id)
 
     def update_params(self, session_id: str, params: Any) -> None:
         agent = self._agents.get(session_id)
@@ -181,10 +189,13 @@ class VoicePipeline(Pipeline):
                 outputs.append(StepOutput(item.session_id, error="the voice pipeline takes audio only"))
                 continue
             agent = self._agents[item.session_id]
-            audio = self._resamplers[item.session_id](chunk)  # ValueError names a bad rate/channel count
+            tick = bool(chunk.meta.get("tick"))  # no input: the agent applies its results and releases audio
+            # ValueError names a bad rate/channel count
+            audio = _NO_AUDIO if tick else self._resamplers[item.session_id](chunk)
             out = agent.feed(audio)
-            agent.stats["chunks"] += 1  # the chunk's deadline: met when its step is over by then
-            agent.stats["late_chunks"] += time.monotonic() > chunk.deadline
+            if not tick:
+                agent.stats["chunks"] += 1  # the chunk's deadline: met when its step is over by then
+                agent.stats["late_chunks"] += time.monotonic() > chunk.deadline
             media = tuple(
                 AudioChunk((np.clip(frame, -1.0, 1.0) * 32767.0).round().astype(np.int16)[None, :],
                            agent.cfg.out_rate, pts, chunk.arrival, max(chunk.deadline, chunk.arrival),

@@ -28,19 +28,29 @@ URGENT_AHEAD_S = 0.3  # a clause with less audio than this queued before it is s
 
 
 class Mailbox:
-    """Results from the worker thread, picked up by the engine thread at its next step."""
+    """Results from the worker thread, picked up by the engine thread at its next step.
 
-    def __init__(self) -> None:
+    `ask` (called on the poster's thread) requests that step at once rather than with the next input
+    chunk (the session's tick: up to 20 ms per hop of a turn, such as pause transcript -> reply or
+    first clause's speech -> release); once per `run`, however many results come in between."""
+
+    def __init__(self, ask: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._items: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._ask = ask
+        self._asked = False
 
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         with self._lock:
             self._items.append((fn, args))
+            ask, self._asked = self._ask is not None and not self._asked, True
+        if ask:
+            self._ask()  # type: ignore[misc]
 
     def run(self) -> None:
         with self._lock:
             items, self._items = self._items, []
+            self._asked = False
         for fn, args in items:
             fn(*args)
 

@@ -151,3 +151,26 @@ async def test_concurrent_partial_updates_build_on_each_other() -> None:
     await asyncio.sleep(0)
     release.set()
     assert await first == {"mirror": True} and await second == {"mirror": True}
+
+
+def test_a_tick_is_an_empty_audio_chunk_that_counts_as_no_input() -> None:
+    clock = FakeClock(5.0)
+    wakes: list[int] = []
+    s = Session("voice", PassthroughParams, PassthroughParams(), inputs=frozenset({MediaKind.AUDIO}),
+                outputs=frozenset({MediaKind.AUDIO}), config=SessionConfig(audio_inbox_size=2, latency_budget_s=0.2),
+                source="test", clock=clock, on_input=lambda: wakes.append(1))
+    s.tick()
+    tick = s.inbox.pop()
+    assert isinstance(tick, AudioChunk) and tick.meta == {"tick": True} and tick.samples == 0
+    assert (tick.arrival, tick.deadline) == (5.0, pytest.approx(5.2)) and wakes == [1]
+    assert s.stats()["audio_in"] == 0  # not input: the stats and the input clock never see it
+    for _ in range(3):  # a full ordered queue refuses it quietly: no overload is counted
+        s.tick()
+    assert len(s.inbox) == 2 and wakes == [1, 1, 1] and s.stats()["dropped_overload"] == 0
+    s.close("test")
+    s.inbox.clear()
+    s.tick()
+    assert len(s.inbox) == 0
+    video = make_session(clock)  # a video-only session has no audio queue to tick
+    video.tick()
+    assert len(video.inbox) == 0

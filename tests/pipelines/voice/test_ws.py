@@ -179,3 +179,28 @@ async def test_recording_a_voice_session_is_refused_with_a_reason(server: LiveSe
             assert missing.status_code == 404  # nothing was started
         await client.send_audio(np.zeros((1, 320), np.int16), MODEL_RATE)  # the session goes on
         assert client.end_reason is None
+
+
+async def test_a_reply_ready_between_input_chunks_goes_out_without_waiting_for_the_next(
+        server: LiveServer, say: Any) -> None:
+    """The agent's results (transcripts, verdicts, speech) come from worker threads; each asks the engine
+    for a step at once (a tick) instead of waiting for the next input chunk. Shown with a client that
+    goes quiet after its question, in the cascade mode, whose reply (final transcript, then the LLM's
+    first clause at 40 ms a word, then speech) is ready only after the last chunk: it still starts,
+    as far ahead of the input clock as the agent's lead allows (60 ms), and the rest follows the input
+    clock when audio comes again. Ticks are not input: `audio_in` counts what the client sent."""
+    async with connect(server, think=False) as client:
+        call = Call(client)
+        question = say("What is the capital of France?")
+        question = question[:np.flatnonzero(np.abs(question) > 0.02)[-1] + 1]
+        sent = pcm16(np.concatenate([np.zeros(4800, np.float32), question, np.zeros(7200, np.float32)]))
+        last_sent = await call.send(sent, MODEL_RATE)  # the question, then 0.45 s of silence: its turn ends
+        await asyncio.sleep(2.0)  # nothing sent (the server's idle timeout is 3 s)
+        early = [f for f in call.audio if f.received > last_sent + 0.05]
+        assert 1 <= len(early) <= 4, call.events  # released with no input after the question: the lead only
+        await call.send(silence(1.0, MODEL_RATE), MODEL_RATE)
+        await asyncio.sleep(0.2)
+        await call.stop()
+        assert len(call.audio) >= len(early) + 40  # then paced by the input clock again
+        stats = (await client.stats())["session"]
+        assert stats["audio_in"] == -(-sent.shape[1] // 320) + 50 and stats["dropped_expired"] == 0
