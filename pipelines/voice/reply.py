@@ -43,9 +43,9 @@ class Mailbox:
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         with self._lock:
             self._items.append((fn, args))
-            ask, self._asked = self._ask is not None and not self._asked, True
-        if ask:
-            self._ask()  # type: ignore[misc]
+            ask, self._asked = None if self._asked else self._ask, True
+        if ask is not None:
+            ask()
 
     def run(self) -> None:
         with self._lock:

@@ -113,3 +113,23 @@ def test_a_reply_whose_last_clause_is_spoken_before_its_stream_ends_still_finish
         assert reply.done
     finally:
         worker.stop()
+
+
+def test_the_mailbox_asks_for_one_step_per_run_however_many_results_arrive() -> None:
+    """A worker's result asks the engine for a step of its session at once (the session's tick); more
+    results before that step ask nothing more, and the step's `run` applies them all in order."""
+    asks: list[int] = []
+    box, applied = Mailbox(ask=lambda: asks.append(1)), list[int]()
+    workers = [threading.Thread(target=box.post, args=(applied.append, i)) for i in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert asks == [1] and applied == []
+    box.run()
+    assert sorted(applied) == [0, 1, 2]
+    box.post(applied.append, 3)
+    assert asks == [1, 1]  # after a run, the next result asks again
+    box.run()
+    assert applied[-1] == 3
+    Mailbox().post(applied.append, 4)  # outside a server nothing is asked: the next chunk picks it up
