@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 TICK_RATE = 16_000  # an empty chunk's nominal rate (a pipeline never resamples a tick)
 _NO_SAMPLES = np.zeros((1, 0), np.int16)
+
 T = TypeVar("T")
 
 LATENCY_WINDOW = 512  # outputs kept for the latency percentiles
