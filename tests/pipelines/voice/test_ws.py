@@ -186,12 +186,13 @@ async def test_a_reply_ready_between_input_chunks_goes_out_without_waiting_for_t
     """The agent's results (transcripts, verdicts, speech) come from worker threads; each asks the engine
     for a step at once (a tick) instead of waiting for the next input chunk. Shown with a client that
     goes quiet after its question, in the cascade mode, whose reply (final transcript, then the LLM's
-    first clause at 40 ms a word, then speech) is ready only after the last chunk: it still starts,
+    first clause, 11 words at 40 ms a word, then speech) is ready well after the last chunk (the turn
+    ends at least 192 ms of silence after the speech, the 0.45 s of silence sent): it still starts,
     as far ahead of the input clock as the agent's lead allows (60 ms), and the rest follows the input
     clock when audio comes again. Ticks are not input: `audio_in` counts what the client sent."""
     async with connect(server, think=False) as client:
         call = Call(client)
-        question = say("What is the capital of France?")
+        question = say("What color is the sky?")  # "The sky looks blue because ... the most."
         question = question[:np.flatnonzero(np.abs(question) > 0.02)[-1] + 1]
         sent = pcm16(np.concatenate([np.zeros(4800, np.float32), question, np.zeros(7200, np.float32)]))
         last_sent = await call.send(sent, MODEL_RATE)  # the question, then 0.45 s of silence: its turn ends
