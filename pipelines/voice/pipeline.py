@@ -12,6 +12,7 @@ the agent audio still queued in the transport.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -158,16 +159,12 @@ class VoicePipeline(Pipeline):
 
     def open_session(self, session_id: str, params: Any) -> None:
         models = self._ensure_models()
+        # A worker's result asks the server for a step of the session at once (outside a server, no
+        # ticker: the next input chunk picks it up).
+        tick = functools.partial(self.ticker, session_id) if self.ticker is not None else None
         self._agents[session_id] = VoiceAgent(session_id, params.agent_config(), models, self.worker,
-                                              self.background, self.turn_worker, self.tts_worker,
-                                              tick=lambda: self._tick(session_id))
+                                              self.background, self.turn_worker, self.tts_worker, tick=tick)
         self._resamplers[session_id] = InputResampler()
-
-    def _tick(self, session_id: str) -> None:
-        """A worker result for `session_id` is in its mailbox (worker thread): step it now, not with
-        its next input chunk (the server's `ticker`; without one, the next chunk picks it up)."""
-        if self.ticker is not None:
-            self.ticker(session_id)
 
     def update_params(self, session_id: str, params: Any) -> None:
         agent = self._agents.get(session_id)
