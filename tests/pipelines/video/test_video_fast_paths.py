@@ -218,7 +218,8 @@ def test_guided_decoder_serving_path_equals_the_training_path(features: str) -> 
 
 def test_bf16_attention_on_cpu_equals_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo model's shapes (and a batch of 2 with a key mask): the bf16 products equal fp32 SDPA to
-    bf16's precision; above the score budget the flash kernel runs instead (same result)."""
+    bf16's precision, as one batched product within the score budget and head by head in tiles above
+    it (never the flash kernel); in fp32 SDPA itself runs."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, n, 32) for n in (256, 1024, 1024))
     mask = torch.ones(2, 1, 1, 1024, dtype=torch.bool)
@@ -238,6 +239,13 @@ def test_bf16_attention_on_cpu_equals_sdpa(monkeypatch: pytest.MonkeyPatch) -> N
         assert out.dtype == torch.bfloat16 and not calls  # the two products, not the kernel
         torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
         monkeypatch.setattr(attention, "MATH_ATTENTION_SCORES", 1024)
-        torch.testing.assert_close(sdpa(*b16, mask).float(), ref, atol=2e-2, rtol=2e-2)
-        assert calls == [1]
+        for tile in (1 << 20, 100 * 1024):  # one tile per head; 100 query rows a tile (the last 56)
+            monkeypatch.setattr(attention, "TILE_SCORES", tile)
+            tiled = sdpa(*b16, mask)
+            assert tiled.dtype == torch.bfloat16 and not calls
+            torch.testing.assert_close(tiled.float(), ref, atol=2e-2, rtol=2e-2)
+        monkeypatch.setattr(attention, "TILE_SCORES", 1)  # one query row a product
+        first = sdpa(b16[0][:, :, :8], b16[1], b16[2], mask)  # the first 8 queries, a product each
+        torch.testing.assert_close(first.float(), ref[:, :, :8], atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(sdpa(q, k, v, mask), ref)  # fp32: SDPA itself
+        assert calls == [1]
