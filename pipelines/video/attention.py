@@ -61,11 +61,12 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     ms for the demo model's 256 queries x 1,024 keys, 4 heads of 32) while a bf16 matrix product runs
     at about twice the fp32 rate on a CPU with AVX-512 BF16, so the scores are two bf16 products
     around a softmax (1.5 ms; the softmax accumulates in fp32). Up to :data:`MATH_ATTENTION_SCORES`
-    scores that is one batched product; larger score matrices leave the cache and the batched bf16
-    product slows down more than the work grows, so there the products are plain matrix products,
-    one head of one item at a time, in tiles of at most :data:`TILE_SCORES` scores: at 512x512 (1,024
-    queries x 4,096 keys) 23.5 ms a call against 33 (flash) and 55 (one batched product); a batch of
-    eight 256x256 frames steps 10 % faster than with the flash kernel."""
+    scores that is one batched product. Above it the batched bf16 product slows down faster than the
+    work grows, so there the products are plain 2-D matrix products, one head of one item at a time,
+    in tiles of at most :data:`TILE_SCORES` scores: at 512x512 (1,024 queries x 4,096 keys) 23.5 ms a
+    call against 33 (the flash kernel) and 55 (one batched product); a batch of eight 256x256 frames
+    steps 10 % faster than with the flash kernel. (Below the budget the per-head loop gains nothing in
+    the demo model's step.)"""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16 or torch.is_grad_enabled():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= MATH_ATTENTION_SCORES:
