@@ -451,6 +451,8 @@ class SloScheduler:
             t += seconds
             for item in batch.items:
                 ends[item.session_id] = t
+                if item.media.meta.get("tick"):  # a step asked with no input (`Session.tick`): no unit
+                    continue
                 late = t > item.deadline
                 self._outcomes.append((t, late))
                 self.stats.unit_done(batch.pipeline, late, plan.now - item.media.arrival, seconds, batch.size)
@@ -459,6 +461,8 @@ class SloScheduler:
                 self.cost.observe(chore.key, [WorkShape()], elapsed[chore.key])
         superseded = [i for i in plan.skipped if i.media.meta.get("dropped") == "superseded"]
         for item in (*plan.expired, *superseded):  # a superseded unit is a miss too: the policy sees overload
+            if item.media.meta.get("tick"):
+                continue
             self._outcomes.append((plan.now, True))
             self.stats.unit_expired(self._pipeline_of(item))
         t += sum(v for k, v in elapsed.items() if "#" in k)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from streamserve.core.frames import MediaKind
 from streamserve.schedulers import CostModel, SessionSpec, WorkShape
 from streamserve.schedulers.admission import voice_slack
 from streamserve.schedulers.sim import SimInbox, SimSession, SimUnit, simulate
@@ -382,3 +383,27 @@ def test_an_overload_from_clock_zero_is_held_and_then_lowers() -> None:
     change = policy.tick(1.0, adm, late=0, samples=100)
     assert change is not None and change.direction == "down"
 
+
+
+def test_a_tick_is_stepped_like_voice_but_counts_as_no_unit() -> None:
+    """A tick (`Session.tick`: a step asked with no input) runs in the voice lane like a chunk, but is
+    not a unit the client offered: it adds nothing to the goodput, queueing and miss figures, on time,
+    late or expired."""
+    cost = CostModel()
+    cost.seed("voice", VOICE, {1: 0.004, 2: 0.008})
+    sched = scheduler(cost)
+    spec = SessionSpec("voice", VOICE, fps=50, budget_s=0.1, lane="voice")
+    sched.admission.check("v", spec)
+    inbox = SimInbox(8)
+    sched.add("v", "voice", inbox, spec)
+    inbox.put(SimUnit(0, 0.0, 0.1, MediaKind.AUDIO))
+    inbox.put(SimUnit(0, 0.0, 0.1, MediaKind.AUDIO, {"tick": True}))
+    inbox.put(SimUnit(0, 0.0, 0.02, MediaKind.AUDIO, {"tick": True}))  # past its deadline by the third plan
+    ran = []
+    for now, seconds in ((0.0, 0.004), (0.01, 0.2), (0.25, 0.004)):  # the second step runs late
+        plan = sched.schedule(now)
+        ran += [dict(i.media.meta) for b in plan.batches for i in b.items]
+        sched.update(plan, [], {"voice": seconds})
+    assert ran == [{}, {"tick": True}]  # the chunk, then the first tick; the second expired
+    assert sched.stats.units["voice"] == 1 and sched.stats.late["voice"] == 0
+    assert sched.stats.expired["voice"] == 0
