@@ -43,7 +43,8 @@ class Mailbox:
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         with self._lock:
             self._items.append((fn, args))
-            ask, self._asked = None if self._asked else self._ask, True
+            ask = None if self._asked else self._ask  # the first result since the last run asks
+            self._asked = True
         if ask is not None:
             ask()
 
