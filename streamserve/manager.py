@@ -223,6 +223,7 @@ class SessionManager:
             self._release_stream(session)
             self.devices.release(session.id)
             raise
+        session.touch()  # the idle clock starts now: an open that waited for a loading model is not idle
         self._sessions[session.id] = session
         self.metrics.active_sessions.labels(name).inc()
         self.metrics.sessions_total.labels(name, source).inc()

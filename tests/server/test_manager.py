@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -80,6 +81,15 @@ async def test_idle_sessions_are_reaped(manager: SessionManager) -> None:
     reason = await asyncio.wait_for(s.wait_closed(), 5)
     assert reason.startswith("idle: no media or control for 0.5 s")
     assert manager.list() == []
+
+
+async def test_the_idle_clock_starts_when_the_open_completes(manager: SessionManager) -> None:
+    manager.engine.call(lambda: time.sleep(1.0))  # the engine busy past the idle timeout (a model loading)
+    s = await manager.open(None, None, source="test")
+    opened = time.monotonic()
+    reason = await asyncio.wait_for(s.wait_closed(), 5)
+    assert reason.startswith("idle: no media or control for 0.5 s")
+    assert time.monotonic() - opened >= 0.45  # not reaped at once for the time its open waited
 
 
 async def test_pipeline_error_ends_only_that_session(manager: SessionManager) -> None:
