@@ -91,20 +91,22 @@ def bare(size: int, frames: int, style: str, steps: int, threads: int | None,
 
 # --- served ----------------------------------------------------------------------------------------
 
-def serve(port: int, spare_frames: bool) -> None:
+def serve(port: int, spare_frames: bool, model_process: bool) -> None:
     import uvicorn
 
     from streamserve.core.config import ServerConfig
     from streamserve.server import create_app
 
-    config = ServerConfig(pipeline="video", port=port, log_level="warning", spare_frames=spare_frames)
+    config = ServerConfig(pipeline="video", port=port, log_level="warning", spare_frames=spare_frames,
+                          model_process=model_process)
     uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_level="warning")
 
 
 @contextlib.contextmanager
-def running_server(spare_frames: bool = True) -> Iterator[str]:
+def running_server(spare_frames: bool = True, model_process: bool = False) -> Iterator[str]:
     port = free_port()
-    cmd = [os.path.abspath(__file__), "--serve", "--port", str(port)] + ["--no-spare-frames"] * (not spare_frames)
+    cmd = [os.path.abspath(__file__), "--serve", "--port", str(port)] + ["--no-spare-frames"] * (not spare_frames) \
+        + ["--model-process"] * model_process
     with server_process(cmd, port, timeout_s=120) as url:
         yield url
 
@@ -186,7 +188,7 @@ def cpu_tables(args: argparse.Namespace) -> str:
     if base:
         print(f"bare {base['dtype']}: {base['fps']:.1f} FPS, p50 {base['p50_ms']:.1f} ms", file=sys.stderr)
     rows = []
-    with running_server(args.spare_frames) as url:
+    with running_server(args.spare_frames, args.model_process) as url:
         for fps in args.fps:
             s = asyncio.run(served(url, args.size, fps, args.style, args.steps, args.warmup, args.seconds,
                                    args.client_jitter_buffer))
@@ -391,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
                         "packet as a browser does (frame-end), or waits for the next frame (aiortc's stock)")
     parser.add_argument("--no-spare-frames", dest="spare_frames", action="store_false",
                         help="served: a lowered tier runs exactly its rate (A/B of the spare frames, docs/serving.md)")
+    parser.add_argument("--model-process", action="store_true",
+                        help="served: the server runs the model in a process of its own (`serve --model-process`)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.port, args.spare_frames)
+        serve(args.port, args.spare_frames, args.model_process)
         return 0
     out: dict[str, Any] = {}
 

@@ -110,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         return ServerConfig(
             host=args.host, port=args.port, pipeline=args.pipeline, device=args.device,
             log_level=args.log_level, max_sessions=args.max_sessions, max_batch=args.max_batch,
-            adapt_batch=args.adapt_batch, spare_frames=args.spare_frames,
+            adapt_batch=args.adapt_batch, spare_frames=args.spare_frames, model_process=args.model_process,
             tokens=_tokens(args), ice_servers=tuple(args.ice_server or ()), model=args.model,
             session=session, viewer_tokens=_viewer_tokens(args), limits=_limits(args),
             turn_username=turn_username, turn_credential=turn_credential,
@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-spare-frames", dest="spare_frames", action="store_false",
                        help="slo: serve a lowered frame-rate tier at exactly its rate, even when the device "
                        "has time to run the frames it skips (docs/serving.md)")
+    serve.add_argument("--model-process", dest="model_process", action="store_true", default=True,
+                       help="the video model runs in a process of its own, so the event loop's share of the "
+                       "GIL does not slow its steps (the default; docs/architecture.md)")
+    serve.add_argument("--in-process", dest="model_process", action="store_false",
+                       help="the video model runs in the server's process (one process to debug or profile)")
     serve.add_argument("--latency-budget-ms", type=float, default=250.0,
                        help="per-frame deadline after arrival (default 250)")
     serve.add_argument("--scheduler", default="slo", choices=["slo", "edf", "fifo"],

@@ -33,6 +33,7 @@ from streamserve.gate import SloGate
 from streamserve.metrics import Metrics
 from streamserve.pipelines import registry
 from streamserve.pipelines.base import Pipeline
+from streamserve.pipelines.process import process_pipeline
 from streamserve.qos import QOS_KEYS, split_qos
 from streamserve.schedulers import (
     Admission,
@@ -147,6 +148,8 @@ class SessionManager:
         if self.config.model and "model" in accepted:
             options["model"] = self.config.model
         options.update({k: v for k, v in self.config.pipeline_options if k in accepted})
+        if self.config.model_process and cls.own_process:
+            cls = process_pipeline(cls)
         pipe = cls(device=device or self.config.device, **options)
         pipe.ticker = self._tick
         pipe.warmup()
@@ -188,7 +191,9 @@ class SessionManager:
         qos, params = split_qos(params)
         parsed: Any = parse_params(cls.Params, params)
         try:
-            need = self.devices.kv_need(name, parsed)  # bytes of the session's KV cache at its shape
+            # bytes of the session's KV cache at its shape; off the loop: a pipeline in a child process
+            # (`--model-process`) answers after the step in flight
+            need = await asyncio.to_thread(self.devices.kv_need, name, parsed)
         except ValueError:
             need = None  # a shape the model cannot serve: the open reports it
         index = self.devices.place(name, need)

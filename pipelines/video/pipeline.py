@@ -79,6 +79,7 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
     Params = VideoParams
     inputs = frozenset({MediaKind.VIDEO})
     outputs = frozenset({MediaKind.VIDEO})
+    own_process = True  # under `--model-process` (docs/architecture.md)
 
     def __init__(
         self,

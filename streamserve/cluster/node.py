@@ -130,7 +130,8 @@ class NodeServer:
             kv_free = [ld.kv_free_bytes for ld in loads]  # draining or not: what memory is free
             try:  # the KV cache of a default session of the node's pipeline
                 name = manager.config.pipeline
-                kv_need = manager.devices.kv_need(name, parse_params(registry.get_class(name).Params, None))
+                params: Any = parse_params(registry.get_class(name).Params, None)
+                kv_need = await asyncio.to_thread(manager.devices.kv_need, name, params)  # a model process: one step
             except ValueError:
                 kv_need = None
             return {

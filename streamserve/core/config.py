@@ -44,6 +44,9 @@ class ServerConfig:
     max_batch: int = 8
     adapt_batch: bool = True  # slo: video batches only as large as the deadline allows (docs/serving.md)
     spare_frames: bool = True  # slo: a tier's frame rate is a floor; spare device time runs the frames it skips
+    # pipelines marked `own_process` (video) run in a child process (pipelines/process.py); on in
+    # `streamserve serve` unless --in-process
+    model_process: bool = False
     idle_timeout_s: float = 5.0  # a peer gone this long is ended
     tokens: tuple[str, ...] = ()  # operator/ingest (admin) bearer tokens; empty = anyone may open sessions
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs, announced in WHIP Link headers

@@ -57,6 +57,7 @@ def default_stage_devices(device: str, stages: int) -> tuple[str, ...]:
 class PipelinedVideoPipeline(VideoDiffusionPipeline):
     name = "video-pp"
     description = "Live video diffusion with the DiT's blocks split over devices (pipeline parallel)."
+    own_process = False  # its stage threads and devices live with the server's engines
 
     def __init__(
         self, device: str = "cpu", model: str | None = None, *, stages: int = 2,

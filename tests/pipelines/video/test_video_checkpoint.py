@@ -103,7 +103,7 @@ def test_wan_folder_through_the_cli_path(tiny_wan_dir: Path) -> None:
     from streamserve.cli import build_parser, config_from_args
     from streamserve.manager import SessionManager
 
-    args = build_parser().parse_args(["serve", "--pipeline", "video", "--model", str(tiny_wan_dir)])
+    args = build_parser().parse_args(["serve", "--pipeline", "video", "--in-process", "--model", str(tiny_wan_dir)])
     config = config_from_args(args)
     assert config.model == str(tiny_wan_dir)
     pipe = SessionManager(config)._create_pipeline("video")  # what the engine thread runs; warms up
@@ -133,7 +133,7 @@ def test_causal_weights_through_the_cli_path(tmp_path: Path, tiny_wan_dir: Path)
     weights = tmp_path / "causal.pt"
     torch.save({"generator": {}, "generator_ema": {"model." + to_original(k): v for k, v in src.state_dict().items()}},
                weights)
-    args = build_parser().parse_args(["serve", "--pipeline", "video", "--model", str(tiny_wan_dir),
+    args = build_parser().parse_args(["serve", "--pipeline", "video", "--in-process", "--model", str(tiny_wan_dir),
                                       "--causal-weights", str(weights), "--checkpoint-key", "generator_ema"])
     config = config_from_args(args)
     assert dict(config.pipeline_options) == {"causal_weights": str(weights), "checkpoint_key": "generator_ema"}
@@ -161,7 +161,7 @@ def test_a_wan_folder_streams_in_bf16(tiny_wan_dir: Path) -> None:
     from streamserve.cli import build_parser, config_from_args
     from streamserve.manager import SessionManager
 
-    args = build_parser().parse_args(["serve", "--pipeline", "video", "--model", str(tiny_wan_dir),
+    args = build_parser().parse_args(["serve", "--pipeline", "video", "--in-process", "--model", str(tiny_wan_dir),
                                       "--dtype", "bfloat16"])
     assert dict(config_from_args(args).pipeline_options) == {"dtype": "bfloat16"}
     pipe = SessionManager(config_from_args(args))._create_pipeline("video")
