@@ -393,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                         "packet as a browser does (frame-end), or waits for the next frame (aiortc's stock)")
     parser.add_argument("--no-spare-frames", dest="spare_frames", action="store_false",
                         help="served: a lowered tier runs exactly its rate (A/B of the spare frames, docs/serving.md)")
-    parser.add_argument("--model-process", action="store_true",
-                        help="served: the server runs the model in a process of its own (`serve --model-process`)")
+    parser.add_argument("--model-process", dest="model_process", action="store_true", default=True,
+                        help="served: the model in a process of its own, as `streamserve serve` runs it (default)")
+    parser.add_argument("--in-process", dest="model_process", action="store_false",
+                        help="served: the model in the server's process (`serve --in-process`)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -58,6 +58,20 @@ def process_pipeline(cls: type[Pipeline]) -> type[ProcessPipeline]:
     return type(f"Process{cls.__name__}", (ProcessPipeline,), attrs)
 
 
+def importable(cls: type) -> bool:
+    """Whether a child process can import `cls` by its module and name (a class made at run time, or
+    one defined in a script's ``__main__``, cannot: the server runs those in its own process)."""
+    if cls.__module__ == "__main__":
+        return False
+    try:
+        found = importlib.import_module(cls.__module__)
+        for part in cls.__qualname__.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return False
+    return found is cls
+
+
 class ProcessPipeline(Pipeline):
     """The engine's side of a pipeline in a child process (`process_pipeline` makes the subclass)."""
 

@@ -33,7 +33,7 @@ from streamserve.gate import SloGate
 from streamserve.metrics import Metrics
 from streamserve.pipelines import registry
 from streamserve.pipelines.base import Pipeline
-from streamserve.pipelines.process import process_pipeline
+from streamserve.pipelines.process import importable, process_pipeline
 from streamserve.qos import QOS_KEYS, split_qos
 from streamserve.schedulers import (
     Admission,
@@ -149,7 +149,10 @@ class SessionManager:
             options["model"] = self.config.model
         options.update({k: v for k, v in self.config.pipeline_options if k in accepted})
         if self.config.model_process and cls.own_process:
-            cls = process_pipeline(cls)
+            if importable(cls):
+                cls = process_pipeline(cls)
+            else:
+                log.info("pipeline %s runs in the server's process: a child cannot import %s", name, cls.__qualname__)
         pipe = cls(device=device or self.config.device, **options)
         pipe.ticker = self._tick
         pipe.warmup()

@@ -17,7 +17,7 @@ from streamserve.core.frames import VideoFrame
 from streamserve.core.plan import Batch, WorkItem
 from streamserve.pipelines import registry
 from streamserve.pipelines.passthrough import PassthroughParams, PassthroughPipeline
-from streamserve.pipelines.process import process_pipeline
+from streamserve.pipelines.process import importable, process_pipeline
 
 
 def gone(pid: int) -> bool:
@@ -30,6 +30,13 @@ def gone(pid: int) -> bool:
 
 def item(sid: str, pts: int, data: np.ndarray) -> Batch:
     return Batch("passthrough", (WorkItem(sid, VideoFrame(data, pts, 0.0, 1e9)),))
+
+
+class ChildPassthrough(PassthroughPipeline):
+    """The passthrough, marked to run in a child under `--model-process` (the child imports it from here)."""
+
+    name = "childpass"
+    own_process = True
 
 
 @pytest.fixture
@@ -49,6 +56,19 @@ def test_the_class_keeps_the_pipelines_name_params_and_media() -> None:
 def test_the_server_moves_the_video_model_only() -> None:
     moved = {name for name in registry.available() if registry.get_class(name).own_process}
     assert moved == {"video"}  # voice needs the server's ticker, video-pp its devices' threads
+
+
+def test_a_class_made_at_run_time_stays_in_the_servers_process() -> None:
+    from streamserve.manager import SessionManager
+
+    made = type("MadeNow", (PassthroughPipeline,), {"name": "madenow", "own_process": True})
+    assert importable(ChildPassthrough) and not importable(made)
+    registry.register(made, replace=True)
+    try:
+        manager = SessionManager(ServerConfig(pipeline="madenow", model_process=True))
+        assert type(manager._create_pipeline("madenow")) is made  # a child could not import it
+    finally:
+        registry.unregister("madenow")
 
 
 def test_steps_run_in_the_child_and_return_its_frames(remote) -> None:  # type: ignore[no-untyped-def]
@@ -134,13 +154,6 @@ def test_the_video_pipeline_in_a_process_renders_what_it_renders_in_ours() -> No
     finally:
         remote.close()
         local.close_session("s")
-
-
-class ChildPassthrough(PassthroughPipeline):
-    """The passthrough, marked to run in a child under `--model-process` (the child imports it from here)."""
-
-    name = "childpass"
-    own_process = True
 
 
 def test_a_server_with_model_process_serves_and_leaves_no_child(server_factory) -> None:  # type: ignore[no-untyped-def]
