@@ -203,3 +203,12 @@ def test_serve_runs_the_video_model_in_a_child_unless_told_otherwise() -> None:
     finally:
         pipe.close()
     assert type(SessionManager(default)._create_pipeline("passthrough")) is PassthroughPipeline
+
+
+def test_frames_stay_on_mallocs_heap_unless_the_operator_says_otherwise(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from streamserve.pipelines.process import MALLOC_MMAP_THRESHOLD, _child_env, keep_frames_on_heap
+
+    assert _child_env()["MALLOC_MMAP_THRESHOLD_"] == str(MALLOC_MMAP_THRESHOLD)
+    assert keep_frames_on_heap()  # glibc on Linux: mallopt took it
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert _child_env()["MALLOC_MMAP_THRESHOLD_"] == "65536" and not keep_frames_on_heap()
