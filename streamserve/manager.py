@@ -199,6 +199,8 @@ class SessionManager:
             need = await asyncio.to_thread(self.devices.kv_need, name, parsed)
         except ValueError:
             need = None  # a shape the model cannot serve: the open reports it
+        if stream is not None and stream in self._streams:  # taken by an open that ran during the await
+            raise StreamBusy(stream)
         index = self.devices.place(name, need)
         if index is None:
             if need is not None and self.devices.place(name) is not None:

@@ -67,6 +67,13 @@ async def test_open_errors(manager: SessionManager) -> None:
         manager.get("x")
 
 
+async def test_concurrent_opens_of_one_stream_admit_one(manager: SessionManager) -> None:
+    results = await asyncio.gather(*(manager.open(None, None, source="test", stream="cam") for _ in range(2)),
+                                   return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["Session", "StreamBusy"]
+    assert [s.stream for s in manager.list()] == ["cam"]
+
+
 async def test_close_frees_stream_and_gauge(manager: SessionManager) -> None:
     s = await manager.open(None, None, source="test", stream="cam")
     assert manager.by_stream("cam") is s
