@@ -106,7 +106,8 @@ def compare(page: Any, style: str, samples: int = 4) -> tuple[float, float]:
 def test_video_page_stylizes_the_camera_and_switches_style_live(
     server_factory: Any, scene_browser: Any, record_property: Any
 ) -> None:
-    server = server_factory(ServerConfig(pipeline="video", port=0))
+    # the model in a child process, as `streamserve serve` runs it (`make serve`)
+    server = server_factory(ServerConfig(pipeline="video", port=0, model_process=True))
     page = scene_browser.new_page(viewport={"width": 1280, "height": 820})
     console: list[str] = []
     page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
