@@ -1,13 +1,13 @@
-"""A pipeline run in a process of its own (`--model-process`).
+"""A pipeline run in a process of its own (what `streamserve serve` does with the video model).
 
 The engine thread steps a pipeline through some thousand torch calls a step, each of which gives the
 GIL up and takes it back; in a server the event loop (aiortc, SRTP, the jitter buffer) and the codec
 threads hold the GIL part of the time, so a step in the server's process runs slower than the same
 step alone (benchmarks/RESULTS.md, "Served video at 320²"). `ProcessPipeline` keeps the model in a
 child process with a GIL of its own: the engine thread calls the same `Pipeline` methods, which go to
-the child over a pipe, and waits without holding the GIL.
+the child over a socket pair, and waits without holding the GIL.
 
-What crosses the pipe: each method's arguments and result, pickled (a batch's frames as numpy
+What crosses the socket: each method's arguments and result, pickled (a batch's frames as numpy
 arrays), and with every reply the KV bytes the child's sessions hold (`kv_held_bytes`, read by
 placement from another thread). `open_pieces` returns stand-ins that run the child's pieces one by
 one. A pipeline's `ticker` does not cross (the voice pipeline runs in the server's process).
@@ -16,7 +16,7 @@ If the child dies (killed, out of memory, a crash in native code), the call that
 raises, so the sessions in that batch end with an error naming the exit code; the next call starts
 a fresh child, and the sessions of the dead one end with an error at their next step (their state
 is gone). `close` stops the child; the child also exits when the server's process dies (its end of
-the pipe closes).
+the socket closes).
 """
 
 from __future__ import annotations
@@ -276,8 +276,14 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            reply("ok", _handle(pipe, pieces, message))
+            status, value = "ok", _handle(pipe, pieces, message)
         except BaseException as exc:
+            status, value = "err", _portable(exc)
+        try:
+            reply(status, value)
+        except (EOFError, OSError):  # the server's process is gone
+            return
+        except Exception as exc:  # a result that does not pickle
             reply("err", _portable(exc))
 
 

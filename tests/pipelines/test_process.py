@@ -39,6 +39,15 @@ class ChildPassthrough(PassthroughPipeline):
     own_process = True
 
 
+class ShapeThatDoesNotPickle(PassthroughPipeline):
+    """Answers `work_shape` with something pickle cannot send back."""
+
+    name = "badshape"
+
+    def work_shape(self, params: object) -> dict[str, object]:
+        return {"width": lambda: 16}
+
+
 @pytest.fixture
 def remote():  # type: ignore[no-untyped-def]
     pipe = process_pipeline(PassthroughPipeline)(device="cpu")
@@ -114,6 +123,18 @@ def test_a_dead_child_ends_its_sessions_and_the_next_open_starts_a_fresh_one(rem
     assert remote.pid not in (None, first)
     (out,) = remote.step(item("b", 3, frame))
     assert out.error is None and out.media[0].pts == 3
+
+
+def test_a_result_that_does_not_pickle_is_an_error_and_the_child_goes_on() -> None:
+    pipe = process_pipeline(ShapeThatDoesNotPickle)(device="cpu")
+    try:
+        with pytest.raises(AttributeError, match="Can't pickle local object 'ShapeThatDoesNotPickle.work_shape"):
+            pipe.work_shape(PassthroughParams())
+        pipe.open_session("a", PassthroughParams())
+        (out,) = pipe.step(item("a", 5, np.zeros((4, 4, 3), np.uint8)))
+        assert out.error is None and out.media[0].pts == 5
+    finally:
+        pipe.close()
 
 
 def test_close_stops_the_child(remote) -> None:  # type: ignore[no-untyped-def]
