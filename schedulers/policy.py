@@ -17,6 +17,7 @@ hysteresis that stops quality flapping.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 from streamserve.schedulers.admission import Admission
@@ -54,6 +55,26 @@ class TierChange:
     @property
     def direction(self) -> str:
         return "down" if self.new_level > self.old_level else "up"
+
+
+class MissWindow:
+    """The units' outcomes (when, late or not) over the last `window_s`: what `DegradePolicy.tick`
+    reads as its miss ratio."""
+
+    def __init__(self) -> None:
+        self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
+
+    def add(self, t: float, late: bool) -> None:
+        self._outcomes.append((t, late))
+
+    def counts(self, now: float, window_s: float) -> tuple[int, int]:
+        """(late, all) among the outcomes since ``now - window_s`` (older ones are forgotten)."""
+        while self._outcomes and self._outcomes[0][0] < now - window_s:
+            self._outcomes.popleft()
+        return sum(1 for _, late in self._outcomes if late), len(self._outcomes)
+
+    def clear(self) -> None:
+        self._outcomes.clear()
 
 
 class DegradePolicy:

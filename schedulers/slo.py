@@ -56,7 +56,7 @@ from streamserve.schedulers.base import InboxView
 from streamserve.schedulers.batching import round_costs, video_batch_sizes
 from streamserve.schedulers.cost import CostModel, WorkShape
 from streamserve.schedulers.live import Join, LiveSession, OnTier
-from streamserve.schedulers.policy import DegradePolicy, TierChange
+from streamserve.schedulers.policy import DegradePolicy, MissWindow, TierChange
 from streamserve.schedulers.spec import SessionSpec
 from streamserve.schedulers.stats import SloStats
 
@@ -89,7 +89,7 @@ class SloScheduler:
         self._live: dict[str, LiveSession] = {}
         self._joins: collections.deque[Join] = collections.deque()
         self._retier: collections.deque[Chore] = collections.deque()
-        self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
+        self._misses = MissWindow()  # the units' outcomes the policy judges
         self._free_at = float("-inf")  # when the engine finished its last plan (the scheduler's clock)
         self._held: dict[str, float] = {}  # pipeline -> until when its batch was last held
         self._last_step: dict[str, float] = {}  # pipeline -> when its last batch was planned
@@ -454,25 +454,21 @@ class SloScheduler:
                 if item.media.meta.get("tick"):  # a step asked with no input (`Session.tick`): no unit
                     continue
                 late = t > item.deadline
-                self._outcomes.append((t, late))
+                self._misses.add(t, late)
                 self.stats.unit_done(batch.pipeline, late, plan.now - item.media.arrival, seconds, batch.size)
         for chore in plan.chores:
             if chore.key in elapsed:
                 self.cost.observe(chore.key, [WorkShape()], elapsed[chore.key])
-        superseded = [i for i in plan.skipped if i.media.meta.get("dropped") == "superseded"]
+        superseded = (i for i in plan.skipped if i.media.meta.get("dropped") == "superseded")
         for item in (*plan.expired, *superseded):  # a superseded unit is a miss too: the policy sees overload
-            if item.media.meta.get("tick"):
-                continue
-            self._outcomes.append((plan.now, True))
-            self.stats.unit_expired(self._pipeline_of(item))
+            if not item.media.meta.get("tick"):
+                self._misses.add(plan.now, True)
+                self.stats.unit_expired(self._pipeline_of(item))
         t += sum(v for k, v in elapsed.items() if "#" in k)
         self._free_at = t
         _stamp_step_end(outputs, ends)
-        horizon = t - self.policy.config.window_s
-        while self._outcomes and self._outcomes[0][0] < horizon:
-            self._outcomes.popleft()
-        misses = sum(1 for _, m in self._outcomes if m)
-        change = self.policy.tick(t, self.admission, misses, len(self._outcomes))
+        misses, samples = self._misses.counts(t, self.policy.config.window_s)
+        change = self.policy.tick(t, self.admission, misses, samples)
         if change is not None:
             self._note(change)
 
@@ -485,7 +481,7 @@ class SloScheduler:
         if live is not None:
             live.reason = change.reason
         if change.direction == "down":
-            self._outcomes.clear()  # judge the new tier on its own units
+            self._misses.clear()  # judge the new tier on its own units
 
 
 def _stamp_step_end(outputs: Sequence[StepOutput], ends: dict[str, float]) -> None:

@@ -384,7 +384,6 @@ def test_an_overload_from_clock_zero_is_held_and_then_lowers() -> None:
     assert change is not None and change.direction == "down"
 
 
-
 def test_a_tick_is_stepped_like_voice_but_counts_as_no_unit() -> None:
     """A tick (`Session.tick`: a step asked with no input) runs in the voice lane like a chunk, but is
     not a unit the client offered: it adds nothing to the goodput, queueing and miss figures, on time,
