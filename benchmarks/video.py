@@ -178,10 +178,12 @@ def tier_text(slo: Any) -> str:
 
 
 def cpu_tables(args: argparse.Namespace) -> str:
-    """Bare, then served, then bare again: the host's speed drifts by 10-15 % within minutes here, so
-    the served figure is compared with the mean of the bare rates measured just before and after it."""
+    """Bare, then served, then bare again (``--rounds R``: R served parts, each between two bare ones,
+    on one server): the host's speed drifts by 10-15 % within minutes here, so each served figure is
+    compared with the mean of the bare rates measured just before and after it."""
     baseline = None if args.baseline_dtype == "none" else args.baseline_dtype
-    before = bare(args.size, args.frames, args.style, args.steps, args.threads, baseline)
+    bares = [bare(args.size, args.frames, args.style, args.steps, args.threads, baseline)]
+    before = bares[0]
     print(f"bare: {before['fps']:.1f} FPS, step p50 {before['p50_ms']:.1f} ms, p99 {before['p99_ms']:.1f} ms "
           f"({before['dtype']})", file=sys.stderr)
     base = before["baseline"]
@@ -189,23 +191,32 @@ def cpu_tables(args: argparse.Namespace) -> str:
         print(f"bare {base['dtype']}: {base['fps']:.1f} FPS, p50 {base['p50_ms']:.1f} ms", file=sys.stderr)
     rows = []
     with running_server(args.spare_frames, args.model_process) as url:
-        for fps in args.fps:
-            s = asyncio.run(served(url, args.size, fps, args.style, args.steps, args.warmup, args.seconds,
-                                   args.client_jitter_buffer))
-            print(f"served @{fps:g}: {s}", file=sys.stderr)
-            rows.append((fps, s))
-    after = bare(args.size, args.frames, args.style, args.steps, args.threads, None)
-    print(f"bare after: {after['fps']:.1f} FPS, step p50 {after['p50_ms']:.1f} ms", file=sys.stderr)
-    capacity = (before["fps"] + after["fps"]) / 2
+        for r in range(args.rounds):
+            for fps in args.fps:
+                s = asyncio.run(served(url, args.size, fps, args.style, args.steps, args.warmup, args.seconds,
+                                       args.client_jitter_buffer))
+                print(f"served @{fps:g}: {s}", file=sys.stderr)
+                rows.append((r, s))
+            if r + 1 < args.rounds:  # the server idles meanwhile; the last bare part runs without it
+                bares.append(bare(args.size, args.frames, args.style, args.steps, args.threads, None))
+                print(f"bare: {bares[-1]['fps']:.1f} FPS, step p50 {bares[-1]['p50_ms']:.1f} ms", file=sys.stderr)
+    bares.append(bare(args.size, args.frames, args.style, args.steps, args.threads, None))
+    print(f"bare after: {bares[-1]['fps']:.1f} FPS, step p50 {bares[-1]['p50_ms']:.1f} ms", file=sys.stderr)
     lines = ["| input FPS | bare FPS before / after (capacity: their mean) | served FPS | served / min(bare, input) | "
              "glass-to-glass p50 (ms) | p99 (ms) | bare step p50 / p99 (ms), before | server tier at the end | "
              "server drops |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for _fps, s in rows:
-        ratio = s["fps"] / min(capacity, s["fps_in"])
-        lines.append(f"| {s['fps_in']:.1f} | {before['fps']:.1f} / {after['fps']:.1f} | {s['fps']:.1f} | {ratio:.2f} | "
-                     f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {before['p50_ms']:.1f} / {before['p99_ms']:.1f} | "
+    ratios = []
+    for r, s in rows:
+        b0, b1 = bares[r], bares[r + 1]
+        ratio = s["fps"] / min((b0["fps"] + b1["fps"]) / 2, s["fps_in"])
+        ratios.append(ratio)
+        lines.append(f"| {s['fps_in']:.1f} | {b0['fps']:.1f} / {b1['fps']:.1f} | {s['fps']:.1f} | {ratio:.2f} | "
+                     f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {b0['p50_ms']:.1f} / {b0['p99_ms']:.1f} | "
                      f"{s['tier']} | {s['drops']} |")
+    if args.rounds > 1:
+        lines.append(f"\nServed / min(bare, input) over {args.rounds} rounds: median {float(np.median(ratios)):.2f} "
+                     f"(min {min(ratios):.2f}, max {max(ratios):.2f}).")
     versus = (f" Bare at {base['dtype']} in the same rounds: {base['fps']:.1f} FPS (p50 {base['p50_ms']:.1f} ms); "
               f"{before['dtype']} / {base['dtype']}: {before['fps'] / base['fps']:.2f}x." if base else "")
     return (f"Demo model, {args.size}x{args.size}, one session, style {args.style!r}, {args.steps} step(s), "
@@ -376,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, nargs="+", default=[30.0], help="client input frame rates")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (served)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds measured per run")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="served parts, each between two bare ones (the host's speed drifts; default 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the bare run (default: the pipeline's, all cores but one)")
     parser.add_argument("--gpu", action="store_true", help="also run the Wan2.1-1.3B GPU part (needs CUDA)")
@@ -400,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.serve:
         serve(args.port, args.spare_frames, args.model_process)
         return 0
