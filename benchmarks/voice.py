@@ -53,10 +53,12 @@ FRAME = 320  # 20 ms
 # mode -> (think, session params)
 MODES: dict[str, tuple[bool, dict[str, Any]]] = {
     "duplex": (True, {}),
-    "duplex-early": (True, {"confident_silence_ms": 96}),
+    "duplex-notext": (True, {"read_text": False}),  # the transcript has no say (the default until 2026-12-07)
+    "duplex-early": (True, {"confident_silence_ms": 96}),  # the early tier, read with the transcript
+    "duplex-early-notext": (True, {"confident_silence_ms": 96, "read_text": False}),  # ... on Smart Turn alone
     "duplex-nopartials": (True, {"partial_every_ms": 0}),
     "cascade": (False, {}),
-    "cascade-early": (False, {"confident_silence_ms": 96}),
+    "cascade-early": (False, {"read_text": False}),  # the cascade has no pause transcript
 }
 
 
@@ -330,11 +332,13 @@ def main() -> None:
                     help="the server's scheduler (default slo, the server's own default; with --video its "
                          "voice lane is the point)")
     ap.add_argument("--modes", nargs="+", default=["duplex", "cascade"], choices=list(MODES),
-                    help="duplex: think while listening, the server's defaults (every semantic end after "
-                         "192 ms); duplex-early: with the early tier (Smart Turn P >= 0.95 ends the turn after "
-                         "96 ms of silence); cascade: Pipecat's default turn taking (Smart Turn P >= 0.5 after "
-                         "192 ms ~ VADParams.stop_secs 0.2), then ASR -> LLM -> TTS; cascade-early: the cascade "
-                         "with the duplex agent's early tier")
+                    help="duplex: think while listening, the server's defaults (Smart Turn P >= 0.5 ends the "
+                         "turn after 192 ms of silence, P >= 0.95 if the pause transcript reads cut off); "
+                         "duplex-notext: the transcript has no say; duplex-early: the early tier (P >= 0.95 and a "
+                         "transcript that reads finished end the turn after 96 ms); duplex-early-notext: the "
+                         "early tier on Smart Turn alone; cascade: Pipecat's default turn taking (Smart Turn "
+                         "P >= 0.5 after 192 ms ~ VADParams.stop_secs 0.2), then ASR -> LLM -> TTS; "
+                         "cascade-early: the cascade with the early tier on Smart Turn alone")
     ap.add_argument("--mid-pause-ms", type=float, default=0.0,
                     help="insert a mid-sentence pause of this length into every other question of each "
                          "session and count the agent's cut-ins (answers that start during it)")

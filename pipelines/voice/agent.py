@@ -8,7 +8,8 @@ next chunk; the input's stream clock drives turn timing and output release. Per 
 2. VAD windows drive the turn machine (`TurnDetector`): speech onset, pause, resume, end of turn;
 3. thinking while listening: a partial transcript every `partial_every_s` of speech warms the brain
    (LocalBrain pre-fills its KV); at each pause the transcript so far is decoded and a speculative
-   reply starts at once (text, then TTS of its first clause), held back until the turn really ends.
+   reply starts at once (text, then TTS of its first clause), held back until the turn really ends
+   (the pause's transcript also tells the turn machine whether the words read as finished).
    At the end of the turn, if the final words are those of the speculative reply, its audio goes out
    immediately; otherwise it is cancelled and a reply to the final words starts;
 4. output: reply audio is released in 20 ms frames up to `lead_s` ahead of the input clock, so the
@@ -68,21 +69,18 @@ class VoiceAgent:
         self._preroll_n = 0
         self.utt: Utterance | None = None
         self._utt_seq = self._pause_seq = 0
-        self._partial_inflight = False
-        self._partial_from = 0
+        self._partial_inflight, self._partial_from = False, 0
         self._awaiting_final: tuple[int, int, float] | None = None  # (utterance, pause, speech end)
         self._utt_during_agent = False
         self.reply: Reply | None = None
-        self._epoch = 0
-        self._held = False
+        self._epoch, self._held = 0, False
         self._recent: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self._prefill: Generation | None = None
         self._turn_end_t, self._turn_reason = 0.0, ""
         self._first_frame_sent = False
         self._resuming = False  # a held reply goes on: the silence before it is the hold's, not a gap
         self._gaps: list[int] = []  # silences inside the reply being released (its audio was late), ms
-        self._agent_partial = ""
-        self._error_reported = False
+        self._agent_partial, self._error_reported = "", False
         self.history: list[Message] = []
         self.closed = False
         self._trace: dict[str, float] = {}
@@ -237,6 +235,9 @@ class VoiceAgent:
             reply = self.reply
             if reply is None or reply.released or normalize(reply.user_text) != normalize(full):
                 self._start_reply(full, speculative=True)
+        if pid == self._pause_seq:  # the early tier also reads the words (turn.py); may end the turn now
+            for ev in self.turn.set_text(full):
+                self._on_turn(ev)
 
     def _on_turn_end(self, ev: TurnEvent) -> None:
         utt, self.utt = self.utt, None
@@ -340,8 +341,7 @@ class VoiceAgent:
         self.reply.clock = lambda: self.t_in
         self._first_frame_sent = False
         self._gaps = []
-        self._agent_partial = ""
-        self._error_reported = False
+        self._agent_partial, self._error_reported = "", False
         self._emit("thinking", text=text, stage="speculative" if speculative else "reply")
 
     def _respond(self, text: str, speech_end: float) -> None:

@@ -42,11 +42,12 @@ class VoiceParams:
     max_reply_tokens: int = 48
     end_silence_ms: float = 640.0  # silence that ends a turn without a semantic verdict
     semantic_silence_ms: float = 192.0  # silence that ends a turn Smart Turn calls complete
-    # ... that Smart Turn is sure of (P >= confident_threshold): an early release of the speculative
-    # reply, off by default (= semantic_silence_ms): faster, but it cut in on a mid-sentence hesitation
-    # the default waited out (docs/voice.md).
+    # ... that Smart Turn is sure of (P >= confident_threshold) and whose transcript reads finished
+    # (read_text): the early release of the speculative reply; off by default (= semantic_silence_ms;
+    # 96 turns it on: faster, with rare late answers to a hesitation, docs/voice.md)
     confident_silence_ms: float = 192.0
     confident_threshold: float = 0.95
+    read_text: bool = True  # the pause's transcript has a say in the end of turn (docs/voice.md)
     semantic_turn: bool = True
     backchannel_ms: float = 400.0  # shorter user speech during agent speech does not interrupt it
     client_aec: bool = True  # false: the client has no echo cancellation; agent audio is not barge-in
@@ -63,7 +64,7 @@ class VoiceParams:
         sem = min(self.semantic_silence_ms, self.end_silence_ms) / 1000
         turn = TurnConfig(pause_s=min(0.032, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000,
                           confident_silence_s=min(self.confident_silence_ms / 1000, sem),
-                          confident_threshold=self.confident_threshold)
+                          confident_threshold=self.confident_threshold, read_text=self.read_text)
         return AgentConfig(turn=turn, system_prompt=self.system_prompt, max_reply_tokens=self.max_reply_tokens,
                            backchannel_s=self.backchannel_ms / 1000, client_aec=self.client_aec,
                            semantic_turn=self.semantic_turn, think=self.think, out_rate=self.output_sample_rate,

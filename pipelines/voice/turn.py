@@ -6,7 +6,11 @@
 The turn ends after `end_silence_s` of silence (the fallback), or already after `semantic_silence_s`
 when the semantic model (Smart Turn) said the words so far finish a turn (P >= `semantic_threshold`),
 or after only `confident_silence_s` when it is sure (P >= `confident_threshold`: SHANKS-style early
-release; measured false ends on mid-sentence pauses are in docs/voice.md). Times are stream seconds
+release). With `read_text` (the default) the pause's transcript has a say too, once it is in
+(`set_text`): the early tier needs it to read as a finished sentence (`reads_finished`), and one
+left open (`reads_open`: a comma, a dash, "of", "the") needs a sure verdict for the semantic end as
+well; the two signals
+fail on different pauses (measured false ends on mid-sentence pauses are in docs/voice.md). Times are stream seconds
 (samples / 16 kHz), so the machine is deterministic and testable on generated audio. Every knob is
 per session (`TurnConfig`, from the session's params).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from typing import cast
 
 
@@ -28,6 +33,7 @@ class TurnConfig:
     confident_silence_s: float | None = None  # ... that it is sure of (None: semantic_silence_s, no early tier)
     semantic_threshold: float = 0.5  # P(complete) that counts as complete
     confident_threshold: float = 0.95  # P(complete) that ends the turn after confident_silence_s
+    read_text: bool = True  # the pause's transcript has a say (module doc): the early tier needs it finished
     end_silence_s: float = 0.64  # silence that ends any turn (the fallback)
     min_utterance_s: float = 0.2  # shorter speech bursts (clicks, coughs) never make a turn
 
@@ -89,6 +95,8 @@ class TurnDetector:
         self.speech_end = 0.0  # end of the last speech window of the utterance
         self.speech_s = 0.0  # speech accumulated in the current utterance
         self.semantic_p: float | None = None  # P(complete) for the current pause, once known
+        self.text_finished: bool | None = None  # the current pause's transcript reads as finished, once known
+        self.text_open = False  # ... or as left open mid-sentence
 
     def push(self, t_end: float, prob: float, window_s: float) -> list[TurnEvent]:
         """Feed one VAD window ending at stream time `t_end`; returns the events it causes."""
@@ -114,7 +122,7 @@ class TurnDetector:
             self._run = 0.0
             if self.state is TurnState.PAUSED:
                 self.state = TurnState.SPEAKING
-                self.semantic_p = None
+                self._forget_pause()
                 events.append(TurnEvent(EventKind.RESUME, t_end - window_s, speech_s=self.speech_s))
             return events
         self._run += window_s
@@ -123,7 +131,7 @@ class TurnDetector:
                 self._reset()
                 return [TurnEvent(EventKind.NOISE, self.speech_end, "too short", self.speech_s)]
             self.state = TurnState.PAUSED
-            self.semantic_p = None
+            self._forget_pause()
             events.append(TurnEvent(EventKind.PAUSE, self.speech_end, speech_s=self.speech_s))
         if self.state is TurnState.PAUSED:
             end = self._turn_end_reason()
@@ -138,6 +146,16 @@ class TurnDetector:
         if self.state is not TurnState.PAUSED:
             return []
         self.semantic_p = float(prob)
+        return self._end_now()
+
+    def set_text(self, text: str) -> list[TurnEvent]:
+        """The current pause's transcript (the words so far); may end the turn at once (the early tier)."""
+        if self.state is not TurnState.PAUSED:
+            return []
+        self.text_finished, self.text_open = reads_finished(text), reads_open(text)
+        return self._end_now()
+
+    def _end_now(self) -> list[TurnEvent]:
         end = self._turn_end_reason()
         if not end:
             return []
@@ -150,10 +168,13 @@ class TurnDetector:
         if self._run >= c.end_silence_s - 1e-9:
             return "silence"
         p = self.semantic_p
-        if p is not None and p >= c.semantic_threshold and self._run >= c.semantic_silence_s - 1e-9:
+        # Words left open ("What is the boiling point of") need Smart Turn to be sure.
+        likely = c.confident_threshold if c.read_text and self.text_open else c.semantic_threshold
+        if p is not None and p >= likely and self._run >= c.semantic_silence_s - 1e-9:
             return "semantic"
         confident = cast(float, c.confident_silence_s)  # __post_init__ fills None in
-        if p is not None and p >= c.confident_threshold and self._run >= confident - 1e-9:
+        if (p is not None and p >= c.confident_threshold and self._run >= confident - 1e-9
+                and (self.text_finished or not c.read_text)):
             return "confident"
         return ""
 
@@ -161,9 +182,43 @@ class TurnDetector:
         self.state = TurnState.SILENT
         self._run = 0.0
         self.speech_s = 0.0
-        self.semantic_p = None
+        self._forget_pause()
+
+    def _forget_pause(self) -> None:
+        self.semantic_p = self.text_finished = None
+        self.text_open = False
 
     @property
     def silence_s(self) -> float:
         """Silence since the last speech (0 while speaking)."""
         return self._run if self.state is not TurnState.SILENT else 0.0
+
+
+# Words an English sentence hardly ends on: a transcript ending on one was cut mid-sentence ("What is
+# the boiling point of", "What is two plus"). Particles that often end a sentence ("What is this
+# for?", "Come in.") are not listed; a finished sentence read as unfinished only waits for the
+# semantic silence.
+_OPEN_WORDS = frozenset("""a an the my your his her its our their whose of to with into onto and or but nor
+because if while than plus minus very""".split())
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def reads_finished(text: str) -> bool:
+    """Whether a transcript reads as a finished sentence: it ends with . ? or ! (not an ellipsis) and
+    not on a word that leaves the sentence open."""
+    text = text.strip().strip("\"')]")
+    if not text or text[-1] not in ".?!" or text.endswith("..") or text.endswith("…"):
+        return False
+    words = _WORD.findall(text.lower())
+    return bool(words) and words[-1] not in _OPEN_WORDS
+
+
+def reads_open(text: str) -> bool:
+    """Whether a transcript reads as cut off mid-sentence: it ends with a comma, a dash or an ellipsis,
+    or on a word that leaves the sentence open (no final punctuation alone is not enough: short
+    answers often come without)."""
+    text = text.strip().strip("\"')]")
+    if text.endswith((",", "-", "..", "…", ";", ":")):
+        return True
+    words = _WORD.findall(text.lower())
+    return bool(words) and words[-1] in _OPEN_WORDS

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from streamserve.pipelines.voice.audio import MODEL_RATE, pink_noise
-from streamserve.pipelines.voice.turn import EventKind, TurnConfig, TurnDetector, TurnEvent
+from streamserve.pipelines.voice.turn import (
+    EventKind,
+    TurnConfig,
+    TurnDetector,
+    TurnEvent,
+    reads_finished,
+    reads_open,
+)
 from streamserve.pipelines.voice.vad import FrameVad, SileroVad
 
 
@@ -126,7 +133,8 @@ def test_a_confident_verdict_ends_the_turn_after_a_shorter_silence() -> None:
     """SHANKS-style early release: P >= confident_threshold ends the turn after confident_silence_s;
     a merely likely verdict (semantic_threshold <= P < confident_threshold) still waits for
     semantic_silence_s; a verdict for a pause the user resumed from is forgotten."""
-    cfg = TurnConfig(pause_s=0.032, confident_silence_s=0.096, semantic_silence_s=0.192, end_silence_s=0.64)
+    cfg = TurnConfig(pause_s=0.032, confident_silence_s=0.096, semantic_silence_s=0.192, end_silence_s=0.64,
+                     read_text=False)  # Smart Turn alone (the transcript's part: the next test)
     turn = TurnDetector(cfg)
     feed(turn, "SSSSSSSSSS..")  # 64 ms of silence
     assert turn.set_semantic(0.97) == []  # sure, but the confident silence is not over yet
@@ -150,6 +158,80 @@ def test_a_confident_verdict_ends_the_turn_after_a_shorter_silence() -> None:
     assert turn.set_semantic(0.99) == []
 
 
+def test_the_early_tier_also_needs_a_transcript_that_reads_finished() -> None:
+    """By default a sure verdict ends the turn early only once the pause's transcript reads as a
+    finished sentence, whichever comes first; an open transcript leaves the 192 ms rule."""
+    cfg = TurnConfig(pause_s=0.032, confident_silence_s=0.096, semantic_silence_s=0.192, end_silence_s=0.64)
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS...")  # 96 ms of silence
+    assert turn.set_semantic(0.99) == []  # sure, but the words are not in yet
+    assert [(e.kind, e.reason) for e in turn.set_text("What is the capital of France?")] == \
+        [(EventKind.TURN_END, "confident")]
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS..")
+    assert turn.set_text("What do cows drink?") == []  # finished, the verdict not in yet
+    assert turn.set_semantic(0.99) == []  # both in, 64 ms of silence: not yet
+    assert [e.reason for e in feed(turn, ".")] == ["confident"]
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS...")
+    assert turn.set_text("What is the boiling point of") == []  # cut mid-sentence
+    assert turn.set_semantic(0.99) == []
+    assert feed(turn, "..") == []
+    assert [e.reason for e in feed(turn, "....")] == ["semantic"]  # the 192 ms rule still holds
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS..")
+    turn.set_text("Where do penguins live?")
+    feed(turn, "SSS")  # the user went on: that transcript was of the old pause
+    feed(turn, "....")
+    assert turn.text_finished is None
+    assert turn.set_semantic(0.99) == [] and feed(turn, ".") == []  # 160 ms, sure, no text for this pause
+
+
+def test_words_that_read_unfinished_need_a_sure_verdict_for_the_semantic_end() -> None:
+    """A likely verdict (0.5 <= P < 0.95) ends a turn after the semantic silence unless the pause's
+    transcript reads unfinished: then only the fallback silence or a sure verdict ends it."""
+    cfg = TurnConfig(pause_s=0.032, confident_silence_s=0.096, semantic_silence_s=0.192, end_silence_s=0.64)
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS...")
+    turn.set_text("What is two plus")
+    turn.set_semantic(0.9)
+    assert feed(turn, "." * 10) == []  # 416 ms: still a hesitation
+    assert [e.reason for e in feed(turn, "." * 10)] == ["silence"]
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS...")
+    turn.set_text("What is two plus two?")
+    turn.set_semantic(0.9)  # finished words, a likely verdict: the 192 ms rule
+    assert feed(turn, "..") == [] and [e.reason for e in feed(turn, "....")] == ["semantic"]
+    turn = TurnDetector(cfg)
+    feed(turn, "SSSSSSSSSS...")
+    turn.set_text("yes")  # no final punctuation is no sign of an open sentence
+    turn.set_semantic(0.9)
+    assert [e.reason for e in feed(turn, "......")] == ["semantic"]
+    turn = TurnDetector(TurnConfig(pause_s=0.032, semantic_silence_s=0.192, read_text=False))
+    feed(turn, "SSSSSSSSSS...")
+    turn.set_text("What is two plus")  # read_text off: the words have no say
+    turn.set_semantic(0.9)
+    assert [e.reason for e in feed(turn, "......")] == ["semantic"]
+
+
+@pytest.mark.parametrize(("text", "finished"), [
+    ("What is the capital of France?", True), ("What is 2 plus 2?", True), ("Tell me a fun fact.", True),
+    ("Stop!", True), ('He said "go."', True), ("What is this for?", True),
+    ("What is the boiling point of", False), ("who wrote Romeo,", False), ("How many legs does a sp-", False),
+    ("What is 2 plus?", False), ("And the...", False), ("I went to the…", False), ("What is the?", False),
+    ("", False), ("?", False), ("Can you tell me about your", False)])
+def test_reads_finished(text: str, finished: bool) -> None:
+    assert reads_finished(text) is finished
+
+
+@pytest.mark.parametrize(("text", "left_open"), [
+    ("who wrote Romeo,", True), ("What is the boiling point of", True), ("What is 2 plus?", True),
+    ("How many legs does a sp-", True), ("And the...", True), ("yes", False), ("What is the capital of France?", False),
+    ("How many", False), ("", False)])
+def test_reads_open(text: str, left_open: bool) -> None:
+    assert reads_open(text) is left_open
+
+
 def test_confident_tier_config_is_checked() -> None:
     with pytest.raises(ValueError, match="confident_silence_s"):
         TurnConfig(confident_silence_s=0.3, semantic_silence_s=0.192)
@@ -165,5 +247,6 @@ def test_session_params_carry_the_confident_tier() -> None:
     turn = VoiceParams(confident_silence_ms=96.0).agent_config().turn  # the benchmark's duplex-early
     assert (turn.confident_silence_s, turn.confident_threshold, turn.semantic_silence_s) == (0.096, 0.95, 0.192)
     assert VoiceParams(semantic_silence_ms=64.0).agent_config().turn.confident_silence_s == 0.064
+    assert turn.read_text and not VoiceParams(read_text=False).agent_config().turn.read_text
     with pytest.raises(ValueError, match="confident_threshold"):
         VoiceParams(confident_threshold=0.3)
