@@ -235,7 +235,7 @@ class VoiceAgent:
             reply = self.reply
             if reply is None or reply.released or normalize(reply.user_text) != normalize(full):
                 self._start_reply(full, speculative=True)
-        if pid == self._pause_seq:  # the early tier also reads the words (turn.py); may end the turn now
+        if pid == self._pause_seq:  # the turn machine reads the words too (turn.py): they may end it now
             for ev in self.turn.set_text(full):
                 self._on_turn(ev)
 

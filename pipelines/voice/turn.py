@@ -9,10 +9,9 @@ or after only `confident_silence_s` when it is sure (P >= `confident_threshold`:
 release). With `read_text` (the default) the pause's transcript has a say too, once it is in
 (`set_text`): the early tier needs it to read as a finished sentence (`reads_finished`), and one
 left open (`reads_open`: a comma, a dash, "of", "the") needs a sure verdict for the semantic end as
-well; the two signals
-fail on different pauses (measured false ends on mid-sentence pauses are in docs/voice.md). Times are stream seconds
-(samples / 16 kHz), so the machine is deterministic and testable on generated audio. Every knob is
-per session (`TurnConfig`, from the session's params).
+well; the two signals fail on different pauses (measured false ends on mid-sentence pauses are in
+docs/voice.md). Times are stream seconds (samples / 16 kHz), so the machine is deterministic and
+testable on generated audio. Every knob is per session (`TurnConfig`, from the session's params).
 """
 
 from __future__ import annotations
@@ -196,8 +195,8 @@ class TurnDetector:
 
 # Words an English sentence hardly ends on: a transcript ending on one was cut mid-sentence ("What is
 # the boiling point of", "What is two plus"). Particles that often end a sentence ("What is this
-# for?", "Come in.") are not listed; a finished sentence read as unfinished only waits for the
-# semantic silence.
+# for?", "Come in.") are not listed; a finished sentence read as open only needs a surer verdict
+# (or the fallback silence).
 _OPEN_WORDS = frozenset("""a an the my your his her its our their whose of to with into onto and or but nor
 because if while than plus minus very""".split())
 _WORD = re.compile(r"[a-z0-9']+")
