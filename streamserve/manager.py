@@ -47,6 +47,7 @@ from streamserve.schedulers import (
 from streamserve.session import Session
 
 log = logging.getLogger(__name__)
+_OPENING = ""  # a stream name taken by an open still in flight (no session id yet)
 
 
 def make_scheduler(config: ServerConfig) -> Scheduler:
@@ -169,10 +170,24 @@ class SessionManager:
                    stream: str | None = None) -> Session:
         name = pipeline or self.config.pipeline
         cls = registry.get_class(name)  # raises UnknownPipeline listing the available ones
-        if stream is not None and stream in self._streams:
-            raise StreamBusy(stream)
-        with self._reserve_slot():
+        with self._reserve_stream(stream), self._reserve_slot():
             return await self._open(name, cls, params, source=source, stream=stream)
+
+    @contextlib.contextmanager
+    def _reserve_stream(self, stream: str | None) -> Iterator[None]:
+        """Take the stream name before the first `await` of an open (two opens of one name: one wins),
+        give it back if the open fails before its session takes it over."""
+        if stream is None:
+            yield
+            return
+        if stream in self._streams:
+            raise StreamBusy(stream)
+        self._streams[stream] = _OPENING
+        try:
+            yield
+        finally:
+            if self._streams.get(stream) == _OPENING:
+                del self._streams[stream]
 
     @contextlib.contextmanager
     def _reserve_slot(self) -> Iterator[None]:
@@ -195,12 +210,10 @@ class SessionManager:
         parsed: Any = parse_params(cls.Params, params)
         try:
             # bytes of the session's KV cache at its shape; off the loop: a pipeline in a child process
-            # (`--model-process`) answers after the step in flight
+            # (`streamserve serve`'s default) answers after the step in flight
             need = await asyncio.to_thread(self.devices.kv_need, name, parsed)
         except ValueError:
             need = None  # a shape the model cannot serve: the open reports it
-        if stream is not None and stream in self._streams:  # taken by an open that ran during the await
-            raise StreamBusy(stream)
         index = self.devices.place(name, need)
         if index is None:
             if need is not None and self.devices.place(name) is not None:

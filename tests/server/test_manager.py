@@ -74,6 +74,18 @@ async def test_concurrent_opens_of_one_stream_admit_one(manager: SessionManager)
     assert [s.stream for s in manager.list()] == ["cam"]
 
 
+async def test_an_open_that_fails_gives_its_stream_name_back(manager: SessionManager) -> None:
+    with pytest.raises(InvalidParams, match="mirror"):
+        await manager.open(None, {"mirror": 3}, source="test", stream="cam")
+    for _ in range(3):
+        await manager.open(None, None, source="test")
+    with pytest.raises(SessionLimitReached):
+        await manager.open(None, None, source="test", stream="cam")
+    assert manager.by_stream("cam") is None
+    await manager.close(manager.list()[0].id, "done")
+    assert (await manager.open(None, None, source="test", stream="cam")).stream == "cam"
+
+
 async def test_close_frees_stream_and_gauge(manager: SessionManager) -> None:
     s = await manager.open(None, None, source="test", stream="cam")
     assert manager.by_stream("cam") is s
