@@ -63,18 +63,21 @@ class MissWindow:
 
     def __init__(self) -> None:
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
+        self._late = 0  # late outcomes in the deque (read every step: no scan)
 
     def add(self, t: float, late: bool) -> None:
         self._outcomes.append((t, late))
+        self._late += late
 
     def counts(self, now: float, window_s: float) -> tuple[int, int]:
         """(late, all) among the outcomes since ``now - window_s`` (older ones are forgotten)."""
         while self._outcomes and self._outcomes[0][0] < now - window_s:
-            self._outcomes.popleft()
-        return sum(1 for _, late in self._outcomes if late), len(self._outcomes)
+            self._late -= self._outcomes.popleft()[1]
+        return self._late, len(self._outcomes)
 
     def clear(self) -> None:
         self._outcomes.clear()
+        self._late = 0
 
 
 class DegradePolicy:

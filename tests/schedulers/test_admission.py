@@ -135,3 +135,15 @@ def test_a_live_change_is_re_admitted_exactly() -> None:
     assert adm.change("s2", dataclasses.replace(fixed, fps=15.0)).admitted
     with pytest.raises(KeyError, match="not admitted"):
         adm.change("nobody", fixed)
+
+
+def test_the_miss_window_counts_the_late_units_of_its_window() -> None:
+    from streamserve.schedulers.policy import MissWindow
+
+    w = MissWindow()
+    for t, late in [(0.0, True), (0.5, False), (1.0, True), (1.5, True), (2.0, False)]:
+        w.add(t, late)
+    assert w.counts(2.0, 5.0) == (3, 5)
+    assert w.counts(2.2, 1.0) == (1, 2)  # 1.5 late, 2.0 on time; the older ones forgotten
+    w.clear()
+    assert w.counts(3.0, 5.0) == (0, 0)
