@@ -49,9 +49,10 @@ class Pipeline(abc.ABC):
     #: pipeline whose background work finished between input units calls it so the result goes out
     #: now rather than with the next unit. None outside a server.
     ticker: Callable[[str], None] | None = None
-    #: Whether the server runs this pipeline in a child process under `--model-process`
-    #: (`pipelines/process.py`): for a model whose step makes many torch calls. Not for one that needs
-    #: the server's process (the `ticker`, threads on several devices) or has no model to move.
+    #: Whether the server runs this pipeline in a child process (`pipelines/process.py`; `streamserve
+    #: serve`'s default, `--in-process` keeps it in the server): for a model whose step makes many
+    #: torch calls. Not for one that needs the server's process (the `ticker`, threads on several
+    #: devices) or has no model to move.
     own_process: ClassVar[bool] = False
 
     def __init__(self, device: str = "cpu", **options: Any) -> None:

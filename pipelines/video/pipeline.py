@@ -79,7 +79,7 @@ class VideoDiffusionPipeline(SessionCache, Pipeline):
     Params = VideoParams
     inputs = frozenset({MediaKind.VIDEO})
     outputs = frozenset({MediaKind.VIDEO})
-    own_process = True  # under `--model-process` (docs/architecture.md)
+    own_process = True  # `streamserve serve` runs it in a child process (docs/architecture.md)
 
     def __init__(
         self,

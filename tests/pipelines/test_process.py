@@ -1,4 +1,4 @@
-"""A pipeline in a process of its own (`pipelines/process.py`, `serve --model-process`): the same
+"""A pipeline in a process of its own (`pipelines/process.py`, `streamserve serve`'s default): the same
 results as in the server's process, errors that name the problem, a dead child that ends only its
 sessions, and nothing left running."""
 
@@ -33,7 +33,7 @@ def item(sid: str, pts: int, data: np.ndarray) -> Batch:
 
 
 class ChildPassthrough(PassthroughPipeline):
-    """The passthrough, marked to run in a child under `--model-process` (the child imports it from here)."""
+    """The passthrough, marked to run in a child process (the child imports it from here)."""
 
     name = "childpass"
     own_process = True
@@ -64,7 +64,8 @@ def test_the_class_keeps_the_pipelines_name_params_and_media() -> None:
 
 def test_the_server_moves_the_video_model_only() -> None:
     builtins = ("passthrough", "video", "voice", "video-pp")
-    assert [name for name in builtins if registry.get_class(name).own_process] == ["video"]  # voice needs the server's ticker, video-pp its devices' threads
+    # voice needs the server's ticker, video-pp its devices' threads
+    assert [name for name in builtins if registry.get_class(name).own_process] == ["video"]
 
 
 def test_a_class_made_at_run_time_stays_in_the_servers_process() -> None:
