@@ -205,19 +205,20 @@ _WORD = re.compile(r"[a-z0-9']+")
 def reads_finished(text: str) -> bool:
     """Whether a transcript reads as a finished sentence: it ends with . ? or ! (not an ellipsis) and
     not on a word that leaves the sentence open."""
-    text = text.strip().strip("\"')]")
-    if not text or text[-1] not in ".?!" or text.endswith("..") or text.endswith("…"):
-        return False
-    words = _WORD.findall(text.lower())
-    return bool(words) and words[-1] not in _OPEN_WORDS
+    text, last = _ending(text)
+    return text.endswith((".", "?", "!")) and not text.endswith(("..", "…")) and bool(last) and last not in _OPEN_WORDS
 
 
 def reads_open(text: str) -> bool:
     """Whether a transcript reads as cut off mid-sentence: it ends with a comma, a dash or an ellipsis,
     or on a word that leaves the sentence open (no final punctuation alone is not enough: short
     answers often come without)."""
+    text, last = _ending(text)
+    return text.endswith((",", "-", "..", "…", ";", ":")) or last in _OPEN_WORDS
+
+
+def _ending(text: str) -> tuple[str, str]:
+    """The transcript without closing quotes or brackets, and its last word, lower case ("" if none)."""
     text = text.strip().strip("\"')]")
-    if text.endswith((",", "-", "..", "…", ";", ":")):
-        return True
     words = _WORD.findall(text.lower())
-    return bool(words) and words[-1] in _OPEN_WORDS
+    return text, words[-1] if words else ""
