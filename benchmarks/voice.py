@@ -57,7 +57,9 @@ MODES: dict[str, tuple[bool, dict[str, Any]]] = {
     "duplex-early": (True, {"confident_silence_ms": 96}),  # the early tier, read with the transcript
     "duplex-early-notext": (True, {"confident_silence_ms": 96, "read_text": False}),  # ... on Smart Turn alone
     "duplex-nopartials": (True, {"partial_every_ms": 0}),
+    "duplex-vadonly": (True, {"quiet_db": 0}),  # speech ends on the VAD alone (the default until 2026-12-07)
     "cascade": (False, {}),
+    "cascade-vadonly": (False, {"quiet_db": 0}),
     "cascade-early": (False, {"read_text": False}),  # the cascade has no pause transcript
 }
 
@@ -338,7 +340,8 @@ def main() -> None:
                          "transcript that reads finished end the turn after 96 ms); duplex-early-notext: the "
                          "early tier on Smart Turn alone; cascade: Pipecat's default turn taking (Smart Turn "
                          "P >= 0.5 after 192 ms ~ VADParams.stop_secs 0.2), then ASR -> LLM -> TTS; "
-                         "cascade-early: the cascade with the early tier on Smart Turn alone")
+                         "cascade-early: the cascade with the early tier on Smart Turn alone; *-vadonly: speech "
+                         "ends on the VAD alone, not also on the level (quiet_db 0)")
     ap.add_argument("--mid-pause-ms", type=float, default=0.0,
                     help="insert a mid-sentence pause of this length into every other question of each "
                          "session and count the agent's cut-ins (answers that start during it)")

@@ -97,12 +97,12 @@ class VoiceAgent:
         self._pump_reply()
         if audio.size:  # a tick has none
             self._remember(audio)  # the pre-roll before an onset, the current utterance
-        for end_sample, prob in self.vad.push(audio):
+        for end_sample, prob, level in self.vad.push(audio):
             t = end_sample / MODEL_RATE
             if not self.cfg.client_aec and self._agent_audible(t):
                 prob = 0.0  # no echo cancellation on the client: our own voice is not the user's
             self._tentative_hold(prob)
-            for ev in self.turn.push(t, prob, self.vad.window_s):
+            for ev in self.turn.push(t, prob, self.vad.window_s, level):
                 self._on_turn(ev)
         self.t_in += len(audio) / MODEL_RATE
         self._maybe_partial()

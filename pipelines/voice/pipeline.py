@@ -48,6 +48,7 @@ class VoiceParams:
     confident_silence_ms: float = 192.0
     confident_threshold: float = 0.95
     read_text: bool = True  # the pause's transcript has a say in the end of turn (docs/voice.md)
+    quiet_db: float = 30.0  # speech ends where the level falls this far below the utterance's loudest (0: VAD only)
     semantic_turn: bool = True
     backchannel_ms: float = 400.0  # shorter user speech during agent speech does not interrupt it
     client_aec: bool = True  # false: the client has no echo cancellation; agent audio is not barge-in
@@ -64,7 +65,8 @@ class VoiceParams:
         sem = min(self.semantic_silence_ms, self.end_silence_ms) / 1000
         turn = TurnConfig(pause_s=min(0.032, sem), semantic_silence_s=sem, end_silence_s=self.end_silence_ms / 1000,
                           confident_silence_s=min(self.confident_silence_ms / 1000, sem),
-                          confident_threshold=self.confident_threshold, read_text=self.read_text)
+                          confident_threshold=self.confident_threshold, read_text=self.read_text,
+                          quiet_db=self.quiet_db or None)
         return AgentConfig(turn=turn, system_prompt=self.system_prompt, max_reply_tokens=self.max_reply_tokens,
                            backchannel_s=self.backchannel_ms / 1000, client_aec=self.client_aec,
                            semantic_turn=self.semantic_turn, think=self.think, out_rate=self.output_sample_rate,

