@@ -22,7 +22,6 @@ next chunk; the input's stream clock drives turn timing and output release. Per 
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,17 +34,19 @@ from streamserve.pipelines.voice.agent_config import (
     AgentOutput,
     VoiceModels,
 )
-from streamserve.pipelines.voice.asr import Transcriber, Utterance, normalize
+from streamserve.pipelines.voice.asr import Utterance, normalize
 from streamserve.pipelines.voice.audio import MODEL_RATE
 from streamserve.pipelines.voice.brain import Generation, Message
+from streamserve.pipelines.voice.continuation import Continuation
+from streamserve.pipelines.voice.partials import PartialTranscripts
 from streamserve.pipelines.voice.reply import Mailbox, Reply, ReplyConfig
 from streamserve.pipelines.voice.turn import EventKind, TurnDetector, TurnEvent, TurnState
 from streamserve.pipelines.voice.vad import FrameVad
-from streamserve.pipelines.voice.worker import PRIORITY_PARTIAL, PRIORITY_TURN, VoiceWorker
+from streamserve.pipelines.voice.worker import PRIORITY_TURN, VoiceWorker
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "AgentBrain", "AgentConfig", "AgentOutput", "VoiceAgent", "VoiceModels"]
 
-class VoiceAgent:
+class VoiceAgent(PartialTranscripts):
     def __init__(self, key: str, config: AgentConfig, models: VoiceModels, worker: VoiceWorker,
                  background: VoiceWorker | None = None, turn_worker: VoiceWorker | None = None,
                  tts_worker: VoiceWorker | None = None, tick: Callable[[], None] | None = None) -> None:
@@ -68,6 +69,8 @@ class VoiceAgent:
         self._preroll: collections.deque[np.ndarray] = collections.deque()
         self._preroll_n = 0
         self.utt: Utterance | None = None
+        self._onset = 0.0  # stream time the current utterance began
+        self._answered = Continuation(config.continuation_s)  # the last turn, recorded on (continuation.py)
         self._utt_seq = self._pause_seq = 0
         self._partial_inflight, self._partial_from = False, 0
         self._awaiting_final: tuple[int, int, float] | None = None  # (utterance, pause, speech end)
@@ -121,6 +124,7 @@ class VoiceAgent:
             self._preroll_n -= len(self._preroll.popleft())
         if self.utt is not None:
             self.utt.append(audio)
+        self._answered.append(audio, self.t_in + len(audio) / MODEL_RATE, self._onset if self.utt else None)
 
     def _agent_audible(self, t: float) -> bool:
         return self.reply is not None and self.reply.released and t < self.t_out + self.cfg.echo_tail_s
@@ -135,6 +139,7 @@ class VoiceAgent:
         if ev.kind is EventKind.SPEECH_START:
             self._tentative_since = None
             self._utt_seq += 1
+            self._onset = ev.t
             self._trace = {}
             self._pauses = 0
             self.utt = Utterance(0)
@@ -250,6 +255,7 @@ class VoiceAgent:
             return
         self._turn_end_t, self._turn_reason = ev.t, ev.reason
         self._mark("turn_end")
+        self._answered.ended(utt, ev.t)
         if self._pause_text_pid == self._pause_seq:  # the transcript of this last pause is in
             self._respond(utt.pause_text, ev.t)
             return
@@ -261,66 +267,6 @@ class VoiceAgent:
     _final_utt: Utterance | None = None
     _pause_text_pid = -1
     _pauses = 0  # pauses in the current utterance (each costs a transcript and a Smart Turn verdict)
-
-    # --- partial transcripts and thinking -------------------------------------------------------
-    def _maybe_partial(self) -> None:
-        utt = self.utt
-        if (utt is None or self._partial_inflight or self.turn.state is not TurnState.SPEAKING or not self.cfg.think
-                or not self.cfg.partial_every_s):
-            return
-        if utt.samples - self._partial_from < int(self.cfg.partial_every_s * MODEL_RATE):
-            return
-        if self.asr_cost_s > self.cfg.partial_every_s or self.worker.pending() or self.background.pending():
-            # Whisper cannot keep up (a busy CPU), or another session's partial is already waiting:
-            # partials are best effort and would only slow the transcripts that matter, the ones at
-            # the pauses (measured: partials are ~40% of a duplex turn's CPU). Skip this one
-            # (counted); with many sessions they share one partial at a time.
-            self._partial_from = utt.samples
-            self.stats["partials_skipped"] += 1
-            return
-        self._partial_inflight = True
-        self.stats["partials"] += 1
-        self._partial_from = end = utt.samples
-        uid, asr, prompt, tail = self._utt_seq, self.m.asr, utt.committed_text, utt.tail(utt.samples)
-        draft = utt.draft()
-
-        def done(text: Any, error: BaseException | None) -> None:
-            self.mailbox.post(self._on_partial, uid, end, "" if error else str(text))
-
-        def stale() -> bool:
-            if self.closed or uid != self._utt_seq:
-                self.mailbox.post(self._partial_skipped)
-                return True
-            return False
-
-        self.background.submit(PRIORITY_PARTIAL, lambda: self._timed_asr(asr, tail, prompt, draft), done, stale=stale)
-
-    def _timed_asr(self, asr: Transcriber, audio: np.ndarray, prompt: str, draft: str = "") -> str:
-        """Run ASR (worker thread) and keep a moving average of its wall time."""
-        t0 = time.perf_counter()
-        text = asr(audio, prompt, draft) if draft else asr(audio, prompt)
-        self.asr_cost_s = 0.7 * self.asr_cost_s + 0.3 * (time.perf_counter() - t0)
-        return text
-
-    asr_cost_s = 0.0
-
-    def _partial_skipped(self) -> None:
-        self._partial_inflight = False
-
-    def _on_partial(self, uid: int, end: int, text: str) -> None:
-        self._partial_inflight = False
-        if uid != self._utt_seq or self.utt is None or self.closed:
-            return
-        full = self.utt.apply_partial(text, end, commit=False)
-        if not full:
-            return
-        self._emit("transcript", role="user", final=False, text=full)
-        prefill = getattr(self.m.brain, "prefill", None)
-        if self.cfg.think and prefill is not None and not self._utt_during_agent:
-            if self._prefill is not None:
-                self._prefill.cancel()
-            self._prefill = prefill(self._messages(full), self.key)
-            self._emit("thinking", text=full, stage="prefill")
 
     # --- replies --------------------------------------------------------------------------------
     def _messages(self, user_text: str) -> list[Message]:
@@ -409,6 +355,7 @@ class VoiceAgent:
                 self._pts = max(self._pts, int(round(self.t_in * self.cfg.out_rate)))
             if not self._first_frame_sent:
                 self._first_frame_sent = True
+                self._answered.audio_started(self.t_out)
                 latency = self.t_out - self._turn_end_t
                 ready = reply.first_audio_t
                 trace = {k: round((v - self._turn_end_t) * 1000) for k, v in self._trace.items()}
@@ -476,15 +423,30 @@ class VoiceAgent:
     def _check_barge_in(self) -> None:
         if not self._held or self.utt is None or self.reply is None:
             return
-        if self.turn.speech_s >= self.cfg.backchannel_s:
+        goes_on = self._answered.eligible(self._onset)  # the user was not done: no "mhm" this soon
+        if self.turn.speech_s >= (self.cfg.turn.min_utterance_s if goes_on else self.cfg.backchannel_s):
             spoken = " ".join(self.reply.spoken_text[:max(1, len(self.reply.spoken_text))])
             self._epoch += 1
             self._cancel_reply("barge_in")
             self.stats["barge_ins"] += 1
             self._utt_during_agent = False  # from now on this is the user's new turn
-            self._emit("barge_in", speech_s=round(self.turn.speech_s, 3))
-            if spoken:
+            self._emit("barge_in", speech_s=round(self.turn.speech_s, 3), continues=goes_on)
+            if goes_on:
+                self._go_on()
+            elif spoken:
                 self.history.append({"role": "assistant", "content": spoken + " ..."})
+
+    def _go_on(self) -> None:
+        """The answered turn takes this speech in (continuation.py): its audio, from its first word,
+        is the utterance again, and its words leave the history (they come back whole)."""
+        utt = self._answered.take()
+        if utt is None:
+            return
+        self.stats["continuations"] += 1
+        self._utt_seq += 1  # jobs on the new piece alone are stale now
+        self.utt, self._partial_from = utt, 0
+        if self.history and self.history[-1]["role"] == "user":
+            self.history.pop()
 
     # --- end ------------------------------------------------------------------------------------
     def close(self) -> None:

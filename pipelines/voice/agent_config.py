@@ -31,6 +31,7 @@ class AgentConfig:
     commit_after_s: float = 4.0  # at a pause, audio before it is committed once this much is uncommitted
     partial_cover_s: float = 0.15  # a partial this close to the end of speech starts a reply at the pause
     backchannel_s: float = 0.4  # user speech shorter than this during agent speech is not a barge-in
+    continuation_s: float = 0.25  # speech this soon after the answer's first audio continues the turn (0: never)
     lead_s: float = 0.06  # agent audio released this far ahead of the input clock
     tentative_hold_s: float = 0.15  # a speech window while the agent talks holds it this long at least
     preroll_s: float = 0.3  # audio before the detected onset kept for ASR
@@ -49,7 +50,7 @@ class AgentConfig:
             raise ValueError(f"max_reply_tokens must be in [1, 1024], got {self.max_reply_tokens}")
         if not 0 <= self.history_turns <= 64:
             raise ValueError(f"history_turns must be in [0, 64], got {self.history_turns}")
-        for name in ("partial_every_s", "commit_after_s", "partial_cover_s", "backchannel_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
+        for name in ("partial_every_s", "commit_after_s", "partial_cover_s", "backchannel_s", "continuation_s", "lead_s", "preroll_s", "echo_tail_s", "tentative_hold_s"):
             v = getattr(self, name)
             if not 0.0 <= v <= 10.0:
                 raise ValueError(f"{name} must be in [0, 10] s, got {v}")

@@ -94,6 +94,11 @@ class Utterance:
         self.partial_samples = 0  # how much audio that partial covers
         self.pause_text = ""  # the transcript of every word up to the last pause
 
+    def forget_text(self) -> None:
+        """Decode every word again from the first (the words so far were read with a wrong ending)."""
+        self.committed_text, self.committed_samples = "", 0
+        self.partial, self.partial_samples, self.pause_text = "", 0, ""
+
     def append(self, audio: np.ndarray) -> None:
         self._audio.append(audio)
         self.samples += len(audio)

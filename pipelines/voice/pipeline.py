@@ -51,6 +51,7 @@ class VoiceParams:
     quiet_db: float = 30.0  # speech ends where the level falls this far below the utterance's loudest (0: VAD only)
     semantic_turn: bool = True
     backchannel_ms: float = 400.0  # shorter user speech during agent speech does not interrupt it
+    continuation_ms: float = 250.0  # speech this soon after the answer's first audio continues the turn (0: never)
     client_aec: bool = True  # false: the client has no echo cancellation; agent audio is not barge-in
     think: bool = True  # think while listening (false: the sequential cascade, for comparison)
     partial_every_ms: float = 500.0  # a partial transcript per this much speech while thinking (0: none)
@@ -68,7 +69,8 @@ class VoiceParams:
                           confident_threshold=self.confident_threshold, read_text=self.read_text,
                           quiet_db=self.quiet_db or None)
         return AgentConfig(turn=turn, system_prompt=self.system_prompt, max_reply_tokens=self.max_reply_tokens,
-                           backchannel_s=self.backchannel_ms / 1000, client_aec=self.client_aec,
+                           backchannel_s=self.backchannel_ms / 1000, continuation_s=self.continuation_ms / 1000,
+                           client_aec=self.client_aec,
                            semantic_turn=self.semantic_turn, think=self.think, out_rate=self.output_sample_rate,
                            partial_every_s=self.partial_every_ms / 1000)
 

@@ -110,9 +110,37 @@ def test_barge_in_flushes_the_agent_and_closes_the_llm_stream(parts: VoiceModels
         assert hold - onset <= 0.2, [e for e in run.events if e["t"] > onset - 0.5][:8]
         late = [t for t, _ in run.frames[before:] if t > hold]
         assert late == []  # nothing of the old reply after the hold
-        assert run.of("barge_in") and run.of("agent_hold")
+        assert run.of("barge_in", continues=False) and run.of("agent_hold")  # heard, then interrupted
         assert slow_llm.wait_for(lambda: slow_llm.disconnects >= 1 and slow_llm.active == 0, timeout=5.0)
         assert agent.stats["barge_ins"] == 1
+    finally:
+        agent.close()
+
+
+def test_speech_before_the_user_can_have_heard_the_answer_continues_the_turn(
+        parts: VoiceModels, worker: VoiceWorker, say: Any, fake_llm: FakeLLM) -> None:
+    """A hesitation ended the turn (here: silence alone, 300 ms) and the agent began to answer "What
+    is the capital"; the user goes on ("of France?") as its first audio comes out. That is the rest
+    of the turn, not an interruption: the answer is cancelled and the whole question, decoded from
+    its first word again, is answered once, with no trace of the half question in the history."""
+    from streamserve.pipelines.voice.turn import TurnConfig
+
+    turn = TurnConfig(pause_s=0.032, semantic_silence_s=0.3, end_silence_s=0.3)
+    agent = make_agent(parts, worker, fake_llm.url, turn=turn, semantic_turn=False)
+    try:
+        run = drive(agent, np.concatenate([silence(0.3), say("What is the capital")]))
+        run = drive(agent, silence(3.0), run, until=lambda r: bool(r.frames))  # its first audio
+        assert run.frames and len(run.of("turn")) == 1
+        rest = say("of France?")
+        rest = rest[np.flatnonzero(np.abs(rest) > 0.02)[0]:]
+        run = drive(agent, np.concatenate([rest, silence(6.0)]), run,
+                    until=lambda r: bool(r.of("transcript", role="agent", final=True)))
+        assert run.of("barge_in", continues=True) and agent.stats["continuations"] == 1
+        user = run.of("transcript", role="user", final=True)
+        assert {"capital", "france"} <= set(normalize(user[-1]["text"]).split()), user
+        asked = fake_llm.requests[-1]["messages"]
+        assert [m["role"] for m in asked] == ["system", "user"] and asked[-1]["content"] == user[-1]["text"]
+        assert "paris" in normalize(run.of("transcript", role="agent", final=True)[-1]["text"])
     finally:
         agent.close()
 

@@ -319,3 +319,12 @@ def test_quiet_db_is_checked_and_carried_by_the_session_params() -> None:
     assert VoiceParams(quiet_db=0).agent_config().turn.quiet_db is None  # 0: the VAD alone
     with pytest.raises(ValueError, match="quiet_db"):
         VoiceParams(quiet_db=-10)
+
+
+def test_the_continuation_window_is_a_session_param() -> None:
+    from streamserve.pipelines.voice.pipeline import VoiceParams
+
+    assert VoiceParams().agent_config().continuation_s == 0.25
+    assert VoiceParams(continuation_ms=0).agent_config().continuation_s == 0.0  # never
+    with pytest.raises(ValueError, match="continuation_s"):
+        VoiceParams(continuation_ms=-5)
