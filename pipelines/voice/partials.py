@@ -90,7 +90,6 @@ class PartialTranscripts:
         self.asr_cost_s = 0.7 * self.asr_cost_s + 0.3 * (time.perf_counter() - t0)
         return text
 
-
     def _partial_skipped(self) -> None:
         self._partial_inflight = False
 
