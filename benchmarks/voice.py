@@ -58,6 +58,7 @@ MODES: dict[str, tuple[bool, dict[str, Any]]] = {
     "duplex-early-notext": (True, {"confident_silence_ms": 96, "read_text": False}),  # ... on Smart Turn alone
     "duplex-nopartials": (True, {"partial_every_ms": 0}),
     "duplex-vadonly": (True, {"quiet_db": 0}),  # speech ends on the VAD alone (the default until 2026-12-07)
+    "duplex-nocont": (True, {"continuation_ms": 0}),  # speech after an answer started never continues the turn
     "cascade": (False, {}),
     "cascade-vadonly": (False, {"quiet_db": 0}),
     "cascade-early": (False, {"read_text": False}),  # the cascade has no pause transcript
@@ -341,7 +342,8 @@ def main() -> None:
                          "early tier on Smart Turn alone; cascade: Pipecat's default turn taking (Smart Turn "
                          "P >= 0.5 after 192 ms ~ VADParams.stop_secs 0.2), then ASR -> LLM -> TTS; "
                          "cascade-early: the cascade with the early tier on Smart Turn alone; *-vadonly: speech "
-                         "ends on the VAD alone, not also on the level (quiet_db 0)")
+                         "ends on the VAD alone, not also on the level (quiet_db 0); duplex-nocont: no continuation of a "
+                         "turn answered too soon (continuation_ms 0)")
     ap.add_argument("--mid-pause-ms", type=float, default=0.0,
                     help="insert a mid-sentence pause of this length into every other question of each "
                          "session and count the agent's cut-ins (answers that start during it)")
