@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from streamserve.pipelines.voice.audio import MODEL_RATE
+from streamserve.pipelines.voice.audio import MODEL_RATE, rms
 
 
 class SpeechProbability(Protocol):
@@ -45,8 +45,8 @@ class SileroVad:
 
 def level_db(frame: np.ndarray) -> float:
     """RMS level of a float32 frame in dB relative to full scale (1.0); -120 for digital silence."""
-    power = float(np.dot(frame, frame)) / max(len(frame), 1)
-    return 10.0 * math.log10(power) if power > 1e-12 else -120.0
+    r = rms(frame)
+    return 20.0 * math.log10(r) if r > 1e-6 else -120.0
 
 
 class FrameVad:
