@@ -72,7 +72,6 @@ class VoiceAgent(PartialTranscripts):
         self._onset = 0.0  # stream time the current utterance began
         self._answered = Continuation(config.continuation_s)  # the last turn, recorded on (continuation.py)
         self._utt_seq = self._pause_seq = 0
-        self._partial_inflight, self._partial_from = False, 0
         self._awaiting_final: tuple[int, int, float] | None = None  # (utterance, pause, speech end)
         self._utt_during_agent = False
         self.reply: Reply | None = None

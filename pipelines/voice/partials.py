@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 
 class PartialTranscripts:
+    # This part's own state (instance attributes once set; these are the starting values).
     asr_cost_s = 0.0  # moving average of a transcript's wall time
-    _partial_inflight = False
+    _partial_inflight = False  # one partial of this session at a time
     _partial_from = 0  # utterance sample the last partial was taken at
 
     if TYPE_CHECKING:  # the agent's state and methods these use (agent.py)

@@ -13,8 +13,9 @@ well; the two signals fail on different pauses (measured false ends on mid-sente
 docs/voice.md). Speech ends on the signal's level as well as on the VAD (`quiet_db`): a window far
 below the utterance's loudest is silence, whatever the VAD says (Silero's probability stays up for
 60-130 ms after a voice has faded; over a noise floor within `quiet_db` of the speech, the VAD
-alone decides, as before). Times are stream seconds (samples / 16 kHz), so the machine is deterministic and
-testable on generated audio. Every knob is per session (`TurnConfig`, from the session's params).
+alone decides, as before). Times are stream seconds (samples / 16 kHz), so the machine is
+deterministic and testable on generated audio. Every knob is per session (`TurnConfig`, from the
+session's params).
 """
 
 from __future__ import annotations
